@@ -1,0 +1,42 @@
+# The two set-up commands of the README:
+#   make demo   installs and runs the main job
+#   make test   installs everything and runs the whole test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install system-deps lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+demo: install
+	$(PY) -m services.imaging serve
+
+lint: install
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+pytest: install system-deps
+	$(PY) -m pytest
+
+test: install system-deps lint typecheck pytest
+
+bench: install system-deps
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

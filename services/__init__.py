@@ -1,0 +1,1 @@
+"""Spine-surgery decompression outcomes study: imaging, outcomes and gateway services."""

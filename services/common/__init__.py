@@ -1,0 +1,1 @@
+"""Code that at least two services truly share: authentication, database plumbing, logging."""

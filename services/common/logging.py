@@ -1,0 +1,64 @@
+"""Structured JSON logging without patient identifiers.
+
+Log records carry UIDs, counts, AE titles and status codes only. As a second line of
+defence, :class:`PhiFilter` drops the values of attributes that must never reach a log
+(patient name, ID, birth date...) if some library formats a dataset into a message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_PHI_PATTERN = re.compile(
+    r"\(0010,[0-9A-Fa-f]{4}\)[^\n]*|"
+    r"(Patient(?:Name|ID|BirthDate|Address|TelephoneNumbers)|OtherPatientIDs|"
+    r"IssuerOfPatientID|ReferringPhysicianName|AccessionNumber)\s*[:=][^\n,]*"
+)
+
+
+class PhiFilter(logging.Filter):
+    """Redact dataset dumps that would carry patient attributes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _PHI_PATTERN.search(message):
+            record.msg = _PHI_PATTERN.sub("[redacted]", message)
+            record.args = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and structured extras."""
+
+    _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in self._RESERVED and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send JSON logs to stderr, with the PHI filter on every record."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(PhiFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # pynetdicom's debug output dumps whole datasets; keep it at warnings.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)

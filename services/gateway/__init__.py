@@ -1,0 +1,1 @@
+"""Research gateway: combined case endpoints, cohort statistics, exports and dashboard."""

@@ -1,0 +1,1 @@
+"""Imaging service: DICOM intake, study completion and (next) decompression metrics."""

@@ -1,0 +1,126 @@
+"""The DICOM upper-layer door: a C-STORE and C-ECHO SCP (pynetdicom).
+
+Accepts every storage SOP class in the common transfer syntaxes, requires our
+called AE title, optionally an allow-list of calling AE titles, and answers
+C-STORE only after :meth:`InstanceStore.put` has made the instance durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import Verification, _STORAGE_CLASSES
+from pynetdicom.transport import ThreadedAssociationServer
+
+from services.imaging.errors import ImagingError
+from services.imaging.settings import ImagingSettings
+from services.imaging.store import InstanceStore, StoreResult
+
+log = logging.getLogger(__name__)
+
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+assert set(TRANSFER_SYNTAXES) <= set(ALL_TRANSFER_SYNTAXES)
+
+STATUS_SUCCESS = 0x0000
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+OnStored = Callable[[StoreResult], None]
+
+
+def build_ae(settings: ImagingSettings) -> AE:
+    """The application entity with our title, limits and presentation contexts."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.dimse_timeout = settings.dimse_timeout_seconds
+    ae.network_timeout = settings.network_timeout_seconds
+    ae.acse_timeout = 30
+    ae.require_called_aet = True
+    ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for uid in sorted(set(_STORAGE_CLASSES.values())):
+        ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+    return ae
+
+
+def handle_store(event: Any, store: InstanceStore, on_stored: OnStored | None) -> int:
+    """EVT_C_STORE: persist the data set exactly as received, then answer its status."""
+    calling = event.assoc.requestor.ae_title
+    try:
+        data = event.encoded_dataset(include_meta=True)
+    except Exception:  # the request's data set could not be framed as a Part 10 file
+        log.warning("C-STORE data set unreadable", extra={"calling_ae": calling})
+        return STATUS_CANNOT_UNDERSTAND
+    try:
+        result = store.put(data, source=f"dimse:{calling}")
+    except ImagingError as exc:
+        log.warning(
+            "C-STORE refused",
+            extra={
+                "calling_ae": calling,
+                "status": f"0x{exc.dimse_status:04X}",
+                "reason": exc.reason,
+            },
+        )
+        return exc.dimse_status
+    except Exception:
+        log.exception("C-STORE failed", extra={"calling_ae": calling})
+        return STATUS_OUT_OF_RESOURCES
+    if on_stored is not None:
+        try:
+            on_stored(result)
+        except Exception:
+            log.exception("post-store hook failed", extra={"calling_ae": calling})
+    return STATUS_SUCCESS
+
+
+def start_scp(
+    settings: ImagingSettings, store: InstanceStore, on_stored: OnStored | None = None
+) -> ThreadedAssociationServer:
+    """Start the SCP in background threads; the caller shuts it down."""
+    ae = build_ae(settings)
+    handlers = [
+        (evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS),
+        (evt.EVT_C_STORE, handle_store, [store, on_stored]),
+    ]
+    server = ae.start_server(
+        (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers
+    )
+    log.info(
+        "DICOM SCP listening",
+        extra={"ae_title": settings.ae_title, "port": server.server_address[1]},
+    )
+    return server

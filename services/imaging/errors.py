@@ -1,0 +1,86 @@
+"""Errors of the imaging service.
+
+Each carries the DICOM status a DIMSE SCP answers with and the HTTP status (and
+PS3.18 failure reason) a DICOMweb endpoint answers with; they are mapped in one
+place for each protocol (``dimse.handle_store`` and ``api.errors``)::
+
+    ImagingError
+    ├── InvalidInstance        cannot be parsed, not Part 10, truncated   0xC000 / 400
+    │   ├── MissingAttribute   a required UID is missing or malformed     0xC000 / 400
+    │   └── SOPClassMismatch   meta and dataset disagree                  0xA900 / 400
+    ├── UnsupportedSOPClass    not a storage SOP class                    0x0122 / 415
+    ├── StudyMismatch          STOW study UID in the URL differs          0xA900 / 409
+    ├── InstanceTooLarge       above the configured limit                 0xA700 / 413
+    ├── OutOfResources         disk full or the index unavailable         0xA700 / 503
+    ├── NotFound               no such study, series or instance          404
+    ├── NotAcceptable          a transfer syntax we cannot produce        406
+    ├── UnsupportedMediaType   a body that is not multipart/related DICOM 415
+    └── PacsError              the configured PACS failed or is unset     502
+"""
+
+from __future__ import annotations
+
+
+class ImagingError(Exception):
+    """Base of every error the imaging service reports to a caller."""
+
+    dimse_status: int = 0xC000
+    http_status: int = 400
+    failure_reason: int = 0xC000
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidInstance(ImagingError):
+    pass
+
+
+class MissingAttribute(InvalidInstance):
+    pass
+
+
+class SOPClassMismatch(InvalidInstance):
+    dimse_status = 0xA900
+    failure_reason = 0xA900
+
+
+class UnsupportedSOPClass(ImagingError):
+    dimse_status = 0x0122
+    http_status = 415
+    failure_reason = 0x0122
+
+
+class StudyMismatch(ImagingError):
+    dimse_status = 0xA900
+    http_status = 409
+    failure_reason = 0xA900
+
+
+class InstanceTooLarge(ImagingError):
+    dimse_status = 0xA700
+    http_status = 413
+    failure_reason = 0xA700
+
+
+class OutOfResources(ImagingError):
+    dimse_status = 0xA700
+    http_status = 503
+    failure_reason = 0xA700
+
+
+class NotFound(ImagingError):
+    http_status = 404
+
+
+class NotAcceptable(ImagingError):
+    http_status = 406
+
+
+class UnsupportedMediaType(ImagingError):
+    http_status = 415
+
+
+class PacsError(ImagingError):
+    http_status = 502

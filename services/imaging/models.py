@@ -1,0 +1,129 @@
+"""The imaging index: what we hold, down to each stored version of each instance.
+
+Patient attributes are kept on the study row (one patient per study, as in DICOM);
+the files on disk stay the source of truth for everything else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class StudyState(StrEnum):
+    """Where a study is in its life: receiving instances, complete, or held back."""
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"  # quiet, but the content check failed
+
+
+class Study(SQLModel, table=True):
+    __tablename__ = "study"
+
+    study_instance_uid: str = Field(primary_key=True, max_length=64)
+    patient_id: str | None = Field(default=None, max_length=64, index=True)
+    issuer_of_patient_id: str | None = Field(default=None, max_length=64)
+    patient_name: str | None = Field(default=None, max_length=324)
+    patient_birth_date: str | None = Field(default=None, max_length=8)
+    patient_sex: str | None = Field(default=None, max_length=16)
+    study_date: str | None = Field(default=None, max_length=8, index=True)
+    study_time: str | None = Field(default=None, max_length=16)
+    accession_number: str | None = Field(default=None, max_length=16)
+    study_id: str | None = Field(default=None, max_length=16)
+    study_description: str | None = Field(default=None, max_length=64)
+    referring_physician_name: str | None = Field(default=None, max_length=324)
+    state: StudyState = Field(default=StudyState.RECEIVING, max_length=16, index=True)
+    version: int = 1
+    state_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    source: str = Field(default="push", max_length=16)  # push (routed to us) or pull
+    first_received_at: datetime
+    last_received_at: datetime
+    completed_at: datetime | None = None
+
+
+class Series(SQLModel, table=True):
+    __tablename__ = "series"
+
+    series_instance_uid: str = Field(primary_key=True, max_length=64)
+    study_instance_uid: str = Field(foreign_key="study.study_instance_uid", max_length=64)
+    modality: str | None = Field(default=None, max_length=16)
+    series_number: int | None = None
+    series_description: str | None = Field(default=None, max_length=64)
+    body_part_examined: str | None = Field(default=None, max_length=16)
+    protocol_name: str | None = Field(default=None, max_length=64)
+    series_date: str | None = Field(default=None, max_length=8)
+
+    __table_args__ = (Index("ix_series_study", "study_instance_uid"),)
+
+
+class Instance(SQLModel, table=True):
+    """The current version of one SOP instance, with the tags the analysis needs."""
+
+    __tablename__ = "instance"
+
+    sop_instance_uid: str = Field(primary_key=True, max_length=64)
+    series_instance_uid: str = Field(foreign_key="series.series_instance_uid", max_length=64)
+    study_instance_uid: str = Field(max_length=64)
+    sop_class_uid: str = Field(max_length=64)
+    transfer_syntax_uid: str = Field(max_length=64)
+    instance_number: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int | None = None
+    image_position_patient: str | None = Field(default=None, max_length=128)
+    image_orientation_patient: str | None = Field(default=None, max_length=256)
+    pixel_spacing: str | None = Field(default=None, max_length=64)
+    slice_thickness: float | None = None
+    path: str = Field(max_length=512)
+    sha256: str = Field(max_length=64)
+    size: int
+    received_at: datetime
+    study_version: int
+    conflict: bool = False
+
+    __table_args__ = (
+        Index("ix_instance_series", "series_instance_uid"),
+        Index("ix_instance_study", "study_instance_uid"),
+    )
+
+
+class InstanceVersion(SQLModel, table=True):
+    """Audit trail: every distinct content received for a SOP Instance UID."""
+
+    __tablename__ = "instance_version"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sop_instance_uid: str = Field(max_length=64, index=True)
+    version: int
+    sha256: str = Field(max_length=64)
+    path: str = Field(max_length=512)
+    size: int
+    source: str = Field(max_length=64)  # "dimse:CALLINGAET", "stow", "pull"
+    received_at: datetime
+    is_current: bool
+    note: str | None = Field(default=None, max_length=256)
+
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "sha256", name="uq_version_content"),)
+
+
+class StudyEvent(SQLModel, table=True):
+    """Outbox of study events (``study.complete``); delivered at least once to subscribers."""
+
+    __tablename__ = "study_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(max_length=64, index=True)
+    study_version: int
+    kind: str = Field(max_length=32)
+    created_at: datetime
+    delivered_at: datetime | None = Field(default=None, index=True)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=512)
+
+    __table_args__ = (
+        UniqueConstraint("study_instance_uid", "study_version", "kind", name="uq_event"),
+    )

@@ -1,0 +1,71 @@
+"""Imaging service configuration (environment prefix ``IMAGING_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.auth import AuthSettings
+
+
+class ImagingSettings(BaseSettings):
+    """Every knob of the imaging service; embedded defaults need no server."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGING_", extra="ignore")
+
+    # Network endpoints
+    http_host: str = "127.0.0.1"
+    http_port: int = 8001
+    dicom_host: str = "0.0.0.0"  # noqa: S104 - a DICOM SCP listens for the PACS
+    dicom_port: int = 11112
+    ae_title: str = "SPINEIMG"
+    public_base_url: str | None = Field(
+        default=None, description="Base URL used in RetrieveURL (00081190); derived if unset"
+    )
+
+    # DICOM association policy
+    allowed_calling_aets: list[str] = Field(
+        default_factory=list, description="Calling AE titles allowed; empty = accept all"
+    )
+    max_associations: int = 16
+    max_pdu_size: int = 0  # 0 = unlimited: fewer P-DATA round trips for large images
+    dimse_timeout_seconds: float = 60.0
+    network_timeout_seconds: float = 60.0
+
+    # Storage
+    data_dir: Path = Path("var/imaging")
+    database_url: str | None = None  # default: SQLite in data_dir
+    max_upload_bytes: int = 2 * 1024**3
+    max_instance_bytes: int = 1024**3
+
+    # Study completeness
+    study_quiet_seconds: float = 30.0
+    completion_poll_seconds: float = 1.0
+    slice_gap_tolerance: float = 0.5  # a step > (1 + tolerance) x the median step is a gap
+
+    # Pulling from the PACS (DICOMweb)
+    pacs_dicomweb_url: str | None = None
+    pacs_username: str | None = None
+    pacs_password: SecretStr | None = None
+    pacs_bearer_token: SecretStr | None = None
+    pacs_timeout_seconds: float = 30.0
+    prior_fetch_enabled: bool = False
+    prior_lookback_days: int = 3 * 365
+    prior_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
+
+    log_level: str = "INFO"
+
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.data_dir / 'imaging.db'}"

@@ -1,0 +1,1 @@
+"""Outcomes service: FHIR R4 server for complications and patient-reported outcomes."""
