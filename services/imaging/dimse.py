@@ -26,7 +26,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, acse, evt
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification, _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -58,6 +59,44 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_OUT_OF_RESOURCES = 0xA700
 
 OnStored = Callable[[StoreResult], None]
+
+
+def _negotiate_in_requestor_order(
+    rq_contexts: list[PresentationContext],
+    ac_contexts: list[PresentationContext],
+    roles: dict[Any, Any] | None = None,
+) -> tuple[list[PresentationContext], list[Any]]:
+    """Accept, per proposed context, the first transfer syntax *the sender* lists.
+
+    pynetdicom picks in the acceptor's order, so a sender proposing [JPEG Baseline,
+    Explicit VR LE] for a JPEG image would be made to decompress it, which most cannot.
+    Like DCMTK's storescp with ``+xa`` and dcm4chee, we keep the sender's own encoding:
+    the stored instance is then byte-identical to the sender's.
+    """
+    supported = {cx.abstract_syntax: cx for cx in ac_contexts}
+    results: list[PresentationContext] = []
+    all_roles: list[Any] = []
+    for rq in rq_contexts:
+        ac = supported.get(rq.abstract_syntax)
+        candidates = [ac] if ac is None else []
+        if ac is not None:
+            ordered = PresentationContext()
+            ordered.abstract_syntax = ac.abstract_syntax
+            ordered.scu_role, ordered.scp_role = ac.scu_role, ac.scp_role
+            ordered.transfer_syntax = [
+                ts for ts in rq.transfer_syntax if ts in ac.transfer_syntax
+            ] or list(ac.transfer_syntax)
+            candidates = [ordered]
+        result, result_roles = _pynetdicom_negotiate(
+            [rq], [c for c in candidates if c is not None], roles or {}
+        )
+        results.extend(result)
+        all_roles.extend(r for r in result_roles if r not in all_roles)
+    return results, all_roles
+
+
+_pynetdicom_negotiate = acse.negotiate_as_acceptor
+acse.negotiate_as_acceptor = _negotiate_in_requestor_order  # type: ignore[assignment]
 
 
 def build_ae(settings: ImagingSettings) -> AE:

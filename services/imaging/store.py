@@ -21,9 +21,11 @@ import threading
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from pydicom import Dataset
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
@@ -93,7 +95,7 @@ class InstanceStore:
             raise InstanceTooLarge(
                 f"instance of {len(data)} bytes exceeds the limit of {self.max_instance_bytes}"
             )
-        _, header = read_part10(data)
+        dataset, header = read_part10(data)
         if expected_study is not None and header.study_instance_uid != expected_study:
             raise StudyMismatch("instance belongs to another study than the request URL names")
         # The content is the data set: the same instance re-framed with another File Meta
@@ -101,10 +103,10 @@ class InstanceStore:
         digest = hashlib.sha256(memoryview(data)[header.dataset_offset :]).hexdigest()
         stripe = self._stripes[zlib.crc32(header.sop_instance_uid.encode()) % len(self._stripes)]
         with stripe:
-            return self._put_locked(data, header, digest, source)
+            return self._put_locked(data, dataset, header, digest, source)
 
     def _put_locked(
-        self, data: bytes, header: InstanceHeader, digest: str, source: str
+        self, data: bytes, dataset: Dataset, header: InstanceHeader, digest: str, source: str
     ) -> StoreResult:
         with Session(self.engine) as session:
             known = session.exec(
@@ -124,18 +126,29 @@ class InstanceStore:
             return self._result("duplicate", header, study_version, current.path)
 
         version = len(known) + 1
+        reencoded = version > 1 and self._is_reencoding(dataset, header, known)
         series_dir = self.root / header.study_instance_uid / header.series_instance_uid
         name = header.sop_instance_uid + (".dcm" if version == 1 else f".v{version}.dcm")
         path = series_dir / name
         self._write_durably(path, data)
         relpath = str(path.relative_to(self.root))
         try:
-            return self._index(header, digest, relpath, len(data), version, source)
+            return self._index(header, digest, relpath, len(data), version, source, reencoded)
         except (IntegrityError, OperationalError) as exc:
             if version == 1:
                 path.unlink(missing_ok=True)
             log.exception("index write failed", extra={"error": type(exc).__name__})
             raise OutOfResources("the index could not record the instance") from None
+
+    def _is_reencoding(
+        self, dataset: Dataset, header: InstanceHeader, known: Sequence[InstanceVersion]
+    ) -> bool:
+        """Whether new content is the current version in another transfer syntax."""
+        current = next(v for v in known if v.is_current)
+        stored, stored_header = read_part10((self.root / current.path).read_bytes())
+        return stored_header.transfer_syntax_uid != header.transfer_syntax_uid and (
+            attribute_fingerprint(stored) == attribute_fingerprint(dataset)
+        )
 
     def _write_durably(self, path: Path, data: bytes) -> None:
         directory = path.parent
@@ -170,6 +183,7 @@ class InstanceStore:
         size: int,
         version: int,
         source: str,
+        reencoded: bool = False,
     ) -> StoreResult:
         now = utcnow()
         with self._index_lock, session_scope(self.engine) as session:
@@ -185,11 +199,17 @@ class InstanceStore:
                         source=source,
                         received_at=now,
                         is_current=False,
-                        note="content differs from the stored version",
+                        note=(
+                            f"same attributes, transfer syntax {header.transfer_syntax_uid}"
+                            if reencoded
+                            else "content differs from the stored version"
+                        ),
                     )
                 )
                 instance = session.get(Instance, header.sop_instance_uid)
                 assert instance is not None
+                if reencoded:
+                    return self._result("duplicate", header, instance.study_version, relpath)
                 instance.conflict = True
                 session.add(instance)
                 log.warning(
@@ -285,6 +305,22 @@ class InstanceStore:
             tmp.unlink(missing_ok=True)
             count += 1
         return count
+
+
+# Attributes that legitimately change when an instance is re-encoded (PS3.5 8.2).
+_ENCODING_TAGS = frozenset({0x00280002, 0x00280004, 0x00280006, 0x00282110, 0x00282112,
+                            0x00282114, 0x7FE00010, 0x00080005, 0xFFFCFFFC})
+
+
+def attribute_fingerprint(dataset: Dataset) -> str:
+    """A hash of a data set's attributes, without pixel data and encoding details."""
+    digest = hashlib.sha256()
+    for element in dataset:
+        if element.tag in _ENCODING_TAGS or element.tag.group == 0x0002:
+            continue
+        # No VR: implicit VR files carry private elements as UN.
+        digest.update(f"{element.tag}:{element.value!s}".encode(errors="replace"))
+    return digest.hexdigest()
 
 
 class _NullLock:

@@ -211,3 +211,18 @@ def test_restart_between_arrival_and_completion_loses_nothing(tmp_path: Path) ->
     assert lifecycle.sweep() == [spec.study_uid]
     lifecycle.deliver()
     assert [e.study_instance_uid for e in received] == [spec.study_uid]
+
+
+def test_same_instance_in_another_transfer_syntax_is_a_duplicate_not_a_conflict(
+    store: InstanceStore,
+) -> None:
+    """MR_small.dcm and MR_small_implicit.dcm are one instance in two encodings."""
+    explicit = Path(get_testdata_file("MR_small.dcm", download=False))  # type: ignore[arg-type]
+    implicit = Path(get_testdata_file("MR_small_implicit.dcm", download=False))  # type: ignore[arg-type]
+    assert store.put(explicit.read_bytes(), source="a").outcome == "stored"
+    assert store.put(implicit.read_bytes(), source="b").outcome == "duplicate"
+    with Session(store.engine) as session:
+        instance = session.exec(select(Instance)).one()
+        versions = session.exec(select(InstanceVersion)).all()
+    assert not instance.conflict
+    assert len(versions) == 2 and "transfer syntax 1.2.840.10008.1.2" in (versions[1].note or "")
