@@ -14,7 +14,9 @@ function OnStableStudy(studyId, tags, metadata)
     end
   end
   if wanted then
+    -- One association for the whole study, as an Orthanc job (retried from the Jobs API).
     print('auto-routing study ' .. studyId .. ' to spineimg')
-    SendToModality(studyId, 'spineimg')
+    RestApiPost('/modalities/spineimg/store',
+                '{"Resources": ["' .. studyId .. '"], "Asynchronous": true}')
   end
 end

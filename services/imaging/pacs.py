@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 class Pacs(Protocol):
     """What we need of a PACS: search studies, iterate a study's instances."""
 
-    def search_studies(self, filters: dict[str, str]) -> list[dict[str, Any]]: ...
+    def search_studies(
+        self, filters: dict[str, str], fields: list[str] | None = None
+    ) -> list[dict[str, Any]]: ...
 
     def iter_study(self, study_instance_uid: str) -> Any: ...
 
@@ -40,9 +42,11 @@ class DicomwebPacs:
     def __init__(self, url: str, session: requests.Session) -> None:
         self._client = DICOMwebClient(url=url, session=session)
 
-    def search_studies(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+    def search_studies(
+        self, filters: dict[str, str], fields: list[str] | None = None
+    ) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._client.search_for_studies(
-            search_filters=filters, get_remaining=True
+            search_filters=filters, fields=fields, get_remaining=True
         )
         return result
 
@@ -94,9 +98,11 @@ def study_json_value(entry: dict[str, Any], tag: str) -> str | None:
     return str(value)
 
 
-def search(pacs: Pacs, filters: dict[str, str]) -> list[dict[str, Any]]:
+def search(
+    pacs: Pacs, filters: dict[str, str], fields: list[str] | None = None
+) -> list[dict[str, Any]]:
     try:
-        return pacs.search_studies(filters)
+        return pacs.search_studies(filters, fields)
     except requests.RequestException as exc:
         raise PacsError(f"PACS search failed ({type(exc).__name__})") from None
 
@@ -155,17 +161,16 @@ class PriorFetcher:
             patient_id, issuer, study_date = (
                 study.patient_id, study.issuer_of_patient_id, study.study_date
             )
-        filters: dict[str, str] = {
-            "PatientID": patient_id,
-            "ModalitiesInStudy": "\\".join(self.modalities),
-        }
+        # Modalities are filtered here: PACSs differ on multi-valued ModalitiesInStudy.
+        filters: dict[str, str] = {"PatientID": patient_id}
         if issuer:
             filters["IssuerOfPatientID"] = issuer
         if study_date:
             end = date(int(study_date[:4]), int(study_date[4:6]), int(study_date[6:8]))
             start = end - timedelta(days=self.lookback_days)
             filters["StudyDate"] = f"{start:%Y%m%d}-{end:%Y%m%d}"
-        for entry in search(self.pacs, filters):
+        fields = ["IssuerOfPatientID", "ModalitiesInStudy", "StudyDate"]
+        for entry in search(self.pacs, filters, fields):
             uid = study_json_value(entry, "0020000D")
             if uid is None or uid == event.study_instance_uid:
                 continue

@@ -368,10 +368,6 @@ def _instance_bytes(store: InstanceStore, inst: Instance, wanted: str | None) ->
     data = store.path_of(inst).read_bytes()
     if wanted is None or wanted == inst.transfer_syntax_uid:
         return inst.transfer_syntax_uid, data
-    if wanted != ExplicitVRLittleEndian:
-        raise NotAcceptable(
-            f"cannot transcode to {wanted}; ask for {ExplicitVRLittleEndian} or '*'"
-        )
     ds = dcmread(BytesIO(data))
     if UID(inst.transfer_syntax_uid).is_compressed:
         ds.decompress()
@@ -384,6 +380,13 @@ def _instance_bytes(store: InstanceStore, inst: Instance, wanted: str | None) ->
 def _multipart_instances(request: Request, instances: list[Instance]) -> Response:
     store: InstanceStore = request.app.state.store
     wanted = _requested_transfer_syntax(request.headers.get("accept"))
+    if wanted not in (None, ExplicitVRLittleEndian) and any(
+        inst.transfer_syntax_uid != wanted for inst in instances
+    ):
+        # Decided before the first byte is streamed: a 406 cannot follow a 200.
+        raise NotAcceptable(
+            f"cannot transcode to {wanted}; ask for {ExplicitVRLittleEndian} or '*'"
+        )
     boundary = new_boundary()
 
     def parts() -> Iterator[tuple[str, bytes]]:
