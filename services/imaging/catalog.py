@@ -68,9 +68,7 @@ def _condition(keyword: str, column: Any, value: str) -> ColumnElement[bool] | N
     return col(column) == value
 
 
-def _conditions(
-    table: dict[str, Any], filters: dict[str, str]
-) -> list[ColumnElement[bool]]:
+def _conditions(table: dict[str, Any], filters: dict[str, str]) -> list[ColumnElement[bool]]:
     out = []
     for keyword, column in table.items():
         if keyword in filters:

@@ -11,7 +11,7 @@ Localizers (several orientations) and single-image or multi-frame series pass.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,7 +103,7 @@ def check_series(
         median = float(np.median(moving))
         gaps = moving[moving > (1.0 + gap_tolerance) * median]
         if gaps.size:
-            missing = int(round(float(np.sum(gaps / median - 1.0))))
+            missing = round(float(np.sum(gaps / median - 1.0)))
             problems.append(
                 f"{gaps.size} gap(s) in slice positions (about {max(missing, 1)} slice(s) "
                 f"missing; step {median:.3g} mm)"
@@ -112,7 +112,7 @@ def check_series(
 
 
 def check_study(
-    series: dict[str, Sequence[SliceGeometry]], *, gap_tolerance: float = 0.5
+    series: Mapping[str, Sequence[SliceGeometry]], *, gap_tolerance: float = 0.5
 ) -> list[SeriesCheck]:
     """Check every series of a study; the study is whole when no check has problems."""
     return [

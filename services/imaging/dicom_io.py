@@ -46,8 +46,8 @@ class InstanceHeader:
     sop_class_uid: str
     transfer_syntax_uid: str
     dataset_offset: int  # where the data set starts, after the File Meta
-    patient: dict[str, str | None]
-    study: dict[str, str | None]
+    patient: dict[str, Any]
+    study: dict[str, Any]
     series: dict[str, Any]
     instance: dict[str, Any]
 
@@ -160,9 +160,7 @@ def read_part10(data: bytes) -> tuple[Dataset, InstanceHeader]:
         expected = _expected_native_length(ds)
         actual = len(ds.PixelData or b"")
         if expected is not None and actual < expected:
-            raise InvalidInstance(
-                f"truncated pixel data: {actual} bytes, {expected} expected"
-            )
+            raise InvalidInstance(f"truncated pixel data: {actual} bytes, {expected} expected")
 
     header = InstanceHeader(
         study_instance_uid=str(ds.StudyInstanceUID),

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -28,7 +28,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, acse, evt
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification, _STORAGE_CLASSES
+from pynetdicom.sop_class import _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.imaging.errors import ImagingError
@@ -54,6 +54,7 @@ TRANSFER_SYNTAXES = [
 ]
 assert set(TRANSFER_SYNTAXES) <= set(ALL_TRANSFER_SYNTAXES)
 
+VERIFICATION = "1.2.840.10008.1.1"
 STATUS_SUCCESS = 0x0000
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -78,7 +79,7 @@ def _negotiate_in_requestor_order(
     all_roles: list[Any] = []
     for rq in rq_contexts:
         ac = supported.get(rq.abstract_syntax)
-        candidates = [ac] if ac is None else []
+        candidates: list[PresentationContext] = []
         if ac is not None:
             ordered = PresentationContext()
             ordered.abstract_syntax = ac.abstract_syntax
@@ -87,16 +88,14 @@ def _negotiate_in_requestor_order(
                 ts for ts in rq.transfer_syntax if ts in ac.transfer_syntax
             ] or list(ac.transfer_syntax)
             candidates = [ordered]
-        result, result_roles = _pynetdicom_negotiate(
-            [rq], [c for c in candidates if c is not None], roles or {}
-        )
+        result, result_roles = _pynetdicom_negotiate([rq], candidates, roles or {})
         results.extend(result)
         all_roles.extend(r for r in result_roles if r not in all_roles)
     return results, all_roles
 
 
-_pynetdicom_negotiate = acse.negotiate_as_acceptor
-acse.negotiate_as_acceptor = _negotiate_in_requestor_order  # type: ignore[assignment]
+_pynetdicom_negotiate = getattr(acse, "negotiate_as_acceptor")  # noqa: B009
+setattr(acse, "negotiate_as_acceptor", _negotiate_in_requestor_order)  # noqa: B010
 
 
 def build_ae(settings: ImagingSettings) -> AE:
@@ -109,7 +108,7 @@ def build_ae(settings: ImagingSettings) -> AE:
     ae.acse_timeout = 30
     ae.require_called_aet = True
     ae.require_calling_aet = list(settings.allowed_calling_aets)
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
     for uid in sorted(set(_STORAGE_CLASSES.values())):
         ae.add_supported_context(uid, TRANSFER_SYNTAXES)
     return ae
@@ -151,13 +150,14 @@ def start_scp(
 ) -> ThreadedAssociationServer:
     """Start the SCP in background threads; the caller shuts it down."""
     ae = build_ae(settings)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS),
         (evt.EVT_C_STORE, handle_store, [store, on_stored]),
     ]
     server = ae.start_server(
         (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers
     )
+    assert server is not None  # block=False returns the running server
     log.info(
         "DICOM SCP listening",
         extra={"ae_title": settings.ae_title, "port": server.server_address[1]},

@@ -82,29 +82,28 @@ class StudyLifecycle:
 
     def _settle(self, uid: str, last_received: object, *, force: bool) -> bool:
         with Session(self.engine) as session:
-            rows = session.exec(
-                select(
-                    Instance.series_instance_uid,
-                    Instance.sop_instance_uid,
-                    Instance.image_position_patient,
-                    Instance.image_orientation_patient,
-                    Instance.rows,
-                    Instance.columns,
-                    Instance.pixel_spacing,
-                    Instance.number_of_frames,
-                ).where(Instance.study_instance_uid == uid)
-            ).all()
+            rows = session.exec(select(Instance).where(Instance.study_instance_uid == uid)).all()
         by_series: dict[str, list[SliceGeometry]] = defaultdict(list)
         for row in rows:
-            by_series[row[0]].append(SliceGeometry(*row[1:]))
+            by_series[row.series_instance_uid].append(
+                SliceGeometry(
+                    row.sop_instance_uid,
+                    row.image_position_patient,
+                    row.image_orientation_patient,
+                    row.rows,
+                    row.columns,
+                    row.pixel_spacing,
+                    row.number_of_frames,
+                )
+            )
         checks = check_study(by_series, gap_tolerance=self.gap_tolerance)
         problems = [f"series {c.series_instance_uid}: {p}" for c in checks for p in c.problems]
         whole = force or not problems
         now = utcnow()
         with session_scope(self.engine) as session:
-            allowed_states = [StudyState.RECEIVING, StudyState.INCOMPLETE] if force else [
-                StudyState.RECEIVING
-            ]
+            allowed_states = (
+                [StudyState.RECEIVING, StudyState.INCOMPLETE] if force else [StudyState.RECEIVING]
+            )
             result = session.execute(
                 update(Study)
                 .where(

@@ -125,11 +125,15 @@ def retrieve(pacs: Pacs, store: InstanceStore, study_instance_uid: str) -> Retri
         raise PacsError(f"PACS retrieve failed (HTTP {status})") from None
     except requests.RequestException as exc:
         raise PacsError(f"PACS retrieve failed ({type(exc).__name__})") from None
-    log.info("study retrieved from the PACS", extra={"study_instance_uid": study_instance_uid,
-                                                     **counts})
+    log.info(
+        "study retrieved from the PACS", extra={"study_instance_uid": study_instance_uid, **counts}
+    )
     return RetrieveReport(
-        study_instance_uid, counts["stored"], counts["duplicate"], counts["conflict"],
-        counts["failed"]
+        study_instance_uid,
+        counts["stored"],
+        counts["duplicate"],
+        counts["conflict"],
+        counts["failed"],
     )
 
 
@@ -159,7 +163,9 @@ class PriorFetcher:
             if study is None or not study.patient_id:
                 return
             patient_id, issuer, study_date = (
-                study.patient_id, study.issuer_of_patient_id, study.study_date
+                study.patient_id,
+                study.issuer_of_patient_id,
+                study.study_date,
             )
         # Modalities are filtered here: PACSs differ on multi-valued ModalitiesInStudy.
         filters: dict[str, str] = {"PatientID": patient_id}

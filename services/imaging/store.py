@@ -19,9 +19,9 @@ import logging
 import os
 import threading
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -75,15 +75,11 @@ class InstanceStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._stripes = [threading.Lock() for _ in range(64)]
         # SQLite has one writer; serialising index writes in-process avoids lock retries.
-        self._index_lock = (
-            threading.Lock() if engine.dialect.name == "sqlite" else _NullLock()
-        )
+        self._index_lock = threading.Lock() if engine.dialect.name == "sqlite" else _NullLock()
         self._known_dirs: set[Path] = set()
 
     # -- writing ---------------------------------------------------------------------
-    def put(
-        self, data: bytes, *, source: str, expected_study: str | None = None
-    ) -> StoreResult:
+    def put(self, data: bytes, *, source: str, expected_study: str | None = None) -> StoreResult:
         """Check, persist and index one DICOM Part 10 instance.
 
         Raises
@@ -308,8 +304,19 @@ class InstanceStore:
 
 
 # Attributes that legitimately change when an instance is re-encoded (PS3.5 8.2).
-_ENCODING_TAGS = frozenset({0x00280002, 0x00280004, 0x00280006, 0x00282110, 0x00282112,
-                            0x00282114, 0x7FE00010, 0x00080005, 0xFFFCFFFC})
+_ENCODING_TAGS = frozenset(
+    {
+        0x00280002,
+        0x00280004,
+        0x00280006,
+        0x00282110,
+        0x00282112,
+        0x00282114,
+        0x7FE00010,
+        0x00080005,
+        0xFFFCFFFC,
+    }
+)
 
 
 def attribute_fingerprint(dataset: Dataset) -> str:

@@ -35,8 +35,10 @@ def storescu(
     return subprocess.run(
         [
             "storescu",
-            "-aet", calling,
-            "-aec", called,
+            "-aet",
+            calling,
+            "-aec",
+            called,
             "--required",
             *extra,
             "127.0.0.1",

@@ -82,7 +82,12 @@ def test_mixed_matrix_sizes_are_reported() -> None:
     slices = _slices(5)
     odd = slices[2]
     slices[2] = SliceGeometry(
-        odd.sop_instance_uid, odd.image_position_patient, odd.image_orientation_patient,
-        128, 128, odd.pixel_spacing, None,
+        odd.sop_instance_uid,
+        odd.image_position_patient,
+        odd.image_orientation_patient,
+        128,
+        128,
+        odd.pixel_spacing,
+        None,
     )
     assert any("matrix" in p for p in check_series("1.2.3", slices).problems)

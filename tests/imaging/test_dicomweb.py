@@ -19,8 +19,14 @@ from tests.harness.series import SeriesSpec, iter_chunks, make_series, multipart
 STOW_TYPE = 'multipart/related; type="application/dicom"; boundary={}'
 
 
-def _stow(client: httpx.Client, body: bytes, *, boundary: str = "test-boundary",
-          content_type: str | None = None, path: str = "/dicomweb/studies") -> httpx.Response:
+def _stow(
+    client: httpx.Client,
+    body: bytes,
+    *,
+    boundary: str = "test-boundary",
+    content_type: str | None = None,
+    path: str = "/dicomweb/studies",
+) -> httpx.Response:
     return client.post(
         path, content=body, headers={"Content-Type": content_type or STOW_TYPE.format(boundary)}
     )
@@ -57,7 +63,9 @@ def test_stow_accepts_unquoted_boundary_and_chunked_body(imaging: ImagingServer)
         response = client.post(
             "/dicomweb/studies",
             content=iter_chunks(body, 1000),  # a generator: sent with chunked encoding
-            headers={"Content-Type": "multipart/related; type=application/dicom; boundary=b0undary"},
+            headers={
+                "Content-Type": "multipart/related; type=application/dicom; boundary=b0undary"
+            },
         )
     assert response.status_code == 200, response.text
     assert len(response.json()["00081199"]["Value"]) == 4
@@ -136,8 +144,15 @@ def test_oversized_upload_is_refused_with_413(
 
 
 def test_every_dicomweb_route_needs_authentication(imaging: ImagingServer) -> None:
-    routes = ["/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances", "/api/studies",
-              "/dicomweb/studies/1.2.3", "/dicomweb/studies/1.2.3/metadata", "/api/events"]
+    routes = [
+        "/dicomweb/studies",
+        "/dicomweb/series",
+        "/dicomweb/instances",
+        "/api/studies",
+        "/dicomweb/studies/1.2.3",
+        "/dicomweb/studies/1.2.3/metadata",
+        "/api/events",
+    ]
     with httpx.Client(base_url=imaging.url) as anonymous:
         for route in routes:
             assert anonymous.get(route).status_code == 401, route
@@ -157,12 +172,22 @@ def test_http_basic_users_when_configured(imaging_factory: Callable[..., Imaging
     good = base64.b64encode(b"pacs:s3cret").decode()
     wrong = base64.b64encode(b"pacs:guess").decode()
     with httpx.Client(base_url=server.url) as client:
-        ok = client.post("/dicomweb/studies", content=body,
-                         headers={"Authorization": f"Basic {good}",
-                                  "Content-Type": STOW_TYPE.format("test-boundary")})
-        denied = client.post("/dicomweb/studies", content=body,
-                             headers={"Authorization": f"Basic {wrong}",
-                                      "Content-Type": STOW_TYPE.format("test-boundary")})
+        ok = client.post(
+            "/dicomweb/studies",
+            content=body,
+            headers={
+                "Authorization": f"Basic {good}",
+                "Content-Type": STOW_TYPE.format("test-boundary"),
+            },
+        )
+        denied = client.post(
+            "/dicomweb/studies",
+            content=body,
+            headers={
+                "Authorization": f"Basic {wrong}",
+                "Content-Type": STOW_TYPE.format("test-boundary"),
+            },
+        )
     assert ok.status_code == 200 and denied.status_code == 401
 
 
@@ -201,7 +226,9 @@ def test_dicomweb_client_retrieves_what_was_stored(imaging: ImagingServer) -> No
     retrieved = web.retrieve_study(study)
     assert sorted(d.SOPInstanceUID for d in retrieved) == sorted(d.SOPInstanceUID for d in datasets)
     assert retrieved[0].PixelData in {d.PixelData for d in datasets}
-    instance = web.retrieve_instance(study, datasets[1].SeriesInstanceUID, datasets[1].SOPInstanceUID)
+    instance = web.retrieve_instance(
+        study, datasets[1].SeriesInstanceUID, datasets[1].SOPInstanceUID
+    )
     assert instance.SOPInstanceUID == datasets[1].SOPInstanceUID
     metadata = web.retrieve_series_metadata(study, datasets[0].SeriesInstanceUID)
     assert len(metadata) == 3 and "7FE00010" not in metadata[0]
@@ -225,8 +252,10 @@ def test_wado_transcodes_compressed_to_explicit_little_endian_on_request(
     with imaging.client() as client:
         refused = client.get(
             f"/dicomweb/studies/{study}",
-            headers={"Accept": 'multipart/related; type="application/dicom"; '
-                               "transfer-syntax=1.2.840.10008.1.2.4.50"},
+            headers={
+                "Accept": 'multipart/related; type="application/dicom"; '
+                "transfer-syntax=1.2.840.10008.1.2.4.50"
+            },
         )
     assert refused.status_code == 406
 

@@ -114,8 +114,9 @@ def test_post_operative_arrival_fetches_the_prior_study(
     pre = SeriesSpec(slices=8, patient_id="MRN-7", study_date="20250301")
     too_old = SeriesSpec(slices=2, patient_id="MRN-7", study_date="20150301")
     other_patient = SeriesSpec(slices=2, patient_id="MRN-8", study_date="20250301")
-    other_issuer = SeriesSpec(slices=2, patient_id="MRN-7", issuer="HOSPITAL-B",
-                              study_date="20250302")
+    other_issuer = SeriesSpec(
+        slices=2, patient_id="MRN-7", issuer="HOSPITAL-B", study_date="20250302"
+    )
     for spec in (pre, too_old, other_patient, other_issuer):
         for ds in make_series(spec):
             orthanc.upload(to_bytes(ds))

@@ -161,8 +161,9 @@ def test_study_with_a_gap_is_held_as_incomplete(store: InstanceStore) -> None:
         assert study.state_reason is not None and "gap" in study.state_reason
         assert session.exec(select(StudyEvent)).all() == []
     # The missing slices arrive: the study is whole and completes as version 1.
-    for ds in make_series(SeriesSpec(slices=12, study_uid=spec.study_uid,
-                                     series_uid=spec.series_uid)):
+    for ds in make_series(
+        SeriesSpec(slices=12, study_uid=spec.study_uid, series_uid=spec.series_uid)
+    ):
         if ds.InstanceNumber in (6, 7):
             store.put(to_bytes(ds), source="test")
     time.sleep(0.2)

@@ -120,7 +120,9 @@ def instance_json(row: tuple[Instance, Series, Study], base: str) -> dict[str, A
     }
 
 
-def _dicom_json(payload: Any, status_code: int = 200, **headers: str) -> JSONResponse:
+def _dicom_json(
+    payload: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(payload, status_code=status_code, media_type=DICOM_JSON, headers=headers)
 
 
@@ -191,8 +193,12 @@ def _store_parts(
 def _uids_of(data: bytes) -> tuple[str | None, str | None]:
     """Best-effort SOP Class/Instance UIDs of a refused part, for the failure item."""
     try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, force=True,
-                     specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        ds = dcmread(
+            BytesIO(data),
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID"],
+        )
         return (str(ds.get("SOPClassUID", "")) or None, str(ds.get("SOPInstanceUID", "")) or None)
     except Exception:
         return None, None
@@ -248,7 +254,7 @@ def _stow_response(
     if failed:
         reasons = "; ".join(sorted({text for *_, text in failed}))[:500]
         headers["Warning"] = f'299 spine-imaging "{reasons}"'
-    return _dicom_json(payload, status, **headers)
+    return _dicom_json(payload, status, headers)
 
 
 # -- QIDO-RS -------------------------------------------------------------------------------
@@ -285,7 +291,7 @@ def _qido_response(payload: list[dict[str, Any]], ignored: list[str]) -> Respons
         headers["Warning"] = (
             f'299 spine-imaging "The following attributes were ignored: {", ".join(ignored)}"'
         )
-    return _dicom_json(payload, **headers)
+    return _dicom_json(payload, headers=headers)
 
 
 def _engine(request: Request) -> Engine:
@@ -406,7 +412,9 @@ async def retrieve_study(request: Request, study: str, _principal: Reader) -> Re
 
 
 @router.get("/studies/{study}/series/{series}", summary="WADO-RS: retrieve a series")
-async def retrieve_series(request: Request, study: str, series: str, _principal: Reader) -> Response:
+async def retrieve_series(
+    request: Request, study: str, series: str, _principal: Reader
+) -> Response:
     """Every instance of the series as multipart/related application/dicom."""
     instances = await run_in_threadpool(_instances_or_404, request, study, series)
     return _multipart_instances(request, instances)
@@ -440,7 +448,9 @@ async def study_metadata(request: Request, study: str, _principal: Reader) -> Re
 
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="WADO-RS: series metadata")
-async def series_metadata(request: Request, study: str, series: str, _principal: Reader) -> Response:
+async def series_metadata(
+    request: Request, study: str, series: str, _principal: Reader
+) -> Response:
     """The DICOM JSON of every instance of the series, without pixel data."""
     instances = await run_in_threadpool(_instances_or_404, request, study, series)
     return _dicom_json(await run_in_threadpool(_metadata, request, instances))

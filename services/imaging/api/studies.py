@@ -81,9 +81,9 @@ def _status(session: Session, study: Study) -> StudyStatus:
         select(func.count()).select_from(Series).where(Series.study_instance_uid == uid)
     ).one()
     instances, conflicts = session.exec(
-        select(func.count(), func.coalesce(func.sum(case((col(Instance.conflict), 1), else_=0)), 0)).where(
-            Instance.study_instance_uid == uid
-        )
+        select(
+            func.count(), func.coalesce(func.sum(case((col(Instance.conflict), 1), else_=0)), 0)
+        ).where(Instance.study_instance_uid == uid)
     ).one()
     return StudyStatus(
         study_instance_uid=uid,
@@ -104,7 +104,10 @@ def _status(session: Session, study: Study) -> StudyStatus:
 
 @router.get("/studies", response_model=list[StudyStatus])
 def list_studies(
-    request: Request, _principal: Reader, state: str | None = None, limit: int = 100,
+    request: Request,
+    _principal: Reader,
+    state: str | None = None,
+    limit: int = 100,
     offset: int = 0,
 ) -> list[StudyStatus]:
     """Studies we hold, newest first, with their completion state and version."""
