@@ -99,6 +99,13 @@ def _expected_native_length(ds: Dataset) -> int | None:
     return (total_bits + 7) // 8
 
 
+_HEADER_KEYWORDS = (
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "PatientID",
+    "PatientName", "StudyDate", "Modality", "ImagePositionPatient", "ImageOrientationPatient",
+    "PixelSpacing", "Rows", "Columns", "BitsAllocated",
+)
+
+
 def _dataset_offset(meta: Dataset) -> int:
     group_length = meta.get("FileMetaInformationGroupLength")
     # 128-byte preamble, 'DICM', the group length element (12 bytes), then the group.
@@ -131,14 +138,15 @@ def read_part10(data: bytes) -> tuple[Dataset, InstanceHeader]:
     if len(data) < 132 or data[128:132] != b"DICM":
         raise InvalidInstance("not a DICOM Part 10 file (no 'DICM' prefix and File Meta)")
     try:
+        # Parsing walks every element header, so a body cut inside an element fails
+        # here; truncated pixel data is checked below.
         ds = dcmread(BytesIO(data))
-        # Touch every element so that a truncated or corrupt body fails here, not later.
-        for _ in ds.iterall():
-            pass
+        meta = ds.file_meta
+        for keyword in _HEADER_KEYWORDS:  # decode the values we index, inside this guard
+            ds.get(keyword)
     except Exception as exc:  # pydicom raises many exception types on corrupt input
         raise InvalidInstance(f"cannot parse DICOM data set ({type(exc).__name__})") from None
 
-    meta = ds.file_meta
     ts = meta.get("TransferSyntaxUID")
     if not ts:
         raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")

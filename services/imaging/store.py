@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydicom import Dataset
-from sqlalchemy.engine import Engine
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Session, select
-
-from services.common.db import session_scope
+from sqlmodel import col, select
 from services.imaging.dicom_io import InstanceHeader, read_part10
 from services.imaging.errors import InstanceTooLarge, OutOfResources, StudyMismatch
 from services.imaging.models import Instance, InstanceVersion, Series, Study, StudyState
@@ -77,6 +76,7 @@ class InstanceStore:
         # SQLite has one writer; serialising index writes in-process avoids lock retries.
         self._index_lock = threading.Lock() if engine.dialect.name == "sqlite" else _NullLock()
         self._known_dirs: set[Path] = set()
+        self._known_series: set[str] = set()
 
     # -- writing ---------------------------------------------------------------------
     def put(self, data: bytes, *, source: str, expected_study: str | None = None) -> StoreResult:
@@ -104,44 +104,51 @@ class InstanceStore:
     def _put_locked(
         self, data: bytes, dataset: Dataset, header: InstanceHeader, digest: str, source: str
     ) -> StoreResult:
-        with Session(self.engine) as session:
-            known = session.exec(
-                select(InstanceVersion).where(
-                    InstanceVersion.sop_instance_uid == header.sop_instance_uid
-                )
+        with self.engine.connect() as conn:
+            known = conn.execute(
+                select(
+                    InstanceVersion.version,  # type: ignore[call-overload]
+                    InstanceVersion.sha256,
+                    InstanceVersion.path,
+                    InstanceVersion.is_current,
+                ).where(InstanceVersion.sop_instance_uid == header.sop_instance_uid)
             ).all()
-        if any(v.sha256 == digest for v in known):
-            current = next(v for v in known if v.is_current)
-            with Session(self.engine) as session:
-                instance = session.get(Instance, header.sop_instance_uid)
-                study_version = instance.study_version if instance else 1
-            log.info(
-                "duplicate instance ignored",
-                extra={"sop_instance_uid": header.sop_instance_uid, "source": source},
-            )
-            return self._result("duplicate", header, study_version, current.path)
+            if any(v.sha256 == digest for v in known):
+                study_version = conn.execute(
+                    select(Instance.study_version).where(  # type: ignore[call-overload]
+                        Instance.sop_instance_uid == header.sop_instance_uid
+                    )
+                ).scalar_one_or_none()
+                log.info(
+                    "duplicate instance ignored",
+                    extra={"sop_instance_uid": header.sop_instance_uid, "source": source},
+                )
+                return self._result("duplicate", header, study_version or 1)
 
         version = len(known) + 1
-        reencoded = version > 1 and self._is_reencoding(dataset, header, known)
+        current_path = next((v.path for v in known if v.is_current), None)
+        reencoded = current_path is not None and self._is_reencoding(dataset, header, current_path)
         series_dir = self.root / header.study_instance_uid / header.series_instance_uid
         name = header.sop_instance_uid + (".dcm" if version == 1 else f".v{version}.dcm")
         path = series_dir / name
         self._write_durably(path, data)
         relpath = str(path.relative_to(self.root))
         try:
-            return self._index(header, digest, relpath, len(data), version, source, reencoded)
+            with self._index_lock, self.engine.begin() as conn:
+                if version > 1:
+                    return self._index_version(
+                        conn, header, digest, relpath, len(data), version, source, reencoded
+                    )
+                return self._index_new(conn, header, digest, relpath, len(data), source)
         except (IntegrityError, OperationalError) as exc:
             if version == 1:
                 path.unlink(missing_ok=True)
             log.exception("index write failed", extra={"error": type(exc).__name__})
             raise OutOfResources("the index could not record the instance") from None
 
-    def _is_reencoding(
-        self, dataset: Dataset, header: InstanceHeader, known: Sequence[InstanceVersion]
-    ) -> bool:
+    def _is_reencoding(self, dataset: Dataset, header: InstanceHeader, current_path: str) -> bool:
         """Whether new content is the current version in another transfer syntax."""
-        current = next(v for v in known if v.is_current)
-        stored, stored_header = read_part10((self.root / current.path).read_bytes())
+        stored, stored_header = read_part10((self.root / current_path).read_bytes())
         return stored_header.transfer_syntax_uid != header.transfer_syntax_uid and (
             attribute_fingerprint(stored) == attribute_fingerprint(dataset)
         )
@@ -171,114 +178,147 @@ class InstanceStore:
             log.error("cannot write instance", extra={"error": reason})
             raise OutOfResources(f"cannot store the instance: {reason}") from None
 
-    def _index(
+    def _index_version(
         self,
+        conn: Connection,
         header: InstanceHeader,
         digest: str,
         relpath: str,
         size: int,
         version: int,
         source: str,
-        reencoded: bool = False,
+        reencoded: bool,
     ) -> StoreResult:
-        now = utcnow()
-        with self._index_lock, session_scope(self.engine) as session:
-            if version > 1:
-                # Another content for a known SOP Instance UID: keep it, flag it, serve the first.
-                session.add(
-                    InstanceVersion(
-                        sop_instance_uid=header.sop_instance_uid,
-                        version=version,
-                        sha256=digest,
-                        path=relpath,
-                        size=size,
-                        source=source,
-                        received_at=now,
-                        is_current=False,
-                        note=(
-                            f"same attributes, transfer syntax {header.transfer_syntax_uid}"
-                            if reencoded
-                            else "content differs from the stored version"
-                        ),
-                    )
-                )
-                instance = session.get(Instance, header.sop_instance_uid)
-                assert instance is not None
-                if reencoded:
-                    return self._result("duplicate", header, instance.study_version, relpath)
-                instance.conflict = True
-                session.add(instance)
-                log.warning(
-                    "conflicting content for a stored instance kept as a new version",
-                    extra={"sop_instance_uid": header.sop_instance_uid, "version": version},
-                )
-                return self._result("conflict", header, instance.study_version, relpath)
+        """Another content for a known SOP Instance UID: keep it, flag it, serve the first."""
+        note = (
+            f"same attributes, transfer syntax {header.transfer_syntax_uid}"
+            if reencoded
+            else "content differs from the stored version"
+        )
+        conn.execute(
+            insert(InstanceVersion).values(
+                sop_instance_uid=header.sop_instance_uid,
+                version=version,
+                sha256=digest,
+                path=relpath,
+                size=size,
+                source=source,
+                received_at=utcnow(),
+                is_current=False,
+                note=note,
+            )
+        )
+        study_version = conn.execute(
+            select(Instance.study_version).where(  # type: ignore[call-overload]
+                Instance.sop_instance_uid == header.sop_instance_uid
+            )
+        ).scalar_one()
+        if reencoded:
+            return self._result("duplicate", header, study_version)
+        conn.execute(
+            update(Instance)
+            .where(col(Instance.sop_instance_uid) == header.sop_instance_uid)
+            .values(conflict=True)
+        )
+        log.warning(
+            "conflicting content for a stored instance kept as a new version",
+            extra={"sop_instance_uid": header.sop_instance_uid, "version": version},
+        )
+        return self._result("conflict", header, study_version)
 
-            study = session.get(Study, header.study_instance_uid)
-            new_study = study is None
-            if study is None:
-                study = Study(
+    def _index_new(
+        self,
+        conn: Connection,
+        header: InstanceHeader,
+        digest: str,
+        relpath: str,
+        size: int,
+        source: str,
+    ) -> StoreResult:
+        """A new SOP instance: create or reopen its study, its series, and index it."""
+        now = utcnow()
+        study = conn.execute(
+            select(Study.state, Study.version).where(  # type: ignore[call-overload]
+                Study.study_instance_uid == header.study_instance_uid
+            )
+        ).first()
+        new_study = study is None
+        if study is None:
+            study_version = 1
+            conn.execute(
+                insert(Study).values(
                     study_instance_uid=header.study_instance_uid,
                     first_received_at=now,
                     last_received_at=now,
+                    state=StudyState.RECEIVING,
+                    version=1,
                     source="pull" if source == "pull" else "push",
                     **header.patient,
                     **header.study,
                 )
-            elif study.state is not StudyState.RECEIVING:
-                if study.state is StudyState.COMPLETE:
-                    study.version += 1  # a late instance reopens a completed study
-                study.state = StudyState.RECEIVING
-                study.state_reason = None
-            study.last_received_at = now
-            session.add(study)
-            session.flush()  # parents before children: the tables carry foreign keys
-            if session.get(Series, header.series_instance_uid) is None:
-                session.add(
-                    Series(
+            )
+        else:
+            state = study.state
+            # A late instance reopens a completed study as its next version.
+            study_version = study.version + (1 if state is StudyState.COMPLETE else 0)
+            conn.execute(
+                update(Study)
+                .where(col(Study.study_instance_uid) == header.study_instance_uid)
+                .values(
+                    last_received_at=now,
+                    state=StudyState.RECEIVING,
+                    version=study_version,
+                    **({"state_reason": None} if state is not StudyState.RECEIVING else {}),
+                )
+            )
+        if header.series_instance_uid not in self._known_series:
+            exists = conn.execute(
+                select(Series.series_instance_uid).where(  # type: ignore[call-overload]
+                    Series.series_instance_uid == header.series_instance_uid
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    insert(Series).values(
                         series_instance_uid=header.series_instance_uid,
                         study_instance_uid=header.study_instance_uid,
                         **header.series,
                     )
                 )
-                session.flush()
-            session.add(
-                Instance(
-                    sop_instance_uid=header.sop_instance_uid,
-                    series_instance_uid=header.series_instance_uid,
-                    study_instance_uid=header.study_instance_uid,
-                    sop_class_uid=header.sop_class_uid,
-                    transfer_syntax_uid=header.transfer_syntax_uid,
-                    path=relpath,
-                    sha256=digest,
-                    size=size,
-                    received_at=now,
-                    study_version=study.version,
-                    **header.instance,
-                )
+        conn.execute(
+            insert(Instance).values(
+                sop_instance_uid=header.sop_instance_uid,
+                series_instance_uid=header.series_instance_uid,
+                study_instance_uid=header.study_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                path=relpath,
+                sha256=digest,
+                size=size,
+                received_at=now,
+                study_version=study_version,
+                conflict=False,
+                **header.instance,
             )
-            session.add(
-                InstanceVersion(
-                    sop_instance_uid=header.sop_instance_uid,
-                    version=1,
-                    sha256=digest,
-                    path=relpath,
-                    size=size,
-                    source=source,
-                    received_at=now,
-                    is_current=True,
-                )
+        )
+        conn.execute(
+            insert(InstanceVersion).values(
+                sop_instance_uid=header.sop_instance_uid,
+                version=1,
+                sha256=digest,
+                path=relpath,
+                size=size,
+                source=source,
+                received_at=now,
+                is_current=True,
             )
-            return self._result("stored", header, study.version, relpath, new_study=new_study)
+        )
+        self._known_series.add(header.series_instance_uid)
+        return self._result("stored", header, study_version, new_study=new_study)
 
     @staticmethod
     def _result(
-        outcome: Outcome,
-        header: InstanceHeader,
-        study_version: int,
-        _path: str,
-        *,
-        new_study: bool = False,
+        outcome: Outcome, header: InstanceHeader, study_version: int, *, new_study: bool = False
     ) -> StoreResult:
         return StoreResult(
             outcome=outcome,
