@@ -135,7 +135,9 @@ def main() -> int:
             with PeakRss(proc.pid) as rss:
                 for senders in (1, 4):
                     results[("imaging", senders)] = measure(
-                        "imaging", lambda f, s: send(port, "SPINEIMG", f, s), series[senders],
+                        "imaging",
+                        lambda f, s: send(port, "SPINEIMG", f, s),
+                        series[senders],
                         senders,
                     )
         finally:
@@ -146,8 +148,10 @@ def main() -> int:
         with OrthancServer(workdir / "orthanc") as orthanc:
             for senders in (1, 4):
                 results[("orthanc", senders)] = measure(
-                    "orthanc", lambda f, s: send(orthanc.dicom_port, orthanc.aet, f, s),
-                    series[senders], senders,
+                    "orthanc",
+                    lambda f, s: send(orthanc.dicom_port, orthanc.aet, f, s),
+                    series[senders],
+                    senders,
                 )
         print("ratio imaging / orthanc:")
         for senders in (1, 4):

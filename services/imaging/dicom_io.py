@@ -100,9 +100,20 @@ def _expected_native_length(ds: Dataset) -> int | None:
 
 
 _HEADER_KEYWORDS = (
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "PatientID",
-    "PatientName", "StudyDate", "Modality", "ImagePositionPatient", "ImageOrientationPatient",
-    "PixelSpacing", "Rows", "Columns", "BitsAllocated",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "PatientID",
+    "PatientName",
+    "StudyDate",
+    "Modality",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
 )
 
 

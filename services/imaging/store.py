@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import col, select
+
 from services.imaging.dicom_io import InstanceHeader, read_part10
 from services.imaging.errors import InstanceTooLarge, OutOfResources, StudyMismatch
 from services.imaging.models import Instance, InstanceVersion, Series, Study, StudyState
