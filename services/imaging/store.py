@@ -107,7 +107,7 @@ class InstanceStore:
         with self.engine.connect() as conn:
             known = conn.execute(
                 select(
-                    InstanceVersion.version,  # type: ignore[call-overload]
+                    InstanceVersion.version,
                     InstanceVersion.sha256,
                     InstanceVersion.path,
                     InstanceVersion.is_current,
@@ -115,7 +115,7 @@ class InstanceStore:
             ).all()
             if any(v.sha256 == digest for v in known):
                 study_version = conn.execute(
-                    select(Instance.study_version).where(  # type: ignore[call-overload]
+                    select(Instance.study_version).where(
                         Instance.sop_instance_uid == header.sop_instance_uid
                     )
                 ).scalar_one_or_none()
@@ -209,7 +209,7 @@ class InstanceStore:
             )
         )
         study_version = conn.execute(
-            select(Instance.study_version).where(  # type: ignore[call-overload]
+            select(Instance.study_version).where(
                 Instance.sop_instance_uid == header.sop_instance_uid
             )
         ).scalar_one()
@@ -238,7 +238,7 @@ class InstanceStore:
         """A new SOP instance: create or reopen its study, its series, and index it."""
         now = utcnow()
         study = conn.execute(
-            select(Study.state, Study.version).where(  # type: ignore[call-overload]
+            select(Study.state, Study.version).where(
                 Study.study_instance_uid == header.study_instance_uid
             )
         ).first()
@@ -273,7 +273,7 @@ class InstanceStore:
             )
         if header.series_instance_uid not in self._known_series:
             exists = conn.execute(
-                select(Series.series_instance_uid).where(  # type: ignore[call-overload]
+                select(Series.series_instance_uid).where(
                     Series.series_instance_uid == header.series_instance_uid
                 )
             ).first()
