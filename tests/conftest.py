@@ -12,6 +12,7 @@ import pytest
 from tests.harness.dcmtk import have_dcmtk
 from tests.harness.imaging import ImagingServer
 from tests.harness.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
+from tests.harness.postgres import PostgresServer, postgres_bin
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -64,3 +65,10 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancServer]]:
     yield factory
     for server in reversed(started):
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    _require(postgres_bin() is not None, "PostgreSQL")
+    with PostgresServer() as server:
+        yield server

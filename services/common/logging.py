@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,3 +63,40 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # pynetdicom's debug output dumps whole datasets; keep it at warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+class AccessLogMiddleware:
+    """ASGI access log without query strings (they carry PatientID and names in QIDO).
+
+    Replaces uvicorn's access log, which prints the full URL.
+    """
+
+    def __init__(self, app: Any, logger_name: str) -> None:
+        self.app = app
+        self.log = logging.getLogger(logger_name)
+        logging.getLogger("uvicorn.access").disabled = True
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status: dict[str, int] = {}
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.log.info(
+                "http request",
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status.get("code", 500),
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+                },
+            )

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from services.common.auth import Authenticator
 from services.common.db import make_engine, upgrade_schema
+from services.common.logging import AccessLogMiddleware
 from services.imaging import pacs
 from services.imaging.api import dicomweb, studies
 from services.imaging.api.errors import install_error_handlers
@@ -129,6 +130,7 @@ def create_app(settings: ImagingSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings.auth)
     install_error_handlers(app)
+    app.add_middleware(AccessLogMiddleware, logger_name="services.imaging.access")
     app.include_router(dicomweb.router)
     app.include_router(studies.router)
 
