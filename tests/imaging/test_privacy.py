@@ -10,6 +10,7 @@ from services.common.logging import JsonFormatter, PhiFilter
 from tests.harness.imaging import ImagingServer
 from tests.harness.series import SeriesSpec, make_series, multipart_body, to_bytes
 
+STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=test-boundary'
 PHI = {
     "patient_id": "MRN-SECRET-4242",
     "patient_name": "Nightingale^Florence",
