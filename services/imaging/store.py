@@ -25,16 +25,48 @@ from pathlib import Path
 from typing import Literal
 
 from pydicom import Dataset
-from sqlalchemy import insert, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import col, select
+from sqlmodel import SQLModel
 
 from services.imaging.dicom_io import InstanceHeader, read_part10
 from services.imaging.errors import InstanceTooLarge, OutOfResources, StudyMismatch
 from services.imaging.models import Instance, InstanceVersion, Series, Study, StudyState
 
 log = logging.getLogger(__name__)
+
+# The hot path runs prebuilt Core statements with bound parameters: building ORM
+# statements per instance cost more than the SQL itself.
+_STUDY: Table = SQLModel.metadata.tables[Study.__tablename__]
+_SERIES: Table = SQLModel.metadata.tables[Series.__tablename__]
+_INSTANCE: Table = SQLModel.metadata.tables[Instance.__tablename__]
+_VERSION: Table = SQLModel.metadata.tables[InstanceVersion.__tablename__]
+_SELECT_VERSIONS = select(
+    _VERSION.c.version, _VERSION.c.sha256, _VERSION.c.path, _VERSION.c.is_current
+).where(_VERSION.c.sop_instance_uid == bindparam("sop"))
+_SELECT_STUDY_VERSION = select(_INSTANCE.c.study_version).where(
+    _INSTANCE.c.sop_instance_uid == bindparam("sop")
+)
+_SELECT_STUDY = select(_STUDY.c.state, _STUDY.c.version).where(
+    _STUDY.c.study_instance_uid == bindparam("uid")
+)
+_SELECT_SERIES = select(_SERIES.c.series_instance_uid).where(
+    _SERIES.c.series_instance_uid == bindparam("uid")
+)
+_TOUCH_STUDY = (
+    update(_STUDY)
+    .where(_STUDY.c.study_instance_uid == bindparam("uid"))
+    .values(
+        last_received_at=bindparam("now"),
+        state=StudyState.RECEIVING,
+        version=bindparam("new_version"),
+        state_reason=None,
+    )
+)
+_FLAG_CONFLICT = (
+    update(_INSTANCE).where(_INSTANCE.c.sop_instance_uid == bindparam("sop")).values(conflict=True)
+)
 
 Outcome = Literal["stored", "duplicate", "conflict"]
 
@@ -104,24 +136,13 @@ class InstanceStore:
     def _put_locked(
         self, data: bytes, dataset: Dataset, header: InstanceHeader, digest: str, source: str
     ) -> StoreResult:
+        sop = header.sop_instance_uid
         with self.engine.connect() as conn:
-            known = conn.execute(
-                select(
-                    InstanceVersion.version,
-                    InstanceVersion.sha256,
-                    InstanceVersion.path,
-                    InstanceVersion.is_current,
-                ).where(InstanceVersion.sop_instance_uid == header.sop_instance_uid)
-            ).all()
+            known = conn.execute(_SELECT_VERSIONS, {"sop": sop}).all()
             if any(v.sha256 == digest for v in known):
-                study_version = conn.execute(
-                    select(Instance.study_version).where(
-                        Instance.sop_instance_uid == header.sop_instance_uid
-                    )
-                ).scalar_one_or_none()
+                study_version = conn.execute(_SELECT_STUDY_VERSION, {"sop": sop}).scalar()
                 log.info(
-                    "duplicate instance ignored",
-                    extra={"sop_instance_uid": header.sop_instance_uid, "source": source},
+                    "duplicate instance ignored", extra={"sop_instance_uid": sop, "source": source}
                 )
                 return self._result("duplicate", header, study_version or 1)
 
@@ -196,30 +217,25 @@ class InstanceStore:
             else "content differs from the stored version"
         )
         conn.execute(
-            insert(InstanceVersion).values(
-                sop_instance_uid=header.sop_instance_uid,
-                version=version,
-                sha256=digest,
-                path=relpath,
-                size=size,
-                source=source,
-                received_at=utcnow(),
-                is_current=False,
-                note=note,
-            )
+            insert(_VERSION),
+            {
+                "sop_instance_uid": header.sop_instance_uid,
+                "version": version,
+                "sha256": digest,
+                "path": relpath,
+                "size": size,
+                "source": source,
+                "received_at": utcnow(),
+                "is_current": False,
+                "note": note,
+            },
         )
         study_version = conn.execute(
-            select(Instance.study_version).where(
-                Instance.sop_instance_uid == header.sop_instance_uid
-            )
+            _SELECT_STUDY_VERSION, {"sop": header.sop_instance_uid}
         ).scalar_one()
         if reencoded:
             return self._result("duplicate", header, study_version)
-        conn.execute(
-            update(Instance)
-            .where(col(Instance.sop_instance_uid) == header.sop_instance_uid)
-            .values(conflict=True)
-        )
+        conn.execute(_FLAG_CONFLICT, {"sop": header.sop_instance_uid})
         log.warning(
             "conflicting content for a stored instance kept as a new version",
             extra={"sop_instance_uid": header.sop_instance_uid, "version": version},
@@ -237,81 +253,73 @@ class InstanceStore:
     ) -> StoreResult:
         """A new SOP instance: create or reopen its study, its series, and index it."""
         now = utcnow()
-        study = conn.execute(
-            select(Study.state, Study.version).where(
-                Study.study_instance_uid == header.study_instance_uid
-            )
-        ).first()
+        study = conn.execute(_SELECT_STUDY, {"uid": header.study_instance_uid}).first()
         new_study = study is None
         if study is None:
             study_version = 1
             conn.execute(
-                insert(Study).values(
-                    study_instance_uid=header.study_instance_uid,
-                    first_received_at=now,
-                    last_received_at=now,
-                    state=StudyState.RECEIVING,
-                    version=1,
-                    source="pull" if source == "pull" else "push",
+                insert(_STUDY),
+                {
+                    "study_instance_uid": header.study_instance_uid,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                    "state": StudyState.RECEIVING,
+                    "version": 1,
+                    "source": "pull" if source == "pull" else "push",
+                    "state_reason": None,
+                    "completed_at": None,
                     **header.patient,
                     **header.study,
-                )
+                },
             )
         else:
-            state = study.state
             # A late instance reopens a completed study as its next version.
-            study_version = study.version + (1 if state is StudyState.COMPLETE else 0)
+            study_version = study.version + (1 if study.state is StudyState.COMPLETE else 0)
             conn.execute(
-                update(Study)
-                .where(col(Study.study_instance_uid) == header.study_instance_uid)
-                .values(
-                    last_received_at=now,
-                    state=StudyState.RECEIVING,
-                    version=study_version,
-                    **({"state_reason": None} if state is not StudyState.RECEIVING else {}),
-                )
+                _TOUCH_STUDY,
+                {"uid": header.study_instance_uid, "now": now, "new_version": study_version},
             )
         if header.series_instance_uid not in self._known_series:
-            exists = conn.execute(
-                select(Series.series_instance_uid).where(
-                    Series.series_instance_uid == header.series_instance_uid
-                )
-            ).first()
+            exists = conn.execute(_SELECT_SERIES, {"uid": header.series_instance_uid}).first()
             if exists is None:
                 conn.execute(
-                    insert(Series).values(
-                        series_instance_uid=header.series_instance_uid,
-                        study_instance_uid=header.study_instance_uid,
+                    insert(_SERIES),
+                    {
+                        "series_instance_uid": header.series_instance_uid,
+                        "study_instance_uid": header.study_instance_uid,
                         **header.series,
-                    )
+                    },
                 )
         conn.execute(
-            insert(Instance).values(
-                sop_instance_uid=header.sop_instance_uid,
-                series_instance_uid=header.series_instance_uid,
-                study_instance_uid=header.study_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                transfer_syntax_uid=header.transfer_syntax_uid,
-                path=relpath,
-                sha256=digest,
-                size=size,
-                received_at=now,
-                study_version=study_version,
-                conflict=False,
+            insert(_INSTANCE),
+            {
+                "sop_instance_uid": header.sop_instance_uid,
+                "series_instance_uid": header.series_instance_uid,
+                "study_instance_uid": header.study_instance_uid,
+                "sop_class_uid": header.sop_class_uid,
+                "transfer_syntax_uid": header.transfer_syntax_uid,
+                "path": relpath,
+                "sha256": digest,
+                "size": size,
+                "received_at": now,
+                "study_version": study_version,
+                "conflict": False,
                 **header.instance,
-            )
+            },
         )
         conn.execute(
-            insert(InstanceVersion).values(
-                sop_instance_uid=header.sop_instance_uid,
-                version=1,
-                sha256=digest,
-                path=relpath,
-                size=size,
-                source=source,
-                received_at=now,
-                is_current=True,
-            )
+            insert(_VERSION),
+            {
+                "sop_instance_uid": header.sop_instance_uid,
+                "version": 1,
+                "sha256": digest,
+                "path": relpath,
+                "size": size,
+                "source": source,
+                "received_at": now,
+                "is_current": True,
+                "note": None,
+            },
         )
         self._known_series.add(header.series_instance_uid)
         return self._result("stored", header, study_version, new_study=new_study)
