@@ -15,6 +15,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from tests.harness.dcmtk import echoscu, storescu
 from tests.harness.imaging import ImagingServer
+from tests.harness.net import wait_until
 from tests.harness.series import SeriesSpec, make_series, to_bytes, write_series
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("dcmtk")]
@@ -162,3 +163,19 @@ def test_combined_proposal_keeps_the_senders_encoding(
     with imaging.client() as client:
         found = client.get("/dicomweb/instances", params={"SOPInstanceUID": ds.SOPInstanceUID})
     assert found.json()[0]["00083002"]["Value"] == ["1.2.840.10008.1.2.4.50"]
+
+
+def test_association_limit_rejects_the_extra_association(
+    imaging_factory: Callable[..., ImagingServer],
+) -> None:
+    server = imaging_factory(max_associations=1)
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(CTImageStorage)
+    held = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.ae_title)
+    assert held.is_established
+    try:
+        refused = echoscu(server.dicom_port, server.ae_title)
+        assert refused.returncode != 0
+    finally:
+        held.release()
+    assert wait_until(lambda: echoscu(server.dicom_port, server.ae_title).returncode == 0, 10)
