@@ -10,7 +10,12 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
+
+
+class ImagingModel(SQLModel, registry=registry()):
+    """Base of the imaging index tables: their own metadata, their own migrations."""
 
 
 class StudyState(StrEnum):
@@ -21,7 +26,7 @@ class StudyState(StrEnum):
     INCOMPLETE = "incomplete"  # quiet, but the content check failed
 
 
-class Study(SQLModel, table=True):
+class Study(ImagingModel, table=True):
     __tablename__ = "study"
 
     study_instance_uid: str = Field(primary_key=True, max_length=64)
@@ -45,7 +50,7 @@ class Study(SQLModel, table=True):
     completed_at: datetime | None = None
 
 
-class Series(SQLModel, table=True):
+class Series(ImagingModel, table=True):
     __tablename__ = "series"
 
     series_instance_uid: str = Field(primary_key=True, max_length=64)
@@ -60,7 +65,7 @@ class Series(SQLModel, table=True):
     __table_args__ = (Index("ix_series_study", "study_instance_uid"),)
 
 
-class Instance(SQLModel, table=True):
+class Instance(ImagingModel, table=True):
     """The current version of one SOP instance, with the tags the analysis needs."""
 
     __tablename__ = "instance"
@@ -91,7 +96,7 @@ class Instance(SQLModel, table=True):
     )
 
 
-class InstanceVersion(SQLModel, table=True):
+class InstanceVersion(ImagingModel, table=True):
     """Audit trail: every distinct content received for a SOP Instance UID."""
 
     __tablename__ = "instance_version"
@@ -110,7 +115,7 @@ class InstanceVersion(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("sop_instance_uid", "sha256", name="uq_version_content"),)
 
 
-class StudyEvent(SQLModel, table=True):
+class StudyEvent(ImagingModel, table=True):
     """Outbox of study events (``study.complete``); delivered at least once to subscribers."""
 
     __tablename__ = "study_event"

@@ -28,20 +28,26 @@ from pydicom import Dataset
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import SQLModel
 
 from services.imaging.dicom_io import InstanceHeader, read_part10
 from services.imaging.errors import InstanceTooLarge, OutOfResources, StudyMismatch
-from services.imaging.models import Instance, InstanceVersion, Series, Study, StudyState
+from services.imaging.models import (
+    ImagingModel,
+    Instance,
+    InstanceVersion,
+    Series,
+    Study,
+    StudyState,
+)
 
 log = logging.getLogger(__name__)
 
 # The hot path runs prebuilt Core statements with bound parameters: building ORM
 # statements per instance cost more than the SQL itself.
-_STUDY: Table = SQLModel.metadata.tables[Study.__tablename__]
-_SERIES: Table = SQLModel.metadata.tables[Series.__tablename__]
-_INSTANCE: Table = SQLModel.metadata.tables[Instance.__tablename__]
-_VERSION: Table = SQLModel.metadata.tables[InstanceVersion.__tablename__]
+_STUDY: Table = ImagingModel.metadata.tables[Study.__tablename__]
+_SERIES: Table = ImagingModel.metadata.tables[Series.__tablename__]
+_INSTANCE: Table = ImagingModel.metadata.tables[Instance.__tablename__]
+_VERSION: Table = ImagingModel.metadata.tables[InstanceVersion.__tablename__]
 _SELECT_VERSIONS = select(
     _VERSION.c.version, _VERSION.c.sha256, _VERSION.c.path, _VERSION.c.is_current
 ).where(_VERSION.c.sop_instance_uid == bindparam("sop"))

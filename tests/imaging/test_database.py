@@ -9,16 +9,16 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
-from sqlmodel import SQLModel
 
 from services.common.db import make_engine, upgrade_schema
 from services.imaging.app import MIGRATIONS
 from services.imaging.lifecycle import StudyLifecycle
+from services.imaging.models import ImagingModel
 from services.imaging.store import InstanceStore
 from tests.harness.postgres import PostgresServer
 from tests.harness.series import SeriesSpec, make_series, to_bytes
 
-TABLES = {"study", "series", "instance", "instance_version", "study_event", "alembic_version"}
+TABLES = {"study", "series", "instance", "instance_version", "study_event", "alembic_version_imaging"}
 
 
 def test_migrations_create_the_schema_the_models_describe(tmp_path: Path) -> None:
@@ -27,7 +27,10 @@ def test_migrations_create_the_schema_the_models_describe(tmp_path: Path) -> Non
     upgrade_schema(engine, MIGRATIONS)  # idempotent
     assert set(inspect(engine).get_table_names()) >= TABLES
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"version_table": "alembic_version_imaging"}),
+            ImagingModel.metadata,
+        )
     assert diff == [], f"models and migrations disagree: {diff}"
 
 
@@ -38,7 +41,10 @@ def test_store_and_life_cycle_on_postgresql(postgres: PostgresServer, tmp_path: 
         conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     upgrade_schema(engine, MIGRATIONS)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"version_table": "alembic_version_imaging"}),
+            ImagingModel.metadata,
+        )
     assert diff == []
     store = InstanceStore(engine, tmp_path / "storage", max_instance_bytes=10_000_000)
     datasets = make_series(SeriesSpec(slices=6))

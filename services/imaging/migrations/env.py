@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
-from sqlmodel import SQLModel
 
-import services.imaging.models  # noqa: F401 - registers the tables on SQLModel.metadata
+from services.imaging.models import ImagingModel
 
-target_metadata = SQLModel.metadata
+target_metadata = ImagingModel.metadata
 config = context.config
+# Each service keeps its own revision table, so several can share one database.
+VERSION_TABLE = "alembic_version_imaging"
 
 
 def run() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
         context.configure(
-            connection=connection, target_metadata=target_metadata, render_as_batch=True
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            version_table=VERSION_TABLE,
         )
         with context.begin_transaction():
             context.run_migrations()
@@ -25,7 +29,12 @@ def run() -> None:
         config.get_section(config.config_ini_section) or {}, poolclass=pool.NullPool
     )
     with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
+        context.configure(
+            connection=conn,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            version_table=VERSION_TABLE,
+        )
         with context.begin_transaction():
             context.run_migrations()
 

@@ -1,0 +1,28 @@
+"""``python -m services.outcomes serve``: the FHIR R4 server."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from services.common.logging import configure_logging
+from services.outcomes.app import create_app
+from services.outcomes.settings import OutcomesSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.outcomes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the FHIR server")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        settings = OutcomesSettings()
+        configure_logging(settings.log_level)
+        uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
+                    log_config=None, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Transaction and batch Bundles (``POST /fhir``).
+
+A transaction is all or nothing: entries run in the order the specification gives
+(DELETE, POST, PUT, GET) inside one database transaction; ``urn:uuid:`` full URLs of
+created (or conditionally matched) entries are resolved in every reference first. A
+batch runs each entry on its own and reports each outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy.engine import Connection, Engine
+
+from services.outcomes import interactions
+from services.outcomes import repository as repo
+from services.outcomes.errors import FhirError, InvalidRequest, operation_outcome
+
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
+STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+@dataclass(frozen=True)
+class EntryRequest:
+    index: int
+    method: str
+    resource_type: str
+    logical_id: str | None
+    query: str | None
+    resource: dict[str, Any] | None
+    full_url: str | None
+    if_none_exist: str | None
+    if_match: int | None
+
+
+def _parse_entry(index: int, entry: Any) -> EntryRequest:
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+        raise InvalidRequest(f"{where}.request is required")
+    request = entry["request"]
+    method = str(request.get("method", "")).upper()
+    if method not in ORDER:
+        raise InvalidRequest(f"{where}.request.method '{method}' is not supported")
+    url = str(request.get("url", "")).lstrip("/")
+    path, _, query = url.partition("?")
+    parts = path.split("/")
+    if not parts[0]:
+        raise InvalidRequest(f"{where}.request.url is required")
+    resource = entry.get("resource")
+    if method in ("POST", "PUT") and not isinstance(resource, dict):
+        raise InvalidRequest(f"{where}.resource is required for {method}")
+    if_match = None
+    if request.get("ifMatch"):
+        if_match = _version_of(str(request["ifMatch"]))
+    return EntryRequest(
+        index, method, parts[0], parts[1] if len(parts) > 1 else None, query or None,
+        resource, entry.get("fullUrl"), request.get("ifNoneExist"), if_match,
+    )
+
+
+def _version_of(etag: str) -> int:
+    text = etag.removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise InvalidRequest(f"If-Match '{etag}' is not a version ETag")
+    return int(text)
+
+
+def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, mapping))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewrite(item, mapping) for item in node]
+    return node
+
+
+def _response(status: int, stored: repo.Stored | None, base: str) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": STATUS_TEXT.get(status, str(status))}
+    entry: dict[str, Any] = {"response": response}
+    if stored is not None:
+        url = f"{stored.resource_type}/{stored.logical_id}"
+        response["location"] = f"{base}/{url}/_history/{stored.version_id}"
+        response["etag"] = stored.etag
+        response["lastModified"] = repo.instant(stored.last_updated)
+        entry["fullUrl"] = f"{base}/{url}"
+        entry["resource"] = stored.content
+    return entry
+
+
+def _execute(conn: Connection, req: EntryRequest, base: str,
+             preassigned: dict[int, str]) -> dict[str, Any]:
+    if req.method == "POST":
+        assert req.resource is not None
+        result = interactions.create(conn, req.resource, if_none_exist=req.if_none_exist,
+                                     logical_id=preassigned.get(req.index))
+        return _response(201 if result.created else 200, result.stored, base)
+    if req.method == "PUT":
+        assert req.resource is not None
+        if req.logical_id is None:
+            if not req.query:
+                raise InvalidRequest(f"Bundle.entry[{req.index}]: PUT needs an id or criteria")
+            result = interactions.conditional_update(conn, req.resource_type, req.query,
+                                                     req.resource)
+        else:
+            result = interactions.update(conn, req.resource_type, req.logical_id, req.resource,
+                                         if_match=req.if_match)
+        return _response(201 if result.created else 200, result.stored, base)
+    if req.method == "DELETE":
+        logical_id = req.logical_id
+        if logical_id is None and req.query:
+            match = repo.find_one(conn, req.resource_type, req.query)
+            logical_id = match.logical_id if match else None
+        if logical_id is not None:
+            interactions.delete(conn, req.resource_type, logical_id)
+        return _response(204, None, base)
+    # GET: read or search
+    if req.logical_id is not None:
+        return _response(200, repo.read(conn, req.resource_type, req.logical_id), base)
+    found = repo.search(conn, req.resource_type, parse_qsl(req.query or "", keep_blank_values=True))
+    return {
+        "resource": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": found.total,
+            "entry": [{"fullUrl": f"{base}/{s.resource_type}/{s.logical_id}",
+                       "resource": s.content} for s in found.matches],
+        },
+        "response": {"status": "200 OK"},
+    }
+
+
+def process(engine: Engine, bundle: dict[str, Any], base: str) -> dict[str, Any]:
+    """Run a transaction or batch Bundle; return the response Bundle."""
+    if bundle.get("resourceType") != "Bundle":
+        raise InvalidRequest("POST to the base needs a Bundle")
+    kind = bundle.get("type")
+    entries = bundle.get("entry") or []
+    if kind == "transaction":
+        requests = [_parse_entry(i, e) for i, e in enumerate(entries)]
+        work: Callable[[Connection], list[dict[str, Any]]] = (
+            lambda conn: _transaction(conn, requests, base)
+        )
+        responses = repo.run_in_transaction(engine, work)
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses}
+    if kind == "batch":
+        return {"resourceType": "Bundle", "type": "batch-response",
+                "entry": [_batch_entry(engine, i, e, base) for i, e in enumerate(entries)]}
+    raise InvalidRequest(f"Bundle.type must be transaction or batch, not '{kind}'")
+
+
+def _transaction(conn: Connection, requests: list[EntryRequest], base: str) -> list[dict[str, Any]]:
+    mapping: dict[str, str] = {}
+    preassigned: dict[int, str] = {}
+    matched: dict[int, repo.Stored] = {}
+    for req in requests:
+        if req.method != "POST":
+            continue
+        if req.if_none_exist:
+            existing = repo.find_one(conn, req.resource_type, req.if_none_exist)
+            if existing is not None:
+                matched[req.index] = existing
+                if req.full_url:
+                    mapping[req.full_url] = f"{req.resource_type}/{existing.logical_id}"
+                continue
+        new_id = str(uuid.uuid4())
+        preassigned[req.index] = new_id
+        if req.full_url:
+            mapping[req.full_url] = f"{req.resource_type}/{new_id}"
+    responses: dict[int, dict[str, Any]] = {}
+    for req in sorted(requests, key=lambda r: (ORDER[r.method], r.index)):
+        if req.index in matched:
+            responses[req.index] = _response(200, matched[req.index], base)
+            continue
+        resolved = req if req.resource is None else EntryRequest(
+            req.index, req.method, req.resource_type, req.logical_id, req.query,
+            _rewrite(req.resource, mapping), req.full_url, req.if_none_exist, req.if_match,
+        )
+        try:
+            responses[req.index] = _execute(conn, resolved, base, preassigned)
+        except FhirError as exc:
+            exc.diagnostics = f"Bundle.entry[{req.index}]: {exc.diagnostics}"
+            raise
+    return [responses[i] for i in range(len(requests))]
+
+
+def _batch_entry(engine: Engine, index: int, entry: Any, base: str) -> dict[str, Any]:
+    try:
+        req = _parse_entry(index, entry)
+        return repo.run_in_transaction(engine, lambda conn: _execute(conn, req, base, {}))
+    except FhirError as exc:
+        return {"response": {"status": f"{exc.status}", "outcome": operation_outcome(exc)}}

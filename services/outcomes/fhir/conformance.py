@@ -1,0 +1,104 @@
+"""Resources the server publishes about itself: the CapabilityStatement (built from the
+same tables that drive routing and search, so it tells the truth), the project
+CodeSystem and the ODI Questionnaire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.outcomes.fhir import codes, odi
+from services.outcomes.fhir import search_params as sp
+from services.outcomes.fhir.validation import SUPPORTED_TYPES
+
+INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type",
+                "create", "search-type")
+SCORE_ANSWERS = [{"valueCoding": {"code": str(i), "display": str(i)}} for i in range(6)]
+
+
+def capability_statement(base: str, version: str) -> dict[str, Any]:
+    resources: list[dict[str, Any]] = []
+    for rtype in SUPPORTED_TYPES:
+        params = [
+            {"name": p.name, "type": p.type, "documentation": p.description}
+            for p in sp.SEARCH_PARAMS.get(rtype, {}).values()
+        ] + [
+            {"name": "_id", "type": "token"},
+            {"name": "_lastUpdated", "type": "date"},
+        ]
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "interaction": [{"code": code} for code in INTERACTIONS],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
+            "searchParam": params,
+        }
+        if rtype == "Observation":
+            entry["searchInclude"] = ["Observation:patient", "Observation:subject"]
+        if rtype == "Procedure":
+            entry["searchInclude"] = ["Procedure:patient", "Procedure:performer"]
+        resources.append(entry)
+    for rtype in ("AuditEvent", "CodeSystem", "Questionnaire"):
+        resources.append({"type": rtype, "interaction": [{"code": "read"},
+                                                         {"code": "search-type"}]})
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-21",
+        "kind": "instance",
+        "software": {"name": "spine-outcomes FHIR server", "version": version},
+        "implementation": {"description": "Outcomes of the lumbar fusion study", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"}]}],
+                "description": "Bearer JWT with SMART scopes (system/Observation.cruds, "
+                               "user/*.rs, v1 read/write). 401 without a token, 403 when a "
+                               "scope is missing.",
+            },
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+        }],
+    }
+
+
+def project_code_system() -> dict[str, Any]:
+    return {
+        "resourceType": "CodeSystem",
+        "id": codes.PROJECT_CODESYSTEM_ID,
+        "url": codes.PROJECT,
+        "name": "SpineOutcomes",
+        "title": "Spine-surgery outcomes study codes",
+        "status": "active",
+        "content": "complete",
+        "caseSensitive": True,
+        "count": len(codes.PROJECT_CONCEPTS),
+        "property": [{"code": "group", "type": "string"}],
+        "concept": [
+            {"code": c.code, "display": c.display, "definition": c.definition,
+             "property": [{"code": "group", "valueString": c.group}]}
+            for c in codes.PROJECT_CONCEPTS
+        ],
+    }
+
+
+def odi_questionnaire() -> dict[str, Any]:
+    return {
+        "resourceType": "Questionnaire",
+        "id": "odi",
+        "url": codes.ODI_QUESTIONNAIRE,
+        "name": "OswestryDisabilityIndex",
+        "title": "Oswestry Disability Index v2.1a",
+        "status": "active",
+        "item": [
+            {"linkId": link, "text": text, "type": "choice", "answerOption": SCORE_ANSWERS}
+            for link, text in odi.SECTIONS
+        ],
+    }

@@ -1,0 +1,30 @@
+"""Outcomes service configuration (environment prefix ``OUTCOMES_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.auth import AuthSettings
+
+
+class OutcomesSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTCOMES_", extra="ignore")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8002
+    data_dir: Path = Path("var/outcomes")
+    database_url: str | None = None  # default: SQLite in data_dir
+    public_base_url: str | None = None  # base of fullUrl/Location; derived if unset
+    max_body_bytes: int = 50 * 1024**2
+    log_level: str = "INFO"
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.data_dir / 'outcomes.db'}"
