@@ -19,8 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         settings = OutcomesSettings()
         configure_logging(settings.log_level)
-        uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
-                    log_config=None, access_log=False)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+        )
     return 0
 
 

@@ -30,8 +30,11 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/fhir") or \
-                scope["path"] == "/fhir/metadata":
+        if (
+            scope["type"] != "http"
+            or not scope["path"].startswith("/fhir")
+            or scope["path"] == "/fhir/metadata"
+        ):
             await self.app(scope, receive, send)
             return
         status: dict[str, int] = {}
@@ -47,9 +50,12 @@ class AuditMiddleware:
             principal = scope.get("state", {}).get("principal")
             engine = scope["app"].state.engine
             await run_in_threadpool(
-                audit.record, engine,
+                audit.record,
+                engine,
                 agent=principal.subject if principal is not None else "anonymous",
-                method=scope["method"], path=scope["path"], status=status.get("code", 500),
+                method=scope["method"],
+                path=scope["path"],
+                status=status.get("code", 500),
             )
 
 

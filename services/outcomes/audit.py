@@ -11,11 +11,13 @@ from sqlalchemy import Table, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from services.outcomes.models import AuditRecord, OutcomesModel
-from services.outcomes.repository import naive_utc, instant, now_utc
+from services.outcomes.repository import instant, naive_utc, now_utc
 
 _AUDIT: Table = OutcomesModel.metadata.tables[AuditRecord.__tablename__]
-_PATH = re.compile(r"^/fhir/?(?P<type>[A-Z][A-Za-z]+)?(?:/(?P<id>[A-Za-z0-9\-.]{1,64}))?"
-                   r"(?:/_history(?:/(?P<vid>\d+))?)?/?$")
+_PATH = re.compile(
+    r"^/fhir/?(?P<type>[A-Z][A-Za-z]+)?(?:/(?P<id>[A-Za-z0-9\-.]{1,64}))?"
+    r"(?:/_history(?:/(?P<vid>\d+))?)?/?$"
+)
 ACTIONS = {"POST": "C", "PUT": "U", "DELETE": "D", "GET": "R", "PATCH": "U", "HEAD": "R"}
 
 
@@ -63,12 +65,21 @@ def record(
         return
     outcome = 0 if status < 400 else (4 if status < 500 else 8)
     with engine.begin() as conn:
-        conn.execute(insert(_AUDIT).values(
-            recorded=naive_utc(now_utc()), agent=agent[:120], action=interaction.action,
-            interaction=interaction.name, resource_type=interaction.resource_type,
-            resource_id=interaction.resource_id, patient=patient, outcome=outcome,
-            status_code=status, method=method, path=path[:255],
-        ))
+        conn.execute(
+            insert(_AUDIT).values(
+                recorded=naive_utc(now_utc()),
+                agent=agent[:120],
+                action=interaction.action,
+                interaction=interaction.name,
+                resource_type=interaction.resource_type,
+                resource_id=interaction.resource_id,
+                patient=patient,
+                outcome=outcome,
+                status_code=status,
+                method=method,
+                path=path[:255],
+            )
+        )
 
 
 def as_audit_event(row: Any) -> dict[str, Any]:
@@ -79,10 +90,12 @@ def as_audit_event(row: Any) -> dict[str, Any]:
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "id": str(row.pk),
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                 "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction",
-                     "code": row.interaction}],
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+            "display": "RESTful Operation",
+        },
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": row.interaction}],
         "action": row.action,
         "recorded": instant(row.recorded),
         "outcome": str(row.outcome),

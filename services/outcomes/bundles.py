@@ -9,7 +9,6 @@ batch runs each entry on its own and reports each outcome.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -57,8 +56,15 @@ def _parse_entry(index: int, entry: Any) -> EntryRequest:
     if request.get("ifMatch"):
         if_match = _version_of(str(request["ifMatch"]))
     return EntryRequest(
-        index, method, parts[0], parts[1] if len(parts) > 1 else None, query or None,
-        resource, entry.get("fullUrl"), request.get("ifNoneExist"), if_match,
+        index,
+        method,
+        parts[0],
+        parts[1] if len(parts) > 1 else None,
+        query or None,
+        resource,
+        entry.get("fullUrl"),
+        request.get("ifNoneExist"),
+        if_match,
     )
 
 
@@ -72,7 +78,11 @@ def _version_of(etag: str) -> int:
 def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
     if isinstance(node, dict):
         return {
-            k: (mapping.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, mapping))
+            k: (
+                mapping.get(v, v)
+                if k == "reference" and isinstance(v, str)
+                else _rewrite(v, mapping)
+            )
             for k, v in node.items()
         }
     if isinstance(node, list):
@@ -93,23 +103,30 @@ def _response(status: int, stored: repo.Stored | None, base: str) -> dict[str, A
     return entry
 
 
-def _execute(conn: Connection, req: EntryRequest, base: str,
-             preassigned: dict[int, str]) -> dict[str, Any]:
+def _execute(
+    conn: Connection, req: EntryRequest, base: str, preassigned: dict[int, str]
+) -> dict[str, Any]:
     if req.method == "POST":
         assert req.resource is not None
-        result = interactions.create(conn, req.resource, if_none_exist=req.if_none_exist,
-                                     logical_id=preassigned.get(req.index))
+        result = interactions.create(
+            conn,
+            req.resource,
+            if_none_exist=req.if_none_exist,
+            logical_id=preassigned.get(req.index),
+        )
         return _response(201 if result.created else 200, result.stored, base)
     if req.method == "PUT":
         assert req.resource is not None
         if req.logical_id is None:
             if not req.query:
                 raise InvalidRequest(f"Bundle.entry[{req.index}]: PUT needs an id or criteria")
-            result = interactions.conditional_update(conn, req.resource_type, req.query,
-                                                     req.resource)
+            result = interactions.conditional_update(
+                conn, req.resource_type, req.query, req.resource
+            )
         else:
-            result = interactions.update(conn, req.resource_type, req.logical_id, req.resource,
-                                         if_match=req.if_match)
+            result = interactions.update(
+                conn, req.resource_type, req.logical_id, req.resource, if_match=req.if_match
+            )
         return _response(201 if result.created else 200, result.stored, base)
     if req.method == "DELETE":
         logical_id = req.logical_id
@@ -128,8 +145,10 @@ def _execute(conn: Connection, req: EntryRequest, base: str,
             "resourceType": "Bundle",
             "type": "searchset",
             "total": found.total,
-            "entry": [{"fullUrl": f"{base}/{s.resource_type}/{s.logical_id}",
-                       "resource": s.content} for s in found.matches],
+            "entry": [
+                {"fullUrl": f"{base}/{s.resource_type}/{s.logical_id}", "resource": s.content}
+                for s in found.matches
+            ],
         },
         "response": {"status": "200 OK"},
     }
@@ -143,14 +162,18 @@ def process(engine: Engine, bundle: dict[str, Any], base: str) -> dict[str, Any]
     entries = bundle.get("entry") or []
     if kind == "transaction":
         requests = [_parse_entry(i, e) for i, e in enumerate(entries)]
-        work: Callable[[Connection], list[dict[str, Any]]] = (
-            lambda conn: _transaction(conn, requests, base)
-        )
+
+        def work(conn: Connection) -> list[dict[str, Any]]:
+            return _transaction(conn, requests, base)
+
         responses = repo.run_in_transaction(engine, work)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses}
     if kind == "batch":
-        return {"resourceType": "Bundle", "type": "batch-response",
-                "entry": [_batch_entry(engine, i, e, base) for i, e in enumerate(entries)]}
+        return {
+            "resourceType": "Bundle",
+            "type": "batch-response",
+            "entry": [_batch_entry(engine, i, e, base) for i, e in enumerate(entries)],
+        }
     raise InvalidRequest(f"Bundle.type must be transaction or batch, not '{kind}'")
 
 
@@ -177,9 +200,20 @@ def _transaction(conn: Connection, requests: list[EntryRequest], base: str) -> l
         if req.index in matched:
             responses[req.index] = _response(200, matched[req.index], base)
             continue
-        resolved = req if req.resource is None else EntryRequest(
-            req.index, req.method, req.resource_type, req.logical_id, req.query,
-            _rewrite(req.resource, mapping), req.full_url, req.if_none_exist, req.if_match,
+        resolved = (
+            req
+            if req.resource is None
+            else EntryRequest(
+                req.index,
+                req.method,
+                req.resource_type,
+                req.logical_id,
+                req.query,
+                _rewrite(req.resource, mapping),
+                req.full_url,
+                req.if_none_exist,
+                req.if_match,
+            )
         )
         try:
             responses[req.index] = _execute(conn, resolved, base, preassigned)
@@ -192,6 +226,10 @@ def _transaction(conn: Connection, requests: list[EntryRequest], base: str) -> l
 def _batch_entry(engine: Engine, index: int, entry: Any, base: str) -> dict[str, Any]:
     try:
         req = _parse_entry(index, entry)
-        return repo.run_in_transaction(engine, lambda conn: _execute(conn, req, base, {}))
+
+        def work(conn: Connection) -> dict[str, Any]:
+            return _execute(conn, req, base, {})
+
+        return repo.run_in_transaction(engine, work)
     except FhirError as exc:
         return {"response": {"status": f"{exc.status}", "outcome": operation_outcome(exc)}}

@@ -30,8 +30,8 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    update,
 )
+from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -46,8 +46,8 @@ from services.outcomes.errors import (
 from services.outcomes.fhir import search_params as sp
 from services.outcomes.fhir.validation import SUPPORTED_TYPES, validate
 from services.outcomes.models import (
-    OutcomesModel,
     ConditionalKey,
+    OutcomesModel,
     ResourceRow,
     ResourceVersion,
     SearchDate,
@@ -142,8 +142,14 @@ def check_id(logical_id: str) -> None:
 
 
 def _row_to_stored(row: Any) -> Stored:
-    return Stored(row.resource_type, row.logical_id, row.version_id, row.last_updated,
-                  json.loads(row.content), row.pk)
+    return Stored(
+        row.resource_type,
+        row.logical_id,
+        row.version_id,
+        row.last_updated,
+        json.loads(row.content),
+        row.pk,
+    )
 
 
 # -- writes --------------------------------------------------------------------------------
@@ -170,8 +176,7 @@ def _stamp(resource: dict[str, Any], logical_id: str, version: int, when: dateti
 
 def _write_index(conn: Connection, pk: int, resource: dict[str, Any]) -> None:
     rtype = resource["resourceType"]
-    rows: dict[str, list[dict[str, Any]]] = {"token": [], "reference": [], "date": [],
-                                             "string": []}
+    rows: dict[str, list[dict[str, Any]]] = {"token": [], "reference": [], "date": [], "string": []}
     for entry in sp.extract(resource):
         base = {"resource_pk": pk, "resource_type": rtype, "param": entry.param}
         if entry.type == "token":
@@ -180,11 +185,17 @@ def _write_index(conn: Connection, pk: int, resource: dict[str, Any]) -> None:
             rows["reference"].append({**base, "target": entry.value})
         elif entry.type == "date":
             assert entry.low is not None and entry.high is not None
-            rows["date"].append({**base, "low": naive_utc(entry.low), "high": naive_utc(entry.high)})
+            rows["date"].append(
+                {**base, "low": naive_utc(entry.low), "high": naive_utc(entry.high)}
+            )
         else:
             rows["string"].append({**base, "value": (entry.value or "")[:255]})
-    for table, key in ((_TOKEN, "token"), (_REF, "reference"), (_DATE, "date"),
-                       (_STRING, "string")):
+    for table, key in (
+        (_TOKEN, "token"),
+        (_REF, "reference"),
+        (_DATE, "date"),
+        (_STRING, "string"),
+    ):
         if rows[key]:
             conn.execute(insert(table), rows[key])
 
@@ -198,12 +209,27 @@ def _insert_new(conn: Connection, resource: dict[str, Any], logical_id: str) -> 
     when = now_utc()
     rtype = resource["resourceType"]
     content = _stamp(resource, logical_id, 1, when)
-    pk = conn.execute(
-        insert(_R).values(resource_type=rtype, logical_id=logical_id, version_id=1,
-                          last_updated=naive_utc(when), deleted=False, content=content)
-    ).inserted_primary_key[0]
-    conn.execute(insert(_V).values(resource_type=rtype, logical_id=logical_id, version_id=1,
-                                   last_updated=naive_utc(when), method="POST", content=content))
+    inserted = conn.execute(
+        insert(_R).values(
+            resource_type=rtype,
+            logical_id=logical_id,
+            version_id=1,
+            last_updated=naive_utc(when),
+            deleted=False,
+            content=content,
+        )
+    )
+    pk = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+    conn.execute(
+        insert(_V).values(
+            resource_type=rtype,
+            logical_id=logical_id,
+            version_id=1,
+            last_updated=naive_utc(when),
+            method="POST",
+            content=content,
+        )
+    )
     _write_index(conn, pk, resource)
     return Stored(rtype, logical_id, 1, naive_utc(when), resource, pk)
 
@@ -239,8 +265,9 @@ def create(
             return WriteResult(found.matches[0], created=False)
     stored = _insert_new(conn, resource, logical_id or str(uuid.uuid4()))
     if criteria is not None:
-        conn.execute(insert(_KEY).values(resource_type=rtype, criteria=criteria[:512],
-                                         resource_pk=stored.pk))
+        conn.execute(
+            insert(_KEY).values(resource_type=rtype, criteria=criteria[:512], resource_pk=stored.pk)
+        )
     return WriteResult(stored, created=True)
 
 
@@ -273,19 +300,28 @@ def update(
     when = now_utc()
     content = _stamp(resource, logical_id, version, when)
     result = conn.execute(
-        update(_R)
+        sql_update(_R)
         .where(_R.c.pk == row.pk, _R.c.version_id == row.version_id)
         .values(version_id=version, last_updated=naive_utc(when), deleted=False, content=content)
     )
     if result.rowcount != 1:
         raise PreconditionFailed("the resource changed meanwhile; retry with its new version")
-    conn.execute(insert(_V).values(resource_type=resource_type, logical_id=logical_id,
-                                   version_id=version, last_updated=naive_utc(when), method="PUT",
-                                   content=content))
+    conn.execute(
+        insert(_V).values(
+            resource_type=resource_type,
+            logical_id=logical_id,
+            version_id=version,
+            last_updated=naive_utc(when),
+            method="PUT",
+            content=content,
+        )
+    )
     _clear_index(conn, row.pk)
     _write_index(conn, row.pk, resource)
-    return WriteResult(Stored(resource_type, logical_id, version, naive_utc(when), resource, row.pk),
-                       created=row.deleted)
+    return WriteResult(
+        Stored(resource_type, logical_id, version, naive_utc(when), resource, row.pk),
+        created=row.deleted,
+    )
 
 
 def delete_resource(conn: Connection, resource_type: str, logical_id: str) -> int | None:
@@ -301,14 +337,24 @@ def delete_resource(conn: Connection, resource_type: str, logical_id: str) -> in
         return None
     version = row.version_id + 1
     when = naive_utc(now_utc())
-    conn.execute(update(_R).where(_R.c.pk == row.pk).values(version_id=version, deleted=True,
-                                                            last_updated=when))
-    conn.execute(insert(_V).values(resource_type=resource_type, logical_id=logical_id,
-                                   version_id=version, last_updated=when, method="DELETE",
-                                   content=None))
+    conn.execute(
+        sql_update(_R)
+        .where(_R.c.pk == row.pk)
+        .values(version_id=version, deleted=True, last_updated=when)
+    )
+    conn.execute(
+        insert(_V).values(
+            resource_type=resource_type,
+            logical_id=logical_id,
+            version_id=version,
+            last_updated=when,
+            method="DELETE",
+            content=None,
+        )
+    )
     _clear_index(conn, row.pk)
     conn.execute(delete(_KEY).where(_KEY.c.resource_pk == row.pk))
-    return version
+    return int(version)
 
 
 # -- reads ---------------------------------------------------------------------------------
@@ -329,15 +375,17 @@ def vread(conn: Connection, resource_type: str, logical_id: str, version_id: int
     check_type(resource_type)
     check_id(logical_id)
     row = conn.execute(
-        select(_V).where(_V.c.resource_type == resource_type, _V.c.logical_id == logical_id,
-                         _V.c.version_id == version_id)
+        select(_V).where(
+            _V.c.resource_type == resource_type,
+            _V.c.logical_id == logical_id,
+            _V.c.version_id == version_id,
+        )
     ).first()
     if row is None:
         raise ResourceNotFound(f"{resource_type}/{logical_id}/_history/{version_id} is not known")
     if row.content is None:
         raise Gone(f"version {version_id} of {resource_type}/{logical_id} is a deletion")
-    return Stored(resource_type, logical_id, version_id, row.last_updated,
-                  json.loads(row.content))
+    return Stored(resource_type, logical_id, version_id, row.last_updated, json.loads(row.content))
 
 
 @dataclass(frozen=True)
@@ -368,12 +416,21 @@ def history(
     if logical_id is not None and total == 0:
         raise ResourceNotFound(f"{resource_type}/{logical_id} is not known")
     rows = conn.execute(
-        select(_V).where(*where).order_by(_V.c.last_updated.desc(), _V.c.version_id.desc())
-        .offset(offset).limit(count)
+        select(_V)
+        .where(*where)
+        .order_by(_V.c.last_updated.desc(), _V.c.version_id.desc())
+        .offset(offset)
+        .limit(count)
     ).all()
     return [
-        HistoryEntry(r.resource_type, r.logical_id, r.version_id, r.last_updated, r.method,
-                     json.loads(r.content) if r.content else None)
+        HistoryEntry(
+            r.resource_type,
+            r.logical_id,
+            r.version_id,
+            r.last_updated,
+            r.method,
+            json.loads(r.content) if r.content else None,
+        )
         for r in rows
     ], total
 
@@ -445,25 +502,35 @@ def _param_filter(resource_type: str, name: str, modifier: str | None, value: st
         raise InvalidRequest(f"modifier ':{modifier}' is not supported")
     if param.type == "token":
         sub = select(_TOKEN.c.resource_pk).where(
-            _TOKEN.c.resource_type == resource_type, _TOKEN.c.param == name,
+            _TOKEN.c.resource_type == resource_type,
+            _TOKEN.c.param == name,
             or_(*[_token_condition(_TOKEN, v) for v in value.split(",")]),
         )
     elif param.type == "reference":
         sub = select(_REF.c.resource_pk).where(
-            _REF.c.resource_type == resource_type, _REF.c.param == name,
+            _REF.c.resource_type == resource_type,
+            _REF.c.param == name,
             _REF.c.target.in_(_reference_targets(param, value)),
         )
     elif param.type == "date":
         sub = select(_DATE.c.resource_pk).where(
-            _DATE.c.resource_type == resource_type, _DATE.c.param == name,
+            _DATE.c.resource_type == resource_type,
+            _DATE.c.param == name,
             _date_condition(_DATE.c.low, _DATE.c.high, value),
         )
     else:
         folded = [v.casefold() for v in value.split(",")]
         match = (
-            _STRING.c.value.in_(folded) if modifier == "exact"
-            else or_(*[_STRING.c.value.like(v.replace("%", r"\%").replace("_", r"\_") + "%",
-                                            escape="\\") for v in folded])
+            _STRING.c.value.in_(folded)
+            if modifier == "exact"
+            else or_(
+                *[
+                    _STRING.c.value.like(
+                        v.replace("%", r"\%").replace("_", r"\_") + "%", escape="\\"
+                    )
+                    for v in folded
+                ]
+            )
         )
         sub = select(_STRING.c.resource_pk).where(
             _STRING.c.resource_type == resource_type, _STRING.c.param == name, match
@@ -478,8 +545,10 @@ def _sorted(query: Select[Any], resource_type: str, sort: str | None) -> Select[
     name = sort.lstrip("-")
     if name == "_lastUpdated":
         column: Any = _R.c.last_updated
-    elif sp.SEARCH_PARAMS.get(resource_type, {}).get(name, None) is not None and \
-            sp.SEARCH_PARAMS[resource_type][name].type == "date":
+    elif (
+        sp.SEARCH_PARAMS.get(resource_type, {}).get(name, None) is not None
+        and sp.SEARCH_PARAMS[resource_type][name].type == "date"
+    ):
         column = (
             select(func.min(_DATE.c.low))
             .where(_DATE.c.resource_pk == _R.c.pk, _DATE.c.param == name)
@@ -512,9 +581,13 @@ def search(
     rows = conn.execute(query.offset(offset).limit(count)).all() if count > 0 else []
     total: int | None = None
     if want_total or (offset == 0 and len(rows) < count):
-        total = len(rows) if offset == 0 and len(rows) < count else conn.execute(
-            select(func.count()).select_from(select(_R.c.pk).where(*conditions).subquery())
-        ).scalar_one()
+        total = (
+            len(rows)
+            if offset == 0 and len(rows) < count
+            else conn.execute(
+                select(func.count()).select_from(select(_R.c.pk).where(*conditions).subquery())
+            ).scalar_one()
+        )
     matches = [_row_to_stored(r) for r in rows]
     return SearchResult(matches, _includes(conn, matches, include), total, offset, count)
 
@@ -531,16 +604,19 @@ def _includes(conn: Connection, matches: list[Stored], include: Sequence[str]) -
             if stored.resource_type != source:
                 continue
             for entry in sp.extract(stored.content):
-                if entry.param == name and entry.value and (
-                    not target_type or entry.value.startswith(target_type + "/")
+                if (
+                    entry.param == name
+                    and entry.value
+                    and (not target_type or entry.value.startswith(target_type + "/"))
                 ):
                     targets.add(entry.value)
     included = []
     for target in sorted(targets):
         rtype, _, rid = target.partition("/")
         row = conn.execute(
-            select(_R).where(_R.c.resource_type == rtype, _R.c.logical_id == rid,
-                             _R.c.deleted.is_(False))
+            select(_R).where(
+                _R.c.resource_type == rtype, _R.c.logical_id == rid, _R.c.deleted.is_(False)
+            )
         ).first()
         if row is not None:
             included.append(_row_to_stored(row))
@@ -553,4 +629,3 @@ def find_one(conn: Connection, resource_type: str, query: str) -> Stored | None:
     if len(found.matches) > 1:
         raise PreconditionFailed(f"'{resource_type}?{query}' matches several resources")
     return found.matches[0] if found.matches else None
-

@@ -18,7 +18,14 @@ from services.imaging.store import InstanceStore
 from tests.harness.postgres import PostgresServer
 from tests.harness.series import SeriesSpec, make_series, to_bytes
 
-TABLES = {"study", "series", "instance", "instance_version", "study_event", "alembic_version_imaging"}
+TABLES = {
+    "study",
+    "series",
+    "instance",
+    "instance_version",
+    "study_event",
+    "alembic_version_imaging",
+}
 
 
 def test_migrations_create_the_schema_the_models_describe(tmp_path: Path) -> None:

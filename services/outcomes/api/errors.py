@@ -17,8 +17,10 @@ _HTTP_CODES = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-suppo
 
 
 def _outcome(status: int, code: str, diagnostics: str) -> dict[str, object]:
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
+    }
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -28,8 +30,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Response:
-        body = _outcome(exc.status_code, _HTTP_CODES.get(exc.status_code, "processing"),
-                        str(exc.detail))
+        body = _outcome(
+            exc.status_code, _HTTP_CODES.get(exc.status_code, "processing"), str(exc.detail)
+        )
         return fhir_response(body, exc.status_code, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -39,5 +42,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.error("unhandled error", extra={"error": type(exc).__name__})
-        return fhir_response(_outcome(500, "exception", "the request could not be completed"),
-                             500)
+        return fhir_response(_outcome(500, "exception", "the request could not be completed"), 500)

@@ -54,8 +54,10 @@ def base_url(request: Request) -> str:
 
 def _require(principal: Principal, resource_type: str, permission: str) -> None:
     if not permits(principal.scopes, resource_type, permission):
-        raise Forbidden(f"scope for {resource_type}.{permission} required "
-                        f"(e.g. system/{resource_type}.{permission})")
+        raise Forbidden(
+            f"scope for {resource_type}.{permission} required "
+            f"(e.g. system/{resource_type}.{permission})"
+        )
 
 
 async def _body(request: Request) -> Any:
@@ -114,8 +116,7 @@ def _written(request: Request, result: repo.WriteResult) -> Response:
 @router.get("/metadata", summary="CapabilityStatement")
 def metadata(request: Request) -> Response:
     """What this server supports (public, as FHIR clients expect)."""
-    return fhir_response(conformance.capability_statement(base_url(request),
-                                                          request.app.version))
+    return fhir_response(conformance.capability_statement(base_url(request), request.app.version))
 
 
 @router.get("/CodeSystem/{cs_id}", summary="Read a published CodeSystem")
@@ -140,12 +141,20 @@ def read_questionnaire(request: Request, q_id: str, _caller: Caller) -> Response
 @router.get("/Questionnaire", summary="Search published Questionnaires")
 def search_published(request: Request, _caller: Caller) -> Response:
     """The published CodeSystem or Questionnaire as a searchset."""
-    resource = (conformance.project_code_system() if request.url.path.endswith("CodeSystem")
-                else conformance.odi_questionnaire())
+    resource = (
+        conformance.project_code_system()
+        if request.url.path.endswith("CodeSystem")
+        else conformance.odi_questionnaire()
+    )
     url = f"{base_url(request)}/{resource['resourceType']}/{resource['id']}"
-    return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": 1,
-                          "entry": [{"fullUrl": url, "resource": resource,
-                                     "search": {"mode": "match"}}]})
+    return fhir_response(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": 1,
+            "entry": [{"fullUrl": url, "resource": resource, "search": {"mode": "match"}}],
+        }
+    )
 
 
 # -- AuditEvent (read-only) ----------------------------------------------------------------
@@ -155,15 +164,26 @@ def search_audit(request: Request, caller: Caller) -> Response:
     _require(caller, "AuditEvent", "s")
     count, offset = _paging(request)
     with _engine(request).connect() as conn:
-        events, total = audit.search_events(conn, agent=request.query_params.get("agent"),
-                                            count=count, offset=offset)
+        events, total = audit.search_events(
+            conn, agent=request.query_params.get("agent"), count=count, offset=offset
+        )
     base = base_url(request)
-    return fhir_response({
-        "resourceType": "Bundle", "type": "searchset", "total": total,
-        "link": _links(request, offset, count, total),
-        "entry": [{"fullUrl": f"{base}/AuditEvent/{e['id']}", "resource": e,
-                   "search": {"mode": "match"}} for e in events],
-    })
+    return fhir_response(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": total,
+            "link": _links(request, offset, count, total),
+            "entry": [
+                {
+                    "fullUrl": f"{base}/AuditEvent/{e['id']}",
+                    "resource": e,
+                    "search": {"mode": "match"},
+                }
+                for e in events
+            ],
+        }
+    )
 
 
 @router.get("/AuditEvent/{event_id}", summary="Read an AuditEvent")
@@ -191,8 +211,7 @@ async def transaction(request: Request, caller: Caller) -> Response:
         rtype = url.split("/")[0].split("?")[0]
         letter = {"POST": "c", "PUT": "u", "DELETE": "d"}.get(method, "r" if "/" in url else "s")
         _require(caller, rtype, letter)
-    result = await run_in_threadpool(bundles.process, _engine(request), bundle,
-                                     base_url(request))
+    result = await run_in_threadpool(bundles.process, _engine(request), bundle, base_url(request))
     return fhir_response(result)
 
 
@@ -208,11 +227,13 @@ def _paging(request: Request) -> tuple[int, int]:
     return min(count, repo.MAX_COUNT), offset
 
 
-def _links(request: Request, offset: int, count: int, total: int | None,
-           page_size: int | None = None) -> list[dict[str, str]]:
+def _links(
+    request: Request, offset: int, count: int, total: int | None, page_size: int | None = None
+) -> list[dict[str, str]]:
     base = f"{base_url(request)}{request.url.path.removeprefix('/fhir')}"
-    params = [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True)
-              if k != "_offset"]
+    params = [
+        (k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True) if k != "_offset"
+    ]
 
     def link(relation: str, at: int) -> dict[str, str]:
         return {"relation": relation, "url": f"{base}?{urlencode([*params, ('_offset', at)])}"}
@@ -228,16 +249,19 @@ def _links(request: Request, offset: int, count: int, total: int | None,
     return links
 
 
-async def _search(request: Request, resource_type: str, params: list[tuple[str, str]],
-                  caller: Principal) -> Response:
+async def _search(
+    request: Request, resource_type: str, params: list[tuple[str, str]], caller: Principal
+) -> Response:
     repo.check_type(resource_type)
     _require(caller, resource_type, "s")
     for name, _value in params:
         if name == "_include":
             source = _value.split(":")[0]
-            included_type = {"patient": "Patient", "subject": "Patient",
-                             "performer": "Practitioner"}.get(_value.split(":")[1]
-                                                              if ":" in _value else "", "")
+            included_type = {
+                "patient": "Patient",
+                "subject": "Patient",
+                "performer": "Practitioner",
+            }.get(_value.split(":")[1] if ":" in _value else "", "")
             if included_type:
                 _require(caller, included_type, "r")
             if source != resource_type:
@@ -248,17 +272,20 @@ async def _search(request: Request, resource_type: str, params: list[tuple[str, 
     summary = controls.get("_summary")
     if summary not in (None, "count", "false"):
         raise InvalidRequest("_summary supports 'count' only")
-    if controls.get("_format") not in (None, "json", "application/fhir+json",
-                                       "application/json"):
+    if controls.get("_format") not in (None, "json", "application/fhir+json", "application/json"):
         raise UnsupportedMedia("only JSON is supported")
     includes = [v for k, v in params if k == "_include"]
 
     def run() -> repo.SearchResult:
         with _engine(request).connect() as conn:
             return repo.search(
-                conn, resource_type, criteria,
-                limit=0 if summary == "count" else count, offset=offset,
-                sort=controls.get("_sort"), include=includes,
+                conn,
+                resource_type,
+                criteria,
+                limit=0 if summary == "count" else count,
+                offset=offset,
+                sort=controls.get("_sort"),
+                include=includes,
                 want_total=summary == "count" or controls.get("_total") == "accurate",
             )
 
@@ -271,8 +298,11 @@ async def _search(request: Request, resource_type: str, params: list[tuple[str, 
         return fhir_response(bundle)
     bundle["link"] = _links(request, offset, count, found.total, len(found.matches))
     bundle["entry"] = [
-        {"fullUrl": f"{base}/{s.resource_type}/{s.logical_id}", "resource": s.content,
-         "search": {"mode": mode}}
+        {
+            "fullUrl": f"{base}/{s.resource_type}/{s.logical_id}",
+            "resource": s.content,
+            "search": {"mode": mode},
+        }
         for mode, group in (("match", found.matches), ("include", found.included))
         for s in group
     ]
@@ -291,7 +321,8 @@ async def search_post(request: Request, resource_type: str, caller: Caller) -> R
     """Search with parameters in an application/x-www-form-urlencoded body."""
     form = (await request.body()).decode()
     params = parse_qsl(request.url.query, keep_blank_values=True) + parse_qsl(
-        form, keep_blank_values=True)
+        form, keep_blank_values=True
+    )
     return await _search(request, resource_type, params, caller)
 
 
@@ -308,7 +339,8 @@ async def create(request: Request, resource_type: str, caller: Caller) -> Respon
         _require(caller, resource_type, "s")
     resource.pop("id", None)
     result = await run_in_threadpool(
-        repo.run_in_transaction, _engine(request),
+        repo.run_in_transaction,
+        _engine(request),
         lambda conn: interactions.create(conn, resource, if_none_exist=if_none_exist),
     )
     return _written(request, result)
@@ -326,9 +358,11 @@ async def conditional_update(request: Request, resource_type: str, caller: Calle
     if not isinstance(resource, dict):
         raise InvalidRequest(f"the body must be a {resource_type} resource")
     result = await run_in_threadpool(
-        repo.run_in_transaction, _engine(request),
-        lambda conn: interactions.conditional_update(conn, resource_type, request.url.query,
-                                                     resource),
+        repo.run_in_transaction,
+        _engine(request),
+        lambda conn: interactions.conditional_update(
+            conn, resource_type, request.url.query, resource
+        ),
     )
     return _written(request, result)
 
@@ -368,13 +402,13 @@ async def read(request: Request, resource_type: str, logical_id: str, caller: Ca
             return repo.read(conn, resource_type, logical_id)
 
     stored = await run_in_threadpool(run)
-    return fhir_response(stored.content, headers={"ETag": stored.etag,
-                                                  "Last-Modified": _http_date(stored)})
+    return fhir_response(
+        stored.content, headers={"ETag": stored.etag, "Last-Modified": _http_date(stored)}
+    )
 
 
 @router.put("/{resource_type}/{logical_id}", summary="Update (If-Match versioning)")
-async def update(request: Request, resource_type: str, logical_id: str,
-                 caller: Caller) -> Response:
+async def update(request: Request, resource_type: str, logical_id: str, caller: Caller) -> Response:
     """Update, or create with this id; a stale If-Match gets 412."""
     repo.check_type(resource_type)
     _require(caller, resource_type, "u")
@@ -383,21 +417,23 @@ async def update(request: Request, resource_type: str, logical_id: str,
         raise InvalidRequest(f"the body must be a {resource_type} resource")
     if_match = _if_match(request)
     result = await run_in_threadpool(
-        repo.run_in_transaction, _engine(request),
-        lambda conn: interactions.update(conn, resource_type, logical_id, resource,
-                                         if_match=if_match),
+        repo.run_in_transaction,
+        _engine(request),
+        lambda conn: interactions.update(
+            conn, resource_type, logical_id, resource, if_match=if_match
+        ),
     )
     return _written(request, result)
 
 
 @router.delete("/{resource_type}/{logical_id}", summary="Delete")
-async def delete(request: Request, resource_type: str, logical_id: str,
-                 caller: Caller) -> Response:
+async def delete(request: Request, resource_type: str, logical_id: str, caller: Caller) -> Response:
     """Delete, keeping the history; deleting twice is fine (204)."""
     repo.check_type(resource_type)
     _require(caller, resource_type, "d")
     await run_in_threadpool(
-        repo.run_in_transaction, _engine(request),
+        repo.run_in_transaction,
+        _engine(request),
         lambda conn: interactions.delete(conn, resource_type, logical_id),
     )
     return Response(status_code=204)
@@ -410,15 +446,17 @@ async def patch(resource_type: str, logical_id: str) -> Response:
 
 
 @router.get("/{resource_type}/{logical_id}/_history", summary="Instance history")
-async def instance_history(request: Request, resource_type: str, logical_id: str,
-                           caller: Caller) -> Response:
+async def instance_history(
+    request: Request, resource_type: str, logical_id: str, caller: Caller
+) -> Response:
     """Every version of one resource, newest first."""
     return await _history(request, resource_type, logical_id, caller)
 
 
 @router.get("/{resource_type}/{logical_id}/_history/{version_id}", summary="Version read")
-async def vread(request: Request, resource_type: str, logical_id: str, version_id: str,
-                caller: Caller) -> Response:
+async def vread(
+    request: Request, resource_type: str, logical_id: str, version_id: str, caller: Caller
+) -> Response:
     """One version of a resource."""
     repo.check_type(resource_type)
     _require(caller, resource_type, "r")
@@ -430,12 +468,14 @@ async def vread(request: Request, resource_type: str, logical_id: str, version_i
             return repo.vread(conn, resource_type, logical_id, int(version_id))
 
     stored = await run_in_threadpool(run)
-    return fhir_response(stored.content, headers={"ETag": stored.etag,
-                                                  "Last-Modified": _http_date(stored)})
+    return fhir_response(
+        stored.content, headers={"ETag": stored.etag, "Last-Modified": _http_date(stored)}
+    )
 
 
-async def _history(request: Request, resource_type: str, logical_id: str | None,
-                   caller: Principal) -> Response:
+async def _history(
+    request: Request, resource_type: str, logical_id: str | None, caller: Principal
+) -> Response:
     repo.check_type(resource_type)
     _require(caller, resource_type, "r")
     count, offset = _paging(request)
@@ -451,16 +491,25 @@ async def _history(request: Request, resource_type: str, logical_id: str | None,
         url = f"{base}/{e.resource_type}/{e.logical_id}"
         item: dict[str, Any] = {
             "fullUrl": url,
-            "request": {"method": e.method,
-                        "url": f"{e.resource_type}" + ("" if e.method == "POST"
-                                                       else f"/{e.logical_id}")},
-            "response": {"status": {"POST": "201", "PUT": "200", "DELETE": "204"}[e.method],
-                         "etag": f'W/"{e.version_id}"',
-                         "lastModified": repo.instant(e.last_updated)},
+            "request": {
+                "method": e.method,
+                "url": f"{e.resource_type}" + ("" if e.method == "POST" else f"/{e.logical_id}"),
+            },
+            "response": {
+                "status": {"POST": "201", "PUT": "200", "DELETE": "204"}[e.method],
+                "etag": f'W/"{e.version_id}"',
+                "lastModified": repo.instant(e.last_updated),
+            },
         }
         if e.content is not None:
             item["resource"] = e.content
         bundle_entries.append(item)
-    return fhir_response({"resourceType": "Bundle", "type": "history", "total": total,
-                          "link": _links(request, offset, count, total),
-                          "entry": bundle_entries})
+    return fhir_response(
+        {
+            "resourceType": "Bundle",
+            "type": "history",
+            "total": total,
+            "link": _links(request, offset, count, total),
+            "entry": bundle_entries,
+        }
+    )

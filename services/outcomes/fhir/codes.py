@@ -34,20 +34,34 @@ def _c(group: str, code: str, display: str, definition: str) -> Concept:
 
 PROJECT_CONCEPTS: tuple[Concept, ...] = (
     # Study groups (Procedure.reasonCode)
-    _c("group", "foraminal-stenosis", "Foraminal stenosis",
-       "Indication group: success is the increase of the foraminal height on CT."),
-    _c("group", "central-stenosis", "Central stenosis",
-       "Indication group: success is the increase of the dural sac area and volume on MRI."),
+    _c(
+        "group",
+        "foraminal-stenosis",
+        "Foraminal stenosis",
+        "Indication group: success is the increase of the foraminal height on CT.",
+    ),
+    _c(
+        "group",
+        "central-stenosis",
+        "Central stenosis",
+        "Indication group: success is the increase of the dural sac area and volume on MRI.",
+    ),
     # Procedure
-    _c("procedure", "mis-lumbar-fusion", "Minimally invasive lumbar fusion",
-       "The index surgery of the study (Procedure.code)."),
+    _c(
+        "procedure",
+        "mis-lumbar-fusion",
+        "Minimally invasive lumbar fusion",
+        "The index surgery of the study (Procedure.code).",
+    ),
     _c("technique", "mis-tlif", "MIS-TLIF", "Minimally invasive transforaminal interbody fusion."),
     _c("technique", "mis-plif", "MIS-PLIF", "Minimally invasive posterior interbody fusion."),
     _c("technique", "olif", "OLIF", "Oblique lateral interbody fusion."),
     _c("technique", "xlif", "XLIF", "Extreme lateral interbody fusion."),
     # Operated levels (Procedure.bodySite)
-    *(_c("level", lvl, f"Lumbar level {lvl}", f"Motion segment {lvl}.")
-      for lvl in ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")),
+    *(
+        _c("level", lvl, f"Lumbar level {lvl}", f"Motion segment {lvl}.")
+        for lvl in ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
+    ),
     # Patient-reported outcomes
     _c("prom", "odi", "Oswestry Disability Index", "ODI v2.1a score, 0 (none) to 100 (maximal)."),
     _c("prom", "back-pain-nrs", "Back pain NRS", "Back pain, numeric rating scale 0-10."),
@@ -56,41 +70,66 @@ PROJECT_CONCEPTS: tuple[Concept, ...] = (
     _c("prom", "leg-pain-vas", "Leg pain VAS", "Leg pain, visual analogue scale 0-10."),
     _c("prom", "eq5d-index", "EQ-5D index", "EQ-5D utility index value (-0.594 to 1)."),
     # Early post-operative results
-    _c("early", "analgesic-mme", "Analgesic consumption",
-       "Opioid analgesic consumption in morphine milligram equivalents per day."),
+    _c(
+        "early",
+        "analgesic-mme",
+        "Analgesic consumption",
+        "Opioid analgesic consumption in morphine milligram equivalents per day.",
+    ),
     _c("early", "length-of-stay", "Length of stay", "Days from admission to discharge."),
     # Complications (Observation.code) and their grading
     _c("complication", "dural-tear", "Dural tear", "Incidental durotomy."),
     _c("complication", "infection", "Surgical site infection", "Superficial or deep infection."),
     _c("complication", "haematoma", "Haematoma", "Epidural or wound haematoma."),
-    _c("complication", "neurological-deficit", "Neurological deficit",
-       "New or worsened motor or sensory deficit."),
-    _c("complication", "implant-malposition", "Implant malposition",
-       "Screw or cage malposition."),
+    _c(
+        "complication",
+        "neurological-deficit",
+        "Neurological deficit",
+        "New or worsened motor or sensory deficit.",
+    ),
+    _c("complication", "implant-malposition", "Implant malposition", "Screw or cage malposition."),
     _c("complication", "re-operation", "Re-operation", "Unplanned return to theatre."),
     _c("complication", "urinary-retention", "Urinary retention", "Post-operative retention."),
     _c("complication", "thromboembolism", "Venous thromboembolism", "DVT or pulmonary embolism."),
     _c("complication", "other-complication", "Other complication", "Any other complication."),
-    *(_c("clavien-dindo", f"CD-{g}", f"Clavien-Dindo grade {g}", f"Clavien-Dindo grade {g}.")
-      for g in ("I", "II", "IIIa", "IIIb", "IVa", "IVb", "V")),
+    *(
+        _c("clavien-dindo", f"CD-{g}", f"Clavien-Dindo grade {g}", f"Clavien-Dindo grade {g}.")
+        for g in ("I", "II", "IIIa", "IIIb", "IVa", "IVb", "V")
+    ),
     _c("timing", "early", "Early (<= 30 days)", "Onset within 30 days of surgery."),
     _c("timing", "late", "Late (> 30 days)", "Onset more than 30 days after surgery."),
     _c("component", "complication-timing", "Complication timing", "Early or late."),
     _c("component", "clavien-dindo-grade", "Clavien-Dindo grade", "Severity grade."),
     # Time points relative to surgery
-    *(_c("time-point", tp, disp, f"Assessment time point: {disp}.")
-      for tp, disp in (
-          ("baseline", "Baseline (pre-operative)"), ("day-1", "Day 1"), ("day-2", "Day 2"),
-          ("day-3", "Day 3"), ("week-6", "6 weeks"), ("month-3", "3 months"),
-          ("month-6", "6 months"), ("month-12", "12 months"), ("month-24", "24 months"),
-      )),
+    *(
+        _c("time-point", tp, disp, f"Assessment time point: {disp}.")
+        for tp, disp in (
+            ("baseline", "Baseline (pre-operative)"),
+            ("day-1", "Day 1"),
+            ("day-2", "Day 2"),
+            ("day-3", "Day 3"),
+            ("week-6", "6 weeks"),
+            ("month-3", "3 months"),
+            ("month-6", "6 months"),
+            ("month-12", "12 months"),
+            ("month-24", "24 months"),
+        )
+    ),
     # Imaging decompression metrics posted by the imaging service
-    _c("imaging", "foraminal-height", "Foraminal height",
-       "Lowest point of the upper pedicle to highest point of the lower pedicle, mm."),
+    _c(
+        "imaging",
+        "foraminal-height",
+        "Foraminal height",
+        "Lowest point of the upper pedicle to highest point of the lower pedicle, mm.",
+    ),
     _c("imaging", "disc-height", "Disc height", "Mid-sagittal endplate distance, mm."),
     _c("imaging", "dural-sac-area", "Dural sac area", "Cross-sectional area at mid-disc, mm2."),
-    _c("imaging", "dural-sac-volume", "Dural sac volume",
-       "Volume between the mid-heights of the level's vertebral bodies, mm3."),
+    _c(
+        "imaging",
+        "dural-sac-volume",
+        "Dural sac volume",
+        "Volume between the mid-heights of the level's vertebral bodies, mm3.",
+    ),
     _c("category", "complication", "Complication", "Observation category of complications."),
     _c("category", "prom", "Patient-reported outcome", "Observation category of PROMs."),
     _c("category", "early-postop", "Early post-operative result", "Observation category."),

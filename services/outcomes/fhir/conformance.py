@@ -10,8 +10,16 @@ from services.outcomes.fhir import codes, odi
 from services.outcomes.fhir import search_params as sp
 from services.outcomes.fhir.validation import SUPPORTED_TYPES
 
-INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type",
-                "create", "search-type")
+INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
 SCORE_ANSWERS = [{"valueCoding": {"code": str(i), "display": str(i)}} for i in range(6)]
 
 
@@ -42,8 +50,9 @@ def capability_statement(base: str, version: str) -> dict[str, Any]:
             entry["searchInclude"] = ["Procedure:patient", "Procedure:performer"]
         resources.append(entry)
     for rtype in ("AuditEvent", "CodeSystem", "Questionnaire"):
-        resources.append({"type": rtype, "interaction": [{"code": "read"},
-                                                         {"code": "search-type"}]})
+        resources.append(
+            {"type": rtype, "interaction": [{"code": "read"}, {"code": "search-type"}]}
+        )
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -53,19 +62,28 @@ def capability_statement(base: str, version: str) -> dict[str, Any]:
         "implementation": {"description": "Outcomes of the lumbar fusion study", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "rest": [{
-            "mode": "server",
-            "security": {
-                "service": [{"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                    "code": "SMART-on-FHIR"}]}],
-                "description": "Bearer JWT with SMART scopes (system/Observation.cruds, "
-                               "user/*.rs, v1 read/write). 401 without a token, 403 when a "
-                               "scope is missing.",
-            },
-            "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "Bearer JWT with SMART scopes (system/Observation.cruds, "
+                    "user/*.rs, v1 read/write). 401 without a token, 403 when a "
+                    "scope is missing.",
+                },
+                "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            }
+        ],
     }
 
 
@@ -82,8 +100,12 @@ def project_code_system() -> dict[str, Any]:
         "count": len(codes.PROJECT_CONCEPTS),
         "property": [{"code": "group", "type": "string"}],
         "concept": [
-            {"code": c.code, "display": c.display, "definition": c.definition,
-             "property": [{"code": "group", "valueString": c.group}]}
+            {
+                "code": c.code,
+                "display": c.display,
+                "definition": c.definition,
+                "property": [{"code": "group", "valueString": c.group}],
+            }
             for c in codes.PROJECT_CONCEPTS
         ],
     }

@@ -50,16 +50,24 @@ def derive(resource: dict[str, Any], reference: str) -> tuple[str, dict[str, Any
             "resourceType": "Observation",
             "status": "final" if resource.get("status") == "completed" else "preliminary",
             "category": _category("prom"),
-            "code": {"coding": [_coding(codes.PROJECT, "odi")], "text": "Oswestry Disability Index"},
+            "code": {
+                "coding": [_coding(codes.PROJECT, "odi")],
+                "text": "Oswestry Disability Index",
+            },
             "subject": resource["subject"],
             "effectiveDateTime": resource.get("authored"),
-            "valueQuantity": {"value": result.score, "unit": "%", "system": codes.UCUM,
-                              "code": "%"},
+            "valueQuantity": {
+                "value": result.score,
+                "unit": "%",
+                "system": codes.UCUM,
+                "code": "%",
+            },
             "derivedFrom": [{"reference": reference}],
         }
         if result.skipped:
-            observation["note"] = [{"text": "Scored on the answered sections; skipped: "
-                                    + ", ".join(result.skipped)}]
+            observation["note"] = [
+                {"text": "Scored on the answered sections; skipped: " + ", ".join(result.skipped)}
+            ]
         for extension in resource.get("extension", []):
             if extension.get("url") == codes.TIME_POINT_EXTENSION:
                 observation["extension"] = [extension]

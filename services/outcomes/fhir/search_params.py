@@ -24,8 +24,9 @@ class SearchParam:
     target: str | None = None  # reference parameters limited to one resource type
 
 
-def _p(name: str, kind: ParamType, *paths: str, target: str | None = None,
-       doc: str = "") -> SearchParam:
+def _p(
+    name: str, kind: ParamType, *paths: str, target: str | None = None, doc: str = ""
+) -> SearchParam:
     return SearchParam(name, kind, paths, doc or f"{name} ({kind})", target)
 
 
@@ -34,56 +35,87 @@ PATIENT = _p("patient", "reference", "subject", target="Patient", doc="The patie
 IDENTIFIER = _p("identifier", "token", "identifier", doc="A business identifier (system|value)")
 
 SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
-    "Patient": {p.name: p for p in (
-        IDENTIFIER,
-        _p("name", "string", "name.family", "name.given", "name.text", doc="Any name part"),
-        _p("family", "string", "name.family"),
-        _p("birthdate", "date", "birthDate"),
-        _p("gender", "token", "gender"),
-    )},
-    "Practitioner": {p.name: p for p in (
-        IDENTIFIER,
-        _p("name", "string", "name.family", "name.given", "name.text"),
-    )},
-    "Procedure": {p.name: p for p in (
-        IDENTIFIER, SUBJECT, PATIENT,
-        _p("date", "date", "performedDateTime", "performedPeriod", doc="When it was performed"),
-        _p("performer", "reference", "performer.actor", doc="The surgeon"),
-        _p("code", "token", "code"),
-        _p("status", "token", "status"),
-        _p("reason-code", "token", "reasonCode", doc="Indication: the study group"),
-        _p("body-site", "token", "bodySite", doc="Operated levels"),
-        _p("encounter", "reference", "encounter"),
-    )},
-    "Encounter": {p.name: p for p in (
-        IDENTIFIER, SUBJECT, PATIENT,
-        _p("date", "date", "period"),
-        _p("status", "token", "status"),
-    )},
-    "Observation": {p.name: p for p in (
-        IDENTIFIER, SUBJECT, PATIENT,
-        _p("code", "token", "code"),
-        _p("category", "token", "category"),
-        _p("status", "token", "status"),
-        _p("date", "date", "effectiveDateTime", "effectivePeriod", "effectiveInstant"),
-        _p("derived-from", "reference", "derivedFrom"),
-        _p("part-of", "reference", "partOf"),
-        _p("focus", "reference", "focus"),
-        _p("encounter", "reference", "encounter"),
-        _p("time-point", "token", "extension:time-point", doc="Time point relative to surgery"),
-    )},
-    "QuestionnaireResponse": {p.name: p for p in (
-        IDENTIFIER, SUBJECT, PATIENT,
-        _p("authored", "date", "authored"),
-        _p("status", "token", "status"),
-        _p("questionnaire", "token", "questionnaire"),
-    )},
-    "ImagingStudy": {p.name: p for p in (
-        IDENTIFIER, SUBJECT, PATIENT,
-        _p("started", "date", "started"),
-        _p("modality", "token", "modality", "series.modality"),
-        _p("status", "token", "status"),
-    )},
+    "Patient": {
+        p.name: p
+        for p in (
+            IDENTIFIER,
+            _p("name", "string", "name.family", "name.given", "name.text", doc="Any name part"),
+            _p("family", "string", "name.family"),
+            _p("birthdate", "date", "birthDate"),
+            _p("gender", "token", "gender"),
+        )
+    },
+    "Practitioner": {
+        p.name: p
+        for p in (
+            IDENTIFIER,
+            _p("name", "string", "name.family", "name.given", "name.text"),
+        )
+    },
+    "Procedure": {
+        p.name: p
+        for p in (
+            IDENTIFIER,
+            SUBJECT,
+            PATIENT,
+            _p("date", "date", "performedDateTime", "performedPeriod", doc="When it was performed"),
+            _p("performer", "reference", "performer.actor", doc="The surgeon"),
+            _p("code", "token", "code"),
+            _p("status", "token", "status"),
+            _p("reason-code", "token", "reasonCode", doc="Indication: the study group"),
+            _p("body-site", "token", "bodySite", doc="Operated levels"),
+            _p("encounter", "reference", "encounter"),
+        )
+    },
+    "Encounter": {
+        p.name: p
+        for p in (
+            IDENTIFIER,
+            SUBJECT,
+            PATIENT,
+            _p("date", "date", "period"),
+            _p("status", "token", "status"),
+        )
+    },
+    "Observation": {
+        p.name: p
+        for p in (
+            IDENTIFIER,
+            SUBJECT,
+            PATIENT,
+            _p("code", "token", "code"),
+            _p("category", "token", "category"),
+            _p("status", "token", "status"),
+            _p("date", "date", "effectiveDateTime", "effectivePeriod", "effectiveInstant"),
+            _p("derived-from", "reference", "derivedFrom"),
+            _p("part-of", "reference", "partOf"),
+            _p("focus", "reference", "focus"),
+            _p("encounter", "reference", "encounter"),
+            _p("time-point", "token", "extension:time-point", doc="Time point relative to surgery"),
+        )
+    },
+    "QuestionnaireResponse": {
+        p.name: p
+        for p in (
+            IDENTIFIER,
+            SUBJECT,
+            PATIENT,
+            _p("authored", "date", "authored"),
+            _p("status", "token", "status"),
+            _p("questionnaire", "token", "questionnaire"),
+        )
+    },
+    "ImagingStudy": {
+        p.name: p
+        for p in (
+            IDENTIFIER,
+            SUBJECT,
+            PATIENT,
+            _p("started", "date", "started"),
+            _p("modality", "token", "modality", "series.modality"),
+            _p("status", "token", "status"),
+        )
+    },
 }
 COMMON_PARAMS = ("_id", "_lastUpdated")
 RESULT_PARAMS = ("_count", "_offset", "_sort", "_include", "_summary", "_format", "_elements")
@@ -159,19 +191,23 @@ def date_range(text: str) -> tuple[datetime, datetime]:
     month = int(match["m"])
     if match["d"] is None:
         last = calendar.monthrange(year, month)[1]
-        return (datetime(year, month, 1, tzinfo=UTC),
-                datetime(year, month, last, 23, 59, 59, 999999, UTC))
+        return (
+            datetime(year, month, 1, tzinfo=UTC),
+            datetime(year, month, last, 23, 59, 59, 999999, UTC),
+        )
     day = int(match["d"])
     if match["time"] is None:
         start = datetime(year, month, day, tzinfo=UTC)
         return start, start + timedelta(days=1) - timedelta(microseconds=1)
     tz = match["tz"] or "Z"
-    parsed = datetime.fromisoformat(f"{match['y']}-{match['m']}-{match['d']}T{match['time']}"
-                                    + ("+00:00" if tz == "Z" else tz))
+    parsed = datetime.fromisoformat(
+        f"{match['y']}-{match['m']}-{match['d']}T{match['time']}" + ("+00:00" if tz == "Z" else tz)
+    )
     instant = parsed.astimezone(UTC)
     seconds_precision = len(match["time"]) <= 8
-    high = instant + (timedelta(seconds=1) - timedelta(microseconds=1)
-                      if seconds_precision else timedelta(0))
+    high = instant + (
+        timedelta(seconds=1) - timedelta(microseconds=1) if seconds_precision else timedelta(0)
+    )
     return instant, high
 
 
@@ -206,7 +242,9 @@ def extract(resource: dict[str, Any]) -> list[IndexEntry]:
         for path in param.paths:
             for value in _walk(resource, path.split(".")):
                 if param.type == "token":
-                    entries.extend(IndexEntry(param.name, "token", s, c) for s, c in tokens_of(value))
+                    entries.extend(
+                        IndexEntry(param.name, "token", s, c) for s, c in tokens_of(value)
+                    )
                 elif param.type == "reference":
                     ref = value.get("reference") if isinstance(value, dict) else None
                     if isinstance(ref, str):
@@ -214,11 +252,14 @@ def extract(resource: dict[str, Any]) -> list[IndexEntry]:
                         if param.target is None or target.startswith(param.target + "/"):
                             entries.append(IndexEntry(param.name, "reference", value=target))
                 elif param.type == "date":
-                    entries.extend(IndexEntry(param.name, "date", low=lo, high=hi)
-                                   for lo, hi in dates_of(value))
+                    entries.extend(
+                        IndexEntry(param.name, "date", low=lo, high=hi)
+                        for lo, hi in dates_of(value)
+                    )
                 else:
-                    entries.extend(IndexEntry(param.name, "string", value=v)
-                                   for v in strings_of(value))
+                    entries.extend(
+                        IndexEntry(param.name, "string", value=v) for v in strings_of(value)
+                    )
     return entries
 
 

@@ -25,10 +25,23 @@ SUPPORTED_TYPES = (
     "ImagingStudy",
 )
 READ_ONLY_TYPES = ("AuditEvent", "CodeSystem")
-SUBJECT_REQUIRED = {"Procedure", "Encounter", "Observation", "QuestionnaireResponse",
-                    "ImagingStudy"}
-OBSERVATION_STATUSES = {"registered", "preliminary", "final", "amended", "corrected",
-                        "cancelled", "entered-in-error", "unknown"}
+SUBJECT_REQUIRED = {
+    "Procedure",
+    "Encounter",
+    "Observation",
+    "QuestionnaireResponse",
+    "ImagingStudy",
+}
+OBSERVATION_STATUSES = {
+    "registered",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+}
 
 
 @dataclass(frozen=True)
@@ -84,27 +97,33 @@ def _project_codes(concept: Any) -> list[str]:
 def _observation_rules(obs: dict[str, Any]) -> list[Issue]:
     issues: list[Issue] = []
     if obs.get("status") not in OBSERVATION_STATUSES:
-        issues.append(Issue("value", f"unknown status '{obs.get('status')}'",
-                            "Observation.status"))
+        issues.append(Issue("value", f"unknown status '{obs.get('status')}'", "Observation.status"))
     code = obs.get("code", {})
     for coding in _codings(code):
-        measure = codes.MEASURE_BY_CODE.get((coding.get("system"), coding.get("code")))
+        measure = codes.MEASURE_BY_CODE.get((str(coding.get("system")), str(coding.get("code"))))
         if measure is None:
             continue
         quantity = obs.get("valueQuantity")
         if quantity is None:
             if obs.get("dataAbsentReason") is None:
-                issues.append(Issue("required", f"{measure.display} needs a valueQuantity",
-                                    "Observation.valueQuantity"))
+                issues.append(
+                    Issue(
+                        "required",
+                        f"{measure.display} needs a valueQuantity",
+                        "Observation.valueQuantity",
+                    )
+                )
             continue
         value = quantity.get("value")
         if not isinstance(value, int | float) or not measure.low <= value <= measure.high:
-            issues.append(Issue(
-                "value",
-                f"{measure.display} must be within {measure.low:g}-{measure.high:g} "
-                f"{measure.unit}, got {value}",
-                "Observation.valueQuantity.value",
-            ))
+            issues.append(
+                Issue(
+                    "value",
+                    f"{measure.display} must be within {measure.low:g}-{measure.high:g} "
+                    f"{measure.unit}, got {value}",
+                    "Observation.valueQuantity.value",
+                )
+            )
     complication = [c for c in _project_codes(code) if c in codes.COMPLICATION_TYPES]
     if complication:
         grades = []
@@ -113,32 +132,45 @@ def _observation_rules(obs: dict[str, Any]) -> list[Issue]:
                 value = component.get("valueCodeableConcept")
                 found = _project_codes(value)
                 if not found or found[0] not in codes.CLAVIEN_DINDO:
-                    issues.append(Issue(
-                        "value",
-                        f"unknown Clavien-Dindo grade {found or value}; expected one of "
-                        + ", ".join(codes.CLAVIEN_DINDO),
-                        f"Observation.component[{index}].valueCodeableConcept",
-                    ))
+                    issues.append(
+                        Issue(
+                            "value",
+                            f"unknown Clavien-Dindo grade {found or value}; expected one of "
+                            + ", ".join(codes.CLAVIEN_DINDO),
+                            f"Observation.component[{index}].valueCodeableConcept",
+                        )
+                    )
                 grades.extend(found)
             if _has_code(component.get("code"), codes.PROJECT, "complication-timing"):
                 timing = _project_codes(component.get("valueCodeableConcept"))
                 if not timing or timing[0] not in ("early", "late"):
-                    issues.append(Issue("value", "complication timing must be early or late",
-                                        f"Observation.component[{index}].valueCodeableConcept"))
-        if not grades and not any(i.expression.startswith("Observation.component")
-                                  for i in issues):
-            issues.append(Issue("required", "a complication needs its Clavien-Dindo grade",
-                                "Observation.component"))
+                    issues.append(
+                        Issue(
+                            "value",
+                            "complication timing must be early or late",
+                            f"Observation.component[{index}].valueCodeableConcept",
+                        )
+                    )
+        if not grades and not any(i.expression.startswith("Observation.component") for i in issues):
+            issues.append(
+                Issue(
+                    "required",
+                    "a complication needs its Clavien-Dindo grade",
+                    "Observation.component",
+                )
+            )
     for index, extension in enumerate(obs.get("extension", [])):
         if extension.get("url") == codes.TIME_POINT_EXTENSION:
             coding = extension.get("valueCoding", {})
             if coding.get("code") not in codes.TIME_POINTS:
-                issues.append(Issue(
-                    "value",
-                    f"unknown time point '{coding.get('code')}'; expected one of "
-                    + ", ".join(codes.TIME_POINTS),
-                    f"Observation.extension[{index}].valueCoding",
-                ))
+                issues.append(
+                    Issue(
+                        "value",
+                        f"unknown time point '{coding.get('code')}'; expected one of "
+                        + ", ".join(codes.TIME_POINTS),
+                        f"Observation.extension[{index}].valueCoding",
+                    )
+                )
     return issues
 
 
@@ -147,13 +179,15 @@ def _procedure_rules(proc: dict[str, Any]) -> list[Issue]:
     for index, reason in enumerate(proc.get("reasonCode", [])):
         found = _project_codes(reason)
         if found and not set(found) & set(codes.STUDY_GROUPS) and not _codings(reason)[1:]:
-            issues.append(Issue("value", f"unknown study group {found}",
-                                f"Procedure.reasonCode[{index}]"))
+            issues.append(
+                Issue("value", f"unknown study group {found}", f"Procedure.reasonCode[{index}]")
+            )
     for index, site in enumerate(proc.get("bodySite", [])):
         found = _project_codes(site)
         if found and found[0] not in codes.LEVELS:
-            issues.append(Issue("value", f"unknown level '{found[0]}'",
-                                f"Procedure.bodySite[{index}]"))
+            issues.append(
+                Issue("value", f"unknown level '{found[0]}'", f"Procedure.bodySite[{index}]")
+            )
     return issues
 
 
@@ -166,8 +200,11 @@ def validate(resource: dict[str, Any]) -> list[Issue]:
     if resource_type in SUBJECT_REQUIRED:
         subject = resource.get("subject") or {}
         if not subject.get("reference") and not subject.get("identifier"):
-            issues.append(Issue("required", f"{resource_type}.subject is required",
-                                f"{resource_type}.subject"))
+            issues.append(
+                Issue(
+                    "required", f"{resource_type}.subject is required", f"{resource_type}.subject"
+                )
+            )
     if resource_type == "Observation":
         issues.extend(_observation_rules(resource))
     elif resource_type == "Procedure":

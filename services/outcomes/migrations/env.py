@@ -1,4 +1,4 @@
-"""Alembic environment of the outcomes FHIR store (run through services.common.db.upgrade_schema)."""
+"""Alembic environment of the FHIR store (run through services.common.db.upgrade_schema)."""
 
 from __future__ import annotations
 
