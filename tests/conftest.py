@@ -11,6 +11,7 @@ import pytest
 
 from tests.harness.dcmtk import have_dcmtk
 from tests.harness.imaging import ImagingServer
+from tests.harness.outcomes import OutcomesServer
 from tests.harness.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
 from tests.harness.postgres import PostgresServer, postgres_bin
 
@@ -71,4 +72,10 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancServer]]:
 def postgres() -> Iterator[PostgresServer]:
     _require(postgres_bin() is not None, "PostgreSQL")
     with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def outcomes(tmp_path: Path) -> Iterator[OutcomesServer]:
+    with OutcomesServer(tmp_path / "outcomes") as server:
         yield server
