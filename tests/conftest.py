@@ -11,8 +11,8 @@ import pytest
 
 from tests.harness.dcmtk import have_dcmtk
 from tests.harness.imaging import ImagingServer
-from tests.harness.outcomes import OutcomesServer
 from tests.harness.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
+from tests.harness.outcomes import OutcomesServer
 from tests.harness.postgres import PostgresServer, postgres_bin
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

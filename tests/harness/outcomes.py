@@ -46,14 +46,22 @@ class OutcomesServer:
     def client(self, scope: str = ALL_SCOPES, subject: str = "ehr-integration") -> httpx.Client:
         return httpx.Client(
             base_url=self.fhir_url,
-            headers={"Authorization": f"Bearer {self.token(scope, subject)}",
-                     "Content-Type": "application/fhir+json"},
+            headers={
+                "Authorization": f"Bearer {self.token(scope, subject)}",
+                "Content-Type": "application/fhir+json",
+            },
             timeout=60,
         )
 
     def start(self) -> OutcomesServer:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.settings.http_port,
-                                log_config=None, access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

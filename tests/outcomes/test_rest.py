@@ -66,8 +66,11 @@ def test_conditional_create(outcomes: OutcomesServer) -> None:
         # Two resources matching: ambiguous -> 412.
         _post(client, b.patient("MRN-8"))
         _post(client, b.patient("MRN-8"))
-        ambiguous = _post(client, b.patient("MRN-8"),
-                          **{"If-None-Exist": f"identifier={codes.MRN_SYSTEM_DEFAULT}|MRN-8"})
+        ambiguous = _post(
+            client,
+            b.patient("MRN-8"),
+            **{"If-None-Exist": f"identifier={codes.MRN_SYSTEM_DEFAULT}|MRN-8"},
+        )
         assert ambiguous.status_code == 412
 
 
@@ -82,7 +85,9 @@ def test_twenty_parallel_conditional_creates_make_one_resource(outcomes: Outcome
         statuses = list(pool.map(create, range(20)))
     assert statuses.count(201) == 1 and statuses.count(200) == 19
     with outcomes.client() as client:
-        found = client.get("/Patient", params={"identifier": f"{codes.MRN_SYSTEM_DEFAULT}|MRN-RACE"})
+        found = client.get(
+            "/Patient", params={"identifier": f"{codes.MRN_SYSTEM_DEFAULT}|MRN-RACE"}
+        )
     assert found.json()["total"] == 1
 
 
@@ -92,21 +97,40 @@ def test_validation_errors_are_operation_outcomes_with_expressions(
     with outcomes.client() as client:
         pid = _post(client, b.patient("MRN-V")).json()["id"]
         ref = f"Patient/{pid}"
-        bad = client.post("/Observation", content=b"{not json",
-                          headers={"Content-Type": "application/fhir+json"})
+        bad = client.post(
+            "/Observation", content=b"{not json", headers={"Content-Type": "application/fhir+json"}
+        )
         assert bad.status_code == 400
         assert bad.json()["issue"][0]["code"] == "invalid"
 
         cases = [
-            (b.measurement(ref, "odi", 120, effective="2025-01-01"),
-             "Observation.valueQuantity.value"),
-            (b.measurement(ref, "back-pain-nrs", 11, effective="2025-01-01"),
-             "Observation.valueQuantity.value"),
-            (b.complication(ref, "Procedure/x", kind="infection", grade="CD-VI",
-                            onset="2025-01-03", timing="early"),
-             "Observation.component[0].valueCodeableConcept"),
-            ({k: v for k, v in b.measurement(ref, "odi", 30, effective="2025-01-01").items()
-              if k != "subject"}, "Observation.subject"),
+            (
+                b.measurement(ref, "odi", 120, effective="2025-01-01"),
+                "Observation.valueQuantity.value",
+            ),
+            (
+                b.measurement(ref, "back-pain-nrs", 11, effective="2025-01-01"),
+                "Observation.valueQuantity.value",
+            ),
+            (
+                b.complication(
+                    ref,
+                    "Procedure/x",
+                    kind="infection",
+                    grade="CD-VI",
+                    onset="2025-01-03",
+                    timing="early",
+                ),
+                "Observation.component[0].valueCodeableConcept",
+            ),
+            (
+                {
+                    k: v
+                    for k, v in b.measurement(ref, "odi", 30, effective="2025-01-01").items()
+                    if k != "subject"
+                },
+                "Observation.subject",
+            ),
             (b.patient("X") | {"birthDate": "1999-13-40"}, "Patient.birthDate"),
         ]
         for resource, expression in cases:
@@ -119,8 +143,9 @@ def test_validation_errors_are_operation_outcomes_with_expressions(
         assert client.get("/Medication").status_code == 404
         assert client.post("/Medication", json={"resourceType": "Medication"}).status_code == 404
         assert client.patch(f"/Patient/{pid}", json={}).status_code == 405
-        wrong_type = client.post("/Patient", content=b"<Patient/>",
-                                 headers={"Content-Type": "application/fhir+xml"})
+        wrong_type = client.post(
+            "/Patient", content=b"<Patient/>", headers={"Content-Type": "application/fhir+xml"}
+        )
         assert wrong_type.status_code == 415
         mismatch = client.post("/Observation", json=b.patient("Y"))
         assert mismatch.status_code == 400
@@ -144,8 +169,10 @@ def test_authentication_scopes_and_audit(outcomes: OutcomesServer) -> None:
         assert v1.get(f"/Patient/{pid}").status_code == 200
     with outcomes.client(subject="auditor", scope="system/AuditEvent.rs") as auditor:
         events = auditor.get("/AuditEvent", params={"_count": 50}).json()
-    actions = {(e["agent"][0]["who"]["display"], e["action"], e["outcome"])
-               for e in (x["resource"] for x in events["entry"])}
+    actions = {
+        (e["agent"][0]["who"]["display"], e["action"], e["outcome"])
+        for e in (x["resource"] for x in events["entry"])
+    }
     assert ("researcher-1", "E", "0") in actions  # a search of patient data
     assert ("researcher-1", "C", "4") in actions  # the refused create
     assert ("anonymous", "C", "4") in actions
@@ -160,12 +187,25 @@ def test_capability_statement_and_published_terminology(outcomes: OutcomesServer
         questionnaire = client.get("/Questionnaire/odi").json()
     assert capability["fhirVersion"] == "4.0.1"
     resources = {r["type"]: r for r in capability["rest"][0]["resource"]}
-    assert {"Patient", "Observation", "Procedure", "Encounter", "QuestionnaireResponse",
-            "Practitioner", "AuditEvent"} <= set(resources)
+    assert {
+        "Patient",
+        "Observation",
+        "Procedure",
+        "Encounter",
+        "QuestionnaireResponse",
+        "Practitioner",
+        "AuditEvent",
+    } <= set(resources)
     observation_params = {p["name"] for p in resources["Observation"]["searchParam"]}
     assert {"patient", "subject", "code", "date", "category", "status", "_id"} <= observation_params
     assert resources["Patient"]["conditionalCreate"] is True
     assert {i["code"] for i in capability["rest"][0]["interaction"]} == {"transaction", "batch"}
     codes_published = {c["code"] for c in code_system["concept"]}
-    assert {"foraminal-stenosis", "central-stenosis", "CD-IIIb", "dural-tear", "month-24"} <= codes_published
+    assert {
+        "foraminal-stenosis",
+        "central-stenosis",
+        "CD-IIIb",
+        "dural-tear",
+        "month-24",
+    } <= codes_published
     assert len(questionnaire["item"]) == 10

@@ -267,8 +267,8 @@ async def _search(
             if source != resource_type:
                 raise InvalidRequest(f"_include '{_value}' does not start with {resource_type}")
     count, offset = _paging(request)
-    controls = {k: v for k, v in params if k in RESULT_PARAMS or k == "_total"}
-    criteria = [(k, v) for k, v in params if k not in RESULT_PARAMS and k != "_total"]
+    controls = {k: v for k, v in params if k in RESULT_PARAMS}
+    criteria = [(k, v) for k, v in params if k not in RESULT_PARAMS]
     summary = controls.get("_summary")
     if summary not in (None, "count", "false"):
         raise InvalidRequest("_summary supports 'count' only")
@@ -286,7 +286,10 @@ async def _search(
                 offset=offset,
                 sort=controls.get("_sort"),
                 include=includes,
-                want_total=summary == "count" or controls.get("_total") == "accurate",
+                want_total=summary == "count"
+                or count == 0
+                or controls.get("_total") == "accurate"
+                or "_totalMethod" in controls,
             )
 
     found = await run_in_threadpool(run)
@@ -334,7 +337,8 @@ async def create(request: Request, resource_type: str, caller: Caller) -> Respon
     resource = await _body(request)
     if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
         raise InvalidRequest(f"the body must be a {resource_type} resource")
-    if_none_exist = request.headers.get("if-none-exist")
+    # If-None-Exist, or (as fhirpy's get_or_create sends it) criteria in the query string.
+    if_none_exist = request.headers.get("if-none-exist") or request.url.query or None
     if if_none_exist:
         _require(caller, resource_type, "s")
     resource.pop("id", None)

@@ -20,14 +20,28 @@ def concept(code: str, system: str = codes.PROJECT) -> dict[str, Any]:
     return {"coding": [coding(code, system)]}
 
 
-def patient(mrn: str, *, system: str = codes.MRN_SYSTEM_DEFAULT, family: str = "Doe",
-            given: str = "Jane", gender: str = "female", birth_date: str = "1960-01-01"
-            ) -> dict[str, Any]:
+def patient(
+    mrn: str,
+    *,
+    system: str = codes.MRN_SYSTEM_DEFAULT,
+    family: str = "Doe",
+    given: str = "Jane",
+    gender: str = "female",
+    birth_date: str = "1960-01-01",
+) -> dict[str, Any]:
     return {
         "resourceType": "Patient",
-        "identifier": [{"system": system, "value": mrn,
-                        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                                             "code": "MR"}]}}],
+        "identifier": [
+            {
+                "system": system,
+                "value": mrn,
+                "type": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}
+                    ]
+                },
+            }
+        ],
         "name": [{"family": family, "given": [given]}],
         "gender": gender,
         "birthDate": birth_date,
@@ -42,9 +56,16 @@ def practitioner(identifier: str, family: str, given: str) -> dict[str, Any]:
     }
 
 
-def procedure(patient_ref: str, surgeon_ref: str, *, group: str, levels: list[str],
-              performed: str, technique: str = "mis-tlif", encounter_ref: str | None = None
-              ) -> dict[str, Any]:
+def procedure(
+    patient_ref: str,
+    surgeon_ref: str,
+    *,
+    group: str,
+    levels: list[str],
+    performed: str,
+    technique: str = "mis-tlif",
+    encounter_ref: str | None = None,
+) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "Procedure",
         "status": "completed",
@@ -65,8 +86,11 @@ def encounter(patient_ref: str, *, start: str, end: str | None) -> dict[str, Any
     return {
         "resourceType": "Encounter",
         "status": "finished" if end else "in-progress",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP",
-                  "display": "inpatient encounter"},
+        "class": {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "code": "IMP",
+            "display": "inpatient encounter",
+        },
         "subject": {"reference": patient_ref},
         "period": period,
     }
@@ -78,9 +102,17 @@ def _time_point(time_point: str | None) -> list[dict[str, Any]]:
     return [{"url": codes.TIME_POINT_EXTENSION, "valueCoding": coding(time_point)}]
 
 
-def measurement(patient_ref: str, code: str, value: float, *, effective: str,
-                time_point: str | None = None, system: str = codes.PROJECT,
-                category: str = "prom", procedure_ref: str | None = None) -> dict[str, Any]:
+def measurement(
+    patient_ref: str,
+    code: str,
+    value: float,
+    *,
+    effective: str,
+    time_point: str | None = None,
+    system: str = codes.PROJECT,
+    category: str = "prom",
+    procedure_ref: str | None = None,
+) -> dict[str, Any]:
     """A quantitative Observation (PROM, early result, imaging metric)."""
     measure = codes.MEASURE_BY_CODE[(system, code)]
     resource: dict[str, Any] = {
@@ -90,8 +122,12 @@ def measurement(patient_ref: str, code: str, value: float, *, effective: str,
         "code": {"coding": [coding(code, system)], "text": measure.display},
         "subject": {"reference": patient_ref},
         "effectiveDateTime": effective,
-        "valueQuantity": {"value": value, "unit": measure.unit, "system": codes.UCUM,
-                          "code": measure.ucum},
+        "valueQuantity": {
+            "value": value,
+            "unit": measure.unit,
+            "system": codes.UCUM,
+            "code": measure.ucum,
+        },
     }
     if time_point:
         resource["extension"] = _time_point(time_point)
@@ -100,8 +136,9 @@ def measurement(patient_ref: str, code: str, value: float, *, effective: str,
     return resource
 
 
-def complication(patient_ref: str, procedure_ref: str, *, kind: str, grade: str, onset: str,
-                 timing: str) -> dict[str, Any]:
+def complication(
+    patient_ref: str, procedure_ref: str, *, kind: str, grade: str, onset: str, timing: str
+) -> dict[str, Any]:
     """One complication: type as code, Clavien-Dindo grade and timing as components."""
     return {
         "resourceType": "Observation",
@@ -119,8 +156,9 @@ def complication(patient_ref: str, procedure_ref: str, *, kind: str, grade: str,
     }
 
 
-def odi_response(patient_ref: str, answers: list[int | None], *, authored: str,
-                 time_point: str | None = None) -> dict[str, Any]:
+def odi_response(
+    patient_ref: str, answers: list[int | None], *, authored: str, time_point: str | None = None
+) -> dict[str, Any]:
     """An ODI QuestionnaireResponse; ``None`` answers are skipped sections."""
     items = []
     for index, value in enumerate(answers, start=1):

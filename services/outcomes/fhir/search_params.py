@@ -118,7 +118,16 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
     },
 }
 COMMON_PARAMS = ("_id", "_lastUpdated")
-RESULT_PARAMS = ("_count", "_offset", "_sort", "_include", "_summary", "_format", "_elements")
+RESULT_PARAMS = (
+    "_count",
+    "_offset",
+    "_sort",
+    "_include",
+    "_summary",
+    "_format",
+    "_total",
+    "_totalMethod",
+)
 
 TIME_POINT_URL = "http://spine-outcomes.example.org/fhir/StructureDefinition/time-point"
 
