@@ -196,6 +196,7 @@ def _transaction(conn: Connection, requests: list[EntryRequest], base: str) -> l
         if req.full_url:
             mapping[req.full_url] = f"{req.resource_type}/{new_id}"
     responses: dict[int, dict[str, Any]] = {}
+    plain_posts: list[tuple[EntryRequest, str]] = []
     for req in sorted(requests, key=lambda r: (ORDER[r.method], r.index)):
         if req.index in matched:
             responses[req.index] = _response(200, matched[req.index], base)
@@ -216,11 +217,33 @@ def _transaction(conn: Connection, requests: list[EntryRequest], base: str) -> l
             )
         )
         try:
+            if req.method == "POST" and not req.if_none_exist:
+                assert resolved.resource is not None
+                repo.check_type(req.resource_type)
+                repo.prepare(resolved.resource, req.resource_type)
+                plain_posts.append((resolved, preassigned[req.index]))
+                continue
+            _flush(conn, plain_posts, responses, base)
             responses[req.index] = _execute(conn, resolved, base, preassigned)
         except FhirError as exc:
             exc.diagnostics = f"Bundle.entry[{req.index}]: {exc.diagnostics}"
             raise
+    _flush(conn, plain_posts, responses, base)
     return [responses[i] for i in range(len(requests))]
+
+
+def _flush(
+    conn: Connection,
+    posts: list[tuple[EntryRequest, str]],
+    responses: dict[int, dict[str, Any]],
+    base: str,
+) -> None:
+    """Insert the validated plain creates collected so far, in bulk."""
+    stored = repo.insert_many(conn, [(req.resource or {}, new_id) for req, new_id in posts])
+    for (req, _), item in zip(posts, stored, strict=True):
+        interactions.after_write(conn, item)
+        responses[req.index] = _response(201, item, base)
+    posts.clear()
 
 
 def _batch_entry(engine: Engine, index: int, entry: Any, base: str) -> dict[str, Any]:

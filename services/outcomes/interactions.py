@@ -16,7 +16,8 @@ from services.outcomes.fhir.odi import OdiError
 from services.outcomes.fhir.validation import Issue
 
 
-def _after_write(conn: Connection, stored: repo.Stored) -> None:
+def after_write(conn: Connection, stored: repo.Stored) -> None:
+    """The server's follow-up to a write: create or amend the derived Observation."""
     reference = f"{stored.resource_type}/{stored.logical_id}"
     try:
         derived = derive(stored.content, reference)
@@ -45,7 +46,7 @@ def create(
 ) -> repo.WriteResult:
     result = repo.create(conn, resource, if_none_exist=if_none_exist, logical_id=logical_id)
     if result.created:
-        _after_write(conn, result.stored)
+        after_write(conn, result.stored)
     return result
 
 
@@ -58,7 +59,7 @@ def update(
     if_match: int | None = None,
 ) -> repo.WriteResult:
     result = repo.update(conn, resource_type, logical_id, resource, if_match=if_match)
-    _after_write(conn, result.stored)
+    after_write(conn, result.stored)
     return result
 
 
