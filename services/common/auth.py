@@ -37,6 +37,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ALGORITHM = "HS256"
+JWKS_ALGORITHMS = ("RS256", "ES256")
 PBKDF2_ROUNDS = 200_000
 
 
@@ -59,6 +60,10 @@ class AuthSettings(BaseSettings):
     token_ttl_seconds: int = 12 * 3600
     methods: list[Literal["bearer", "basic"]] = ["bearer", "basic"]
     basic_users: dict[str, BasicUser] = {}
+    # Tokens of an external authorization server (RS256/ES256), verified against its JWKS.
+    jwks_url: str | None = None
+    jwks_issuer: str | None = None
+    audience: str | None = None
 
 
 def resolve_key(settings: AuthSettings) -> bytes:
@@ -119,6 +124,11 @@ class Authenticator:
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
         self._key = resolve_key(settings)
+        self._jwks = (
+            jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=10)
+            if settings.jwks_url
+            else None
+        )
 
     def issue_token(
         self,
@@ -142,13 +152,36 @@ class Authenticator:
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
     def verify_token(self, token: str) -> Principal:
-        claims = jwt.decode(
-            token,
-            self._key,
-            algorithms=[ALGORITHM],
-            issuer=self.settings.issuer,
-            options={"require": ["sub", "exp", "iss"]},
-        )
+        """Verify a token: HS256 with our key, or RS256/ES256 against the JWKS.
+
+        The algorithm decides the key, never the other way round, so a token cannot
+        make us verify an HMAC with a public key.
+        """
+        algorithm = jwt.get_unverified_header(token).get("alg")
+        if algorithm in JWKS_ALGORITHMS and self._jwks is not None:
+            try:
+                signing_key = self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientError as exc:
+                raise jwt.InvalidTokenError(f"no JWKS key for the token: {exc}") from None
+            claims = jwt.decode(
+                token,
+                signing_key,
+                algorithms=list(JWKS_ALGORITHMS),
+                issuer=self.settings.jwks_issuer or self.settings.issuer,
+                audience=self.settings.audience,
+                options={
+                    "require": ["sub", "exp", "iss"],
+                    "verify_aud": bool(self.settings.audience),
+                },
+            )
+        else:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                issuer=self.settings.issuer,
+                options={"require": ["sub", "exp", "iss"]},
+            )
         return Principal(
             subject=str(claims["sub"]),
             scopes=frozenset(str(claims.get("scope", "")).split()),

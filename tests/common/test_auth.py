@@ -104,3 +104,60 @@ def test_issue_token_command_prints_a_token_the_service_accepts(tmp_path: Path) 
         timeout=60,
     )
     assert verify_password("s3cret", hashed.stdout.strip())
+
+
+def test_tokens_from_an_external_server_are_verified_against_its_jwks() -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+    jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})
+    body = json.dumps({"keys": [jwk]}).encode()
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = AuthSettings(
+            secret_key=KEY,
+            jwks_url=f"http://127.0.0.1:{server.server_port}/",
+            jwks_issuer="https://idp.example",
+            audience="spine",
+        )
+        auth = Authenticator(settings)
+        claims = {
+            "sub": "ehr",
+            "scope": "system/Observation.cruds",
+            "iss": "https://idp.example",
+            "aud": "spine",
+            "exp": 4_000_000_000,
+        }
+        token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k1"})
+        assert auth.verify_token(token).allows("system/Observation.cruds")
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        forged = jwt.encode(claims, other, algorithm="RS256", headers={"kid": "k1"})
+        with pytest.raises(jwt.InvalidSignatureError):
+            auth.verify_token(forged)
+        wrong_audience = jwt.encode(
+            claims | {"aud": "other"}, private, algorithm="RS256", headers={"kid": "k1"}
+        )
+        with pytest.raises(jwt.InvalidAudienceError):
+            auth.verify_token(wrong_audience)
+        # Our own HS256 tokens keep working beside the JWKS.
+        assert auth.verify_token(auth.issue_token("ops", "x")).subject == "ops"
+    finally:
+        server.shutdown()

@@ -33,6 +33,29 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/spine"
 
+    def fresh_database(self, name: str) -> str:
+        """Create (or re-create) a database and return its URL."""
+        assert self.bindir is not None
+        for tool in ("dropdb", "createdb"):
+            subprocess.run(
+                [
+                    *self._as,
+                    str(self.bindir / tool),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    *(["--if-exists"] if tool == "dropdb" else []),
+                    name,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
     def _run(self, *args: str) -> None:
         subprocess.run([*self._as, *args], check=True, capture_output=True, timeout=120)
 

@@ -212,6 +212,10 @@ async def transaction(request: Request, caller: Caller) -> Response:
         letter = {"POST": "c", "PUT": "u", "DELETE": "d"}.get(method, "r" if "/" in url else "s")
         _require(caller, rtype, letter)
     result = await run_in_threadpool(bundles.process, _engine(request), bundle, base_url(request))
+    if _prefer_minimal(request):
+        for entry in result["entry"]:
+            if "location" in entry.get("response", {}):
+                entry.pop("resource", None)  # written entries: status, location, etag only
     return fhir_response(result)
 
 
