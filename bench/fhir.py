@@ -110,12 +110,12 @@ def load(base: str, patients: int, observations: int) -> tuple[list[str], float]
         per_patient = max(observations // patients, 1)
         bundles = []
         batch: list[dict[str, Any]] = []
-        for pid in ids:
+        for n, pid in enumerate(ids):
             for k in range(per_patient):
                 code, low, high = PROMS[k % len(PROMS)]
                 value = round(rng.uniform(low, high), 2 if high == 1 else 0)
-                day = 1 + (k * 7) % 700
-                effective = time.strftime("%Y-%m-%d", time.gmtime(1.7e9 + day * 86400))
+                day = (n + k * 15) % 730  # two years of follow-up, spread over the cohort
+                effective = time.strftime("%Y-%m-%d", time.gmtime(1.7e9 + day * 86400.0))
                 batch.append(
                     b.measurement(
                         f"Patient/{pid}",
@@ -184,7 +184,11 @@ def run(label: str, workdir: Path, database_url: str | None, args: argparse.Name
         rng = random.Random(3)
         odi = f"{codes.PROJECT}|odi"
         by_patient = [{"patient": f"Patient/{rng.choice(ids)}", "code": odi} for _ in range(200)]
-        by_date = [{"date": f"ge2025-{rng.randint(1, 12):02d}-01"} for _ in range(200)]
+        # The data run from 2023-11 to 2025-11: these dates match 5-90 % of it.
+        by_date = [
+            {"date": f"ge{rng.choice((2024, 2025))}-{rng.randint(1, 10):02d}-01"}
+            for _ in range(200)
+        ]
         p50a, p95a = latencies(base, by_patient)
         p50b, p95b = latencies(base, by_date)
         cond = conditional_creates(base, args.conditional)

@@ -30,6 +30,7 @@ class ResourceRow(OutcomesModel, table=True):
     __table_args__ = (
         UniqueConstraint("resource_type", "logical_id", name="uq_resource_id"),
         Index("ix_resource_type_updated", "resource_type", "last_updated"),
+        Index("ix_resource_type_pk", "resource_type", "pk"),  # type scans in page order
     )
 
 

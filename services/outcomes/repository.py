@@ -525,7 +525,22 @@ def _reference_targets(param: sp.SearchParam, value: str) -> list[str]:
     return targets
 
 
-def _param_filter(resource_type: str, name: str, modifier: str | None, value: str) -> Any:
+# Parameters whose matches are few (a patient's resources, an identifier): they drive
+# the query as an IN list; the others are checked per candidate row with EXISTS.
+SELECTIVE_TYPES = ("reference",)
+SELECTIVE_NAMES = ("identifier",)
+
+
+def _is_selective(resource_type: str, name: str) -> bool:
+    param = sp.SEARCH_PARAMS.get(resource_type, {}).get(name.partition(":")[0])
+    return param is not None and (param.type in SELECTIVE_TYPES or param.name in SELECTIVE_NAMES)
+
+
+def _param_filter(
+    resource_type: str, name: str, modifier: str | None, value: str, *, driving: bool
+) -> Any:
+    """The SQL condition of one parameter: ``pk IN (...)`` when it drives the query,
+    otherwise a correlated ``EXISTS`` probed through the index rows' ``resource_pk``."""
     if name == "_id":
         return _R.c.logical_id.in_(value.split(","))
     if name == "_lastUpdated":
@@ -536,23 +551,12 @@ def _param_filter(resource_type: str, name: str, modifier: str | None, value: st
     if modifier not in (None, "exact") or (modifier == "exact" and param.type != "string"):
         raise InvalidRequest(f"modifier ':{modifier}' is not supported")
     if param.type == "token":
-        sub = select(_TOKEN.c.resource_pk).where(
-            _TOKEN.c.resource_type == resource_type,
-            _TOKEN.c.param == name,
-            or_(*[_token_condition(_TOKEN, v) for v in value.split(",")]),
-        )
+        table: Table = _TOKEN
+        condition: Any = or_(*[_token_condition(_TOKEN, v) for v in value.split(",")])
     elif param.type == "reference":
-        sub = select(_REF.c.resource_pk).where(
-            _REF.c.resource_type == resource_type,
-            _REF.c.param == name,
-            _REF.c.target.in_(_reference_targets(param, value)),
-        )
+        table, condition = _REF, _REF.c.target.in_(_reference_targets(param, value))
     elif param.type == "date":
-        sub = select(_DATE.c.resource_pk).where(
-            _DATE.c.resource_type == resource_type,
-            _DATE.c.param == name,
-            _date_condition(_DATE.c.low, _DATE.c.high, value),
-        )
+        table, condition = _DATE, _date_condition(_DATE.c.low, _DATE.c.high, value)
     else:
         folded = [v.casefold() for v in value.split(",")]
         match = (
@@ -567,10 +571,18 @@ def _param_filter(resource_type: str, name: str, modifier: str | None, value: st
                 ]
             )
         )
-        sub = select(_STRING.c.resource_pk).where(
-            _STRING.c.resource_type == resource_type, _STRING.c.param == name, match
+        table, condition = _STRING, match
+    if driving:
+        return _R.c.pk.in_(
+            select(table.c.resource_pk).where(
+                table.c.resource_type == resource_type, table.c.param == name, condition
+            )
         )
-    return _R.c.pk.in_(sub)
+    return (
+        select(table.c.pk)
+        .where(table.c.resource_pk == _R.c.pk, table.c.param == name, condition)
+        .exists()
+    )
 
 
 def _sorted(query: Select[Any], resource_type: str, sort: str | None) -> Select[Any]:
@@ -607,10 +619,21 @@ def search(
 ) -> SearchResult:
     """Resources of ``resource_type`` matching every parameter (values: comma = OR)."""
     check_type(resource_type)
-    conditions = [_R.c.resource_type == resource_type, _R.c.deleted.is_(False)]
+    # One selective parameter drives (an IN list looked up by primary key; index rows
+    # exist only for current, undeleted resources of the type). Without one, the type's
+    # rows are walked in primary-key order and the scan stops when the page is full.
+    driver = next((n for n, _ in params if _is_selective(resource_type, n)), None)
+    conditions: list[Any] = []
+    if driver is None:
+        conditions = [_R.c.resource_type == resource_type, _R.c.deleted.is_(False)]
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
-        conditions.append(_param_filter(resource_type, name, modifier or None, value))
+        driving = raw_name == driver
+        if driving:
+            driver = None  # only its first occurrence drives
+        conditions.append(
+            _param_filter(resource_type, name, modifier or None, value, driving=driving)
+        )
     query = _sorted(select(_R).where(*conditions), resource_type, sort)
     count = DEFAULT_COUNT if limit is None else limit
     rows = conn.execute(query.offset(offset).limit(count)).all() if count > 0 else []

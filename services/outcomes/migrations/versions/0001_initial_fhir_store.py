@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 06:18:28.353865
+Create Date: 2026-11-21 06:28:22.366847
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("resource_type", "logical_id", name="uq_resource_id"),
     )
     with op.batch_alter_table("fhir_resource", schema=None) as batch_op:
+        batch_op.create_index("ix_resource_type_pk", ["resource_type", "pk"], unique=False)
         batch_op.create_index(
             "ix_resource_type_updated", ["resource_type", "last_updated"], unique=False
         )
@@ -207,6 +208,7 @@ def downgrade() -> None:
     op.drop_table("fhir_resource_version")
     with op.batch_alter_table("fhir_resource", schema=None) as batch_op:
         batch_op.drop_index("ix_resource_type_updated")
+        batch_op.drop_index("ix_resource_type_pk")
 
     op.drop_table("fhir_resource")
     with op.batch_alter_table("fhir_audit", schema=None) as batch_op:
