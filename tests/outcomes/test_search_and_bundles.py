@@ -305,3 +305,40 @@ def test_finished_encounter_yields_its_length_of_stay(outcomes: OutcomesServer) 
         "system": codes.UCUM,
         "code": "d",
     }
+
+
+def test_imaging_metrics_derive_from_their_imaging_study(outcomes: OutcomesServer) -> None:
+    with outcomes.client() as client:
+        pid = client.post("/Patient", json=b.patient("MRN-I")).json()["id"]
+        study = client.post(
+            "/ImagingStudy",
+            json=b.imaging_study(
+                f"Patient/{pid}", "1.2.840.1234.5", started="2025-03-01", modality="CT"
+            ),
+        ).json()
+        ref = f"ImagingStudy/{study['id']}"
+        for side, value in (("left", 14.2), ("right", 15.1)):
+            metric = b.imaging_metric(
+                f"Patient/{pid}",
+                "foraminal-height",
+                value,
+                level="L4-L5",
+                side=side,
+                imaging_study_ref=ref,
+                effective="2025-03-01",
+                algorithm="spine-metrics 0.1",
+            )
+            assert client.post("/Observation", json=metric).status_code == 201
+        found = client.get(
+            "/Observation", params={"derived-from": ref, "code": "foraminal-height"}
+        ).json()
+        by_study = client.get(
+            "/ImagingStudy", params={"identifier": "urn:dicom:uid|urn:oid:1.2.840.1234.5"}
+        ).json()
+    assert found["total"] == 2
+    sides = sorted(
+        e["resource"]["component"][0]["valueCodeableConcept"]["coding"][0]["code"]
+        for e in found["entry"]
+    )
+    assert sides == ["left", "right"]
+    assert by_study["total"] == 1

@@ -177,3 +177,56 @@ def odi_response(
     if time_point:
         resource["extension"] = _time_point(time_point)
     return resource
+
+
+def imaging_study(
+    patient_ref: str,
+    study_instance_uid: str,
+    *,
+    started: str,
+    modality: str,
+    description: str | None = None,
+    series: int = 1,
+    instances: int = 0,
+) -> dict[str, Any]:
+    """The ImagingStudy the imaging service posts for a measured DICOM study."""
+    resource: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_instance_uid}"}],
+        "subject": {"reference": patient_ref},
+        "started": started,
+        "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": modality}],
+        "numberOfSeries": series,
+        "numberOfInstances": instances,
+    }
+    if description:
+        resource["description"] = description
+    return resource
+
+
+def imaging_metric(
+    patient_ref: str,
+    quantity: str,
+    value: float,
+    *,
+    level: str | None,
+    side: str | None,
+    imaging_study_ref: str,
+    effective: str,
+    status: str = "final",
+    algorithm: str | None = None,
+) -> dict[str, Any]:
+    """A decompression metric per level and side, derived from an ImagingStudy."""
+    resource = measurement(
+        patient_ref, quantity, value, effective=effective, category="imaging-metric"
+    )
+    resource["status"] = status
+    resource["derivedFrom"] = [{"reference": imaging_study_ref}]
+    if level:
+        resource["bodySite"] = concept(level)
+    if side:
+        resource["component"] = [{"code": concept("side"), "valueCodeableConcept": concept(side)}]
+    if algorithm:
+        resource["method"] = {"text": algorithm}
+    return resource
