@@ -3,11 +3,14 @@ validation, security and audit."""
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 
+from services.common.logging import JsonFormatter
 from services.outcomes.fhir import builders as b
 from services.outcomes.fhir import codes
 from tests.harness.outcomes import OutcomesServer
@@ -209,3 +212,30 @@ def test_capability_statement_and_published_terminology(outcomes: OutcomesServer
         "month-24",
     } <= codes_published
     assert len(questionnaire["item"]) == 10
+
+
+def test_logs_carry_no_patient_identifiers(
+    outcomes: OutcomesServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with outcomes.client() as client:
+        patient = b.patient("MRN-SECRET-99", family="Nightingale", given="Florence")
+        pid = _post(client, patient).json()["id"]
+        client.get(
+            "/Patient",
+            params={
+                "identifier": f"{codes.MRN_SYSTEM_DEFAULT}|MRN-SECRET-99",
+                "name": "Nightingale",
+            },
+        )
+        _post(client, b.measurement(f"Patient/{pid}", "odi", 150, effective="2025-01-01"))
+        client.post(
+            "/Patient",
+            content=b'{"resourceType": "Patient", "name": "MRN-SECRET-99"',
+            headers={"Content-Type": "application/fhir+json"},
+        )
+    records = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
+    assert any(r.name == "services.outcomes.access" for r in records)
+    text = "\n".join(JsonFormatter().format(r) for r in records)
+    for secret in ("MRN-SECRET-99", "Nightingale", "Florence"):
+        assert secret not in text
