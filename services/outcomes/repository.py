@@ -234,7 +234,13 @@ def insert_many(conn: Connection, items: Sequence[tuple[dict[str, Any], str]]) -
                 "content": content,
             }
         )
-    conn.execute(insert(_R), rows)
+    inserted = conn.execute(
+        insert(_R).returning(_R.c.pk, _R.c.logical_id, sort_by_parameter_order=True), rows
+    )
+    pks: dict[tuple[str, str], int] = {
+        (row["resource_type"], logical_id): pk
+        for row, (pk, logical_id) in zip(rows, inserted, strict=True)
+    }
     conn.execute(
         insert(_V),
         [
@@ -249,19 +255,6 @@ def insert_many(conn: Connection, items: Sequence[tuple[dict[str, Any], str]]) -
             for r in rows
         ],
     )
-    pks: dict[tuple[str, str], int] = {}
-    by_type: dict[str, list[str]] = {}
-    for row in rows:
-        by_type.setdefault(row["resource_type"], []).append(row["logical_id"])
-    for rtype, ids in by_type.items():
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            for pk, logical_id in conn.execute(
-                select(_R.c.pk, _R.c.logical_id).where(
-                    _R.c.resource_type == rtype, _R.c.logical_id.in_(chunk)
-                )
-            ):
-                pks[(rtype, logical_id)] = pk
     _write_index(conn, [(pks[(res["resourceType"], lid)], res) for res, lid in items])
     return [
         Stored(res["resourceType"], lid, 1, stamp, res, pks[(res["resourceType"], lid)])

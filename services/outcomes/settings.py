@@ -19,6 +19,7 @@ class OutcomesSettings(BaseSettings):
     database_url: str | None = None  # default: SQLite in data_dir
     public_base_url: str | None = None  # base of fullUrl/Location; derived if unset
     max_body_bytes: int = 50 * 1024**2
+    workers: int = 1  # HTTP worker processes (uvicorn); each has its own connection pool
     log_level: str = "INFO"
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
