@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
-from services.common.logging import configure_logging
+from services.common.serve import serve
 from services.imaging.app import create_app
 from services.imaging.settings import ImagingSettings
 
@@ -17,15 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="run the HTTP API and the DICOM SCP")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        settings = ImagingSettings()
-        configure_logging(settings.log_level)
-        uvicorn.run(
-            create_app(settings),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            access_log=False,
-        )
+        serve(create_app, ImagingSettings())
     return 0
 
 

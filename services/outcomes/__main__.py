@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
-from services.common.logging import configure_logging
+from services.common.serve import serve
 from services.outcomes.app import create_app
 from services.outcomes.settings import OutcomesSettings
 
@@ -18,13 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         settings = OutcomesSettings()
-        configure_logging(settings.log_level)
-        uvicorn.run(
-            create_app(settings),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            access_log=False,
+        serve(
+            create_app,
+            settings,
+            factory_path="services.outcomes.app:create_app",
+            workers=settings.workers,
         )
     return 0
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from services.common.auth import Authenticator, AuthSettings
 from services.imaging.app import create_app
 from services.imaging.settings import ImagingSettings
-from tests.harness.net import free_port, wait_until
+from tests.harness.net import free_port
+from tests.harness.server import UvicornThread
 
 TEST_KEY = "test-signing-key-" + "0123456789abcdef" * 2
 
@@ -35,8 +34,7 @@ class ImagingServer:
         self.settings = ImagingSettings(**values)
         self.app = create_app(self.settings)
         self.authenticator = Authenticator(self.settings.auth)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http = UvicornThread(self.app, self.settings.http_port)
 
     @property
     def url(self) -> str:
@@ -61,27 +59,11 @@ class ImagingServer:
         )
 
     def start(self) -> ImagingServer:
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.settings.http_port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        if not wait_until(lambda: self._server is not None and self._server.started, 30):
-            raise RuntimeError("imaging service did not start")
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self._server = None
+        self._http.stop()
 
     def __enter__(self) -> ImagingServer:
         return self.start()

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from services.common.auth import Authenticator, AuthSettings
 from services.outcomes.app import create_app
 from services.outcomes.settings import OutcomesSettings
 from tests.harness.imaging import TEST_KEY
-from tests.harness.net import free_port, wait_until
+from tests.harness.net import free_port
+from tests.harness.server import UvicornThread
 
 ALL_SCOPES = "system/*.cruds"
 
@@ -29,8 +28,7 @@ class OutcomesServer:
         self.settings = OutcomesSettings(**values)
         self.app = create_app(self.settings)
         self.authenticator = Authenticator(self.settings.auth)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http = UvicornThread(self.app, self.settings.http_port)
 
     @property
     def url(self) -> str:
@@ -54,27 +52,11 @@ class OutcomesServer:
         )
 
     def start(self) -> OutcomesServer:
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.settings.http_port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        if not wait_until(lambda: self._server is not None and self._server.started, 30):
-            raise RuntimeError("outcomes service did not start")
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self._server = None
+        self._http.stop()
 
     def __enter__(self) -> OutcomesServer:
         return self.start()
