@@ -6,6 +6,7 @@ storage SOP class, complete pixel data) and returns the header fields the index 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from io import BytesIO
@@ -22,6 +23,7 @@ from services.imaging.errors import (
     UnsupportedSOPClass,
 )
 
+log = logging.getLogger(__name__)
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
 _PRIVATE_STORAGE_PREFIXES = ("1.2.840.113619.4.", "1.3.12.2.1107.5.9.", "1.2.392.200036.9116.7.")
@@ -161,6 +163,11 @@ def read_part10(data: bytes) -> tuple[Dataset, InstanceHeader]:
     ts = meta.get("TransferSyntaxUID")
     if not ts:
         raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
+    if not ds.get("SOPClassUID") and is_valid_uid(str(meta.get("MediaStorageSOPClassUID", ""))):
+        # Seen in real de-identified exports: an emptied SOPClassUID whose File Meta (or,
+        # for C-STORE, the DIMSE AffectedSOPClassUID) still names the class.
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        log.warning("empty SOPClassUID taken from the File Meta")
     missing = [
         kw
         for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")

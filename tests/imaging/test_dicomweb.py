@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 import httpx
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from services.common.auth import AuthSettings, BasicUser, hash_password
 from tests.harness.imaging import TEST_KEY, ImagingServer
+from tests.harness.net import wait_until
 from tests.harness.series import SeriesSpec, iter_chunks, make_series, multipart_body, to_bytes
 
 STOW_TYPE = 'multipart/related; type="application/dicom"; boundary={}'
@@ -265,3 +269,38 @@ def test_unknown_resources_are_404(imaging: ImagingServer) -> None:
         assert client.get("/dicomweb/studies/1.2.3").status_code == 404
         assert client.get("/dicomweb/studies/1.2.3/metadata").status_code == 404
         assert client.get("/api/studies/1.2.3").status_code == 404
+
+
+def test_real_vendor_jpeg2000_series_is_stored_as_sent_and_completes(
+    imaging: ImagingServer,
+) -> None:
+    """A de-identified Siemens export: JPEG 2000 lossless, and emptied Study, Series,
+    SOP Instance and SOP Class UIDs. As exported it is refused with the reason; with UIDs
+    restored (as a re-identifying gateway would) it is stored byte for byte and completes."""
+    folder = Path(__file__).resolve().parents[1] / "data" / "totalsegmentator-ct"
+    files = sorted((folder / "example_ct_dicom").iterdir())
+    with imaging.client() as client:
+        refused = _stow(client, multipart_body([f.read_bytes() for f in files]))
+        assert refused.status_code == 409
+        assert "missing or malformed StudyInstanceUID" in refused.headers["warning"]
+
+        study, series = generate_uid(), generate_uid()
+        parts = []
+        for path in files:
+            ds = dcmread(path)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+            buffer = BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            parts.append(buffer.getvalue())
+        response = _stow(client, multipart_body(parts))
+        assert response.status_code == 200, response.text
+
+        def complete() -> bool:
+            state = client.get(f"/api/studies/{study}").json()
+            return bool(state.get("state") == "complete" and state.get("instances") == 20)
+
+        assert wait_until(complete, 20, 0.2)
+        found = client.get(f"/dicomweb/studies/{study}/instances").json()
+    assert {i["00083002"]["Value"][0] for i in found} == {"1.2.840.10008.1.2.4.90"}
+    assert {i["00080016"]["Value"][0] for i in found} == {"1.2.840.10008.5.1.4.1.1.2"}
