@@ -65,6 +65,18 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
+def recording_status(send: Any) -> tuple[Any, dict[str, int]]:
+    """Wrap an ASGI ``send`` so that the response status is kept (500 if none is sent)."""
+    status = {"code": 500}
+
+    async def wrapper(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status["code"] = message["status"]
+        await send(message)
+
+    return wrapper, status
+
+
 class AccessLogMiddleware:
     """ASGI access log without query strings (they carry PatientID and names in QIDO).
 
@@ -81,13 +93,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status: dict[str, int] = {}
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
+        send_wrapper, status = recording_status(send)
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
@@ -96,7 +102,7 @@ class AccessLogMiddleware:
                 extra={
                     "method": scope.get("method"),
                     "path": scope.get("path"),
-                    "status": status.get("code", 500),
+                    "status": status["code"],
                     "duration_ms": round((time.perf_counter() - start) * 1000, 1),
                 },
             )

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.auth import AuthSettings
+from services.common.db import sqlite_url_for
 
 
 class ImagingSettings(BaseSettings):
@@ -65,7 +66,4 @@ class ImagingSettings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{self.data_dir / 'imaging.db'}"
+        return self.database_url or sqlite_url_for(self.data_dir / "imaging.db")

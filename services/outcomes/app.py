@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from services.common.auth import Authenticator
 from services.common.db import make_engine, upgrade_schema
-from services.common.logging import AccessLogMiddleware
+from services.common.logging import AccessLogMiddleware, recording_status
 from services.outcomes import audit
 from services.outcomes.api import fhir
 from services.outcomes.api.errors import install_error_handlers
@@ -37,13 +37,7 @@ class AuditMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        status: dict[str, int] = {}
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
+        send_wrapper, status = recording_status(send)
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
@@ -55,7 +49,7 @@ class AuditMiddleware:
                 agent=principal.subject if principal is not None else "anonymous",
                 method=scope["method"],
                 path=scope["path"],
-                status=status.get("code", 500),
+                status=status["code"],
             )
 
 

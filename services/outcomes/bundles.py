@@ -54,7 +54,7 @@ def _parse_entry(index: int, entry: Any) -> EntryRequest:
         raise InvalidRequest(f"{where}.resource is required for {method}")
     if_match = None
     if request.get("ifMatch"):
-        if_match = _version_of(str(request["ifMatch"]))
+        if_match = repo.version_from_etag(str(request["ifMatch"]))
     return EntryRequest(
         index,
         method,
@@ -66,13 +66,6 @@ def _parse_entry(index: int, entry: Any) -> EntryRequest:
         request.get("ifNoneExist"),
         if_match,
     )
-
-
-def _version_of(etag: str) -> int:
-    text = etag.removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise InvalidRequest(f"If-Match '{etag}' is not a version ETag")
-    return int(text)
 
 
 def _rewrite(node: Any, mapping: dict[str, str]) -> Any:

@@ -131,6 +131,14 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T], *, attem
     raise AssertionError("unreachable")
 
 
+def version_from_etag(etag: str) -> int:
+    """The version of a weak ETag ``W/"3"`` (as sent in If-Match)."""
+    text = etag.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise InvalidRequest(f"If-Match '{etag}' is not a version ETag (W/\"n\")")
+    return int(text)
+
+
 def check_type(resource_type: str) -> None:
     if resource_type not in SUPPORTED_TYPES:
         raise UnsupportedType(f"resource type '{resource_type}' is not supported here")
@@ -661,16 +669,18 @@ def _includes(conn: Connection, matches: list[Stored], include: Sequence[str]) -
                     and (not target_type or entry.value.startswith(target_type + "/"))
                 ):
                     targets.add(entry.value)
-    included = []
+    by_type: dict[str, list[str]] = {}
     for target in sorted(targets):
         rtype, _, rid = target.partition("/")
-        row = conn.execute(
-            select(_R).where(
-                _R.c.resource_type == rtype, _R.c.logical_id == rid, _R.c.deleted.is_(False)
-            )
-        ).first()
-        if row is not None:
-            included.append(_row_to_stored(row))
+        by_type.setdefault(rtype, []).append(rid)
+    included: list[Stored] = []
+    for rtype, ids in by_type.items():  # one query per included type, not per resource
+        rows = conn.execute(
+            select(_R)
+            .where(_R.c.resource_type == rtype, _R.c.logical_id.in_(ids), _R.c.deleted.is_(False))
+            .order_by(_R.c.logical_id)
+        ).all()
+        included.extend(_row_to_stored(row) for row in rows)
     return included
 
 

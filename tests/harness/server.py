@@ -3,11 +3,60 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Self
 
+import httpx
 import uvicorn
 
+from services.common.auth import Authenticator
 from tests.harness.net import wait_until
+
+
+class ServiceHarness:
+    """A service built from its settings, served on loopback, with tokens for its API.
+
+    Subclasses set ``settings``, ``app`` and ``authenticator``, then call ``_serve()``.
+    """
+
+    settings: Any
+    app: Any
+    authenticator: Authenticator
+    default_scope = ""
+    default_subject = "test-operator"
+    api_path = ""
+    extra_headers: dict[str, str] = {}
+
+    def _serve(self) -> None:
+        self._http = UvicornThread(self.app, self.settings.http_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.http_port}"
+
+    def token(self, scope: str | None = None, subject: str | None = None) -> str:
+        return self.authenticator.issue_token(
+            subject or self.default_subject, scope or self.default_scope
+        )
+
+    def client(self, scope: str | None = None, subject: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url + self.api_path,
+            headers={"Authorization": f"Bearer {self.token(scope, subject)}", **self.extra_headers},
+            timeout=60,
+        )
+
+    def start(self) -> Self:
+        self._http.start()
+        return self
+
+    def stop(self) -> None:
+        self._http.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class UvicornThread:

@@ -92,12 +92,7 @@ def _http_date(stored: repo.Stored) -> str:
 
 def _if_match(request: Request) -> int | None:
     value = request.headers.get("if-match")
-    if not value:
-        return None
-    text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise InvalidRequest(f"If-Match '{value}' is not a version ETag (W/\"n\")")
-    return int(text)
+    return repo.version_from_etag(value) if value else None
 
 
 def _prefer_minimal(request: Request) -> bool:
