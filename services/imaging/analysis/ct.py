@@ -1,0 +1,374 @@
+"""Foraminal and disc heights on CT, per level and side.
+
+Steps (each a function below):
+
+1. :func:`body_centres` — on a 2 mm axis-aligned copy, bone is > 150 HU; in every axial
+   slice the vertebral body is the thickest bone near the midline (the peak of the 2-D
+   distance transform), which pedicles, laminae, ribs and iliac wings never are.
+2. :class:`~services.imaging.analysis.spine.CentreLine` through those centres; along it, a
+   profile of the low percentile of HU in the plane perpendicular to the spine: discs
+   (and their cages, which fill only part of the disc) are its dips.
+3. The sacrum is the bone below the lowest disc when it runs on for more than a lumbar
+   vertebra could and widens into alae; levels are named up from it.
+4. :func:`disc_height` — along the local axis through the disc's middle, the endplates are
+   the gradient peaks on either side (sub-voxel, on the acquired voxels).
+5. :func:`foraminal_height` — in the para-sagittal plane through the pedicles' middle, for
+   every antero-posterior position across the pedicles, the profile along the level's axis
+   shows lower pedicle, foramen, upper pedicle; the height runs from the lowest point of
+   the upper pedicle to the highest point of the lower one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from services.imaging.analysis.report import Measurement
+from services.imaging.analysis.sampling import FloatArray, Sampler, edge, resample_world, runs
+from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
+
+BONE_HU = 150.0
+PEDICLE_HU = 250.0
+METAL_HU = 2000.0
+COARSE_MM = 2.0
+
+
+class SpineNotFound(ValueError):
+    """No vertebral column could be followed in the volume."""
+
+
+@dataclass
+class Level:
+    name: str | None
+    index: int
+    disc: Disc
+    upper_z: tuple[float, float]  # z extent of the vertebra above (disc to disc or FOV)
+    lower_z: tuple[float, float]
+
+
+@dataclass
+class CtModel:
+    centre: CentreLine
+    levels: list[Level]
+    sacrum: bool
+    warnings: list[str] = field(default_factory=list)
+    profile: tuple[FloatArray, FloatArray] | None = None
+
+
+def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per axial slice of an axis-aligned volume: z, (x, y) of the body centre, inscribed radius."""
+    array = sitk.GetArrayViewFromImage(coarse)
+    spacing = np.array(coarse.GetSpacing())
+    origin = np.array(coarse.GetOrigin())
+    bone = ndimage.binary_opening(array > BONE_HU, iterations=1)
+    occupied = np.nonzero(bone.any(axis=(0, 1)))[0]
+    if occupied.size == 0:
+        raise SpineNotFound("no bone in the volume")
+    # Left-right midline: the median x of all bone (the spine and pelvis are symmetric).
+    xs = np.nonzero(bone)[2]
+    mid = int(np.median(xs))
+    half = int(40 / spacing[0])
+    zs, centres, radii = [], [], []
+    for k in range(array.shape[0]):
+        sl = bone[k]
+        if sl.sum() < 20:
+            continue
+        dist = ndimage.distance_transform_edt(sl, sampling=spacing[1::-1])
+        lo, hi = max(0, mid - half), min(sl.shape[1], mid + half)
+        window = dist[:, lo:hi]
+        j, i = np.unravel_index(int(np.argmax(window)), window.shape)
+        r = float(window[j, i])
+        if r < 7.0:
+            continue
+        zs.append(origin[2] + k * spacing[2])
+        centres.append((origin[0] + (i + lo) * spacing[0], origin[1] + j * spacing[1]))
+        radii.append(r)
+    if len(zs) < 4:
+        raise SpineNotFound("no vertebral bodies found (fewer than 4 slices with thick bone)")
+    return np.array(zs), np.array(centres), np.array(radii)
+
+
+def plane_points(
+    centre: FloatArray, left: FloatArray, posterior: FloatArray, u: FloatArray, v: FloatArray
+) -> FloatArray:
+    uu, vv = np.meshgrid(u, v, indexing="ij")
+    return centre + uu[..., None] * left + vv[..., None] * posterior
+
+
+def build_model(image: sitk.Image) -> CtModel:
+    """The spine model of a CT volume: centre line, discs, sacrum, named levels."""
+    coarse = resample_world(image, COARSE_MM, default=-1024.0)
+    zs, centres, _ = body_centres(coarse)
+    line = CentreLine.fit(zs, centres)
+    sampler = Sampler.of(coarse)
+    z = np.arange(line.z_min, line.z_max, 1.0)
+    u = np.arange(-12.0, 12.1, 2.0)
+    v = np.arange(-8.0, 8.1, 2.0)
+    profile = np.empty(len(z))
+    for n, zz in enumerate(z):
+        _, left, posterior = line.frame(zz)
+        values = sampler(plane_points(line.point(zz), left, posterior, u, v))
+        profile[n] = np.nanpercentile(values, 20)
+    profile = ndimage.gaussian_filter1d(profile, 1.0)
+    body = float(np.percentile(profile, 75))
+    low = float(np.percentile(profile, 3))
+    discs = find_discs(z, profile, baseline=body, prominence=max(0.45 * (body - low), 60.0))
+    warnings: list[str] = []
+    if not discs:
+        raise SpineNotFound("no intervertebral disc found along the spine")
+    sacrum = _is_sacrum(
+        sampler, line, discs[-1], z_bottom=float(z[0]), profile=(z, profile), body=body, low=low
+    )
+    if not sacrum:
+        warnings.append(
+            "sacrum not in the field of view (or not recognised): levels are numbered "
+            "craniocaudally (level_index) and not named"
+        )
+    names = level_names(len(discs), sacrum)
+    levels = []
+    bounds = [float(z[-1])] + [d.z for d in discs] + [float(z[0])]
+    index = 0
+    for n, (disc, name) in enumerate(zip(discs, names, strict=True)):
+        if name == "T":
+            continue
+        upper = (disc.z_high, bounds[n])
+        lower = (bounds[n + 2], disc.z_low)
+        if upper[1] - upper[0] < 12 or lower[1] - lower[0] < 12:
+            warnings.append(f"disc at z={disc.z:.0f} mm is too close to the edge of the field")
+            continue
+        levels.append(Level(name, index, disc, upper, lower))
+        index += 1
+    return CtModel(line, levels, sacrum, warnings, (z, profile))
+
+
+def _is_sacrum(
+    sampler: Sampler,
+    line: CentreLine,
+    lowest: Disc,
+    *,
+    z_bottom: float,
+    profile: tuple[FloatArray, FloatArray],
+    body: float,
+    low: float,
+) -> bool:
+    """Bone runs on ≥ 40 mm below the lowest disc and widens into alae (at least twice the body)."""
+    z, values = profile
+    below = (z < lowest.z_low) & (z >= lowest.z_low - 40)
+    if lowest.z_low - z_bottom < 40 or np.any(values[below] < (body + low) / 2):
+        return False
+
+    def width(zz: float) -> float:
+        _, left, _ = line.frame(zz)
+        u = np.arange(-90.0, 90.1, 1.0)
+        best = 0.0
+        for dv in (-5.0, 0.0, 5.0, 10.0):
+            pts = line.point(zz) + u[:, None] * left + dv * line.frame(zz)[2]
+            bone = sampler(pts, outside=-1024) > BONE_HU
+            for a, b in runs(bone):
+                if u[a] <= 0 <= u[b - 1]:
+                    best = max(best, float(u[b - 1] - u[a]))
+        return best
+
+    sacral = max(width(lowest.z_low - d) for d in (10.0, 15.0, 20.0))
+    lumbar = width(lowest.z_high + 12.0)
+    return lumbar > 0 and sacral >= 2.0 * lumbar
+
+
+def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: str) -> Measurement:
+    """Endplate to endplate along the local axis at the disc's middle (mid-sagittal plane)."""
+    m = Measurement("disc_height", level.name, level.index, None, None, series_uid)
+    zc = level.disc.middle
+    t, left, posterior = line.frame(zc)
+    step = 0.2
+    s = np.arange(-20.0, 20.0 + step / 2, step)
+    centre = line.point(zc)
+    offsets = [(du, dv) for du in (-3.0, -1.5, 0.0, 1.5, 3.0) for dv in (-3.0, -1.5, 0.0, 1.5, 3.0)]
+    lines = np.stack([centre + du * left + dv * posterior + s[:, None] * t for du, dv in offsets])
+    profile = np.nanmean(sampler(lines), axis=0)
+    if np.isnan(profile).any():
+        m.review("the disc is at the edge of the field of view")
+        return m
+    mid = len(s) // 2
+    around = slice(mid - int(4 / step), mid + int(4 / step))
+    i0 = around.start + int(np.argmin(ndimage.gaussian_filter1d(profile, 3)[around]))
+    hi = edge(profile, step, rising=True, start=i0, stop=i0 + int(15 / step))
+    lo = edge(profile, step, rising=False, start=i0 - int(15 / step), stop=i0 + 1)
+    if hi is None or lo is None:
+        m.review("endplates not found")
+        return m
+    m.value = (hi - lo) * step
+    m.points = [list(centre + s[0] * t + lo * step * t), list(centre + s[0] * t + hi * step * t)]
+    if profile[i0] > METAL_HU:
+        m.review("metal in the disc space")
+    m.check_plausible()
+    return m
+
+
+@dataclass
+class PedicleSide:
+    lr: float  # offset along 'left' from the centre line, mm
+    found: bool
+
+
+def _pedicle_lr(
+    sampler: Sampler, line: CentreLine, z_range: tuple[float, float]
+) -> dict[str, float]:
+    """Left-right offsets of the pedicles of one vertebra (upper half of the body)."""
+    z0, z1 = z_range
+    zc = (z0 + z1) / 2
+    t, left, posterior = line.frame(zc)
+    centre = line.point(zc)
+    wall = _posterior_wall(sampler, centre, posterior)
+    u = np.arange(-40.0, 40.1, 0.5)
+    heights = np.linspace(0.05, 0.4, 8) * (z1 - z0)
+    acc = np.zeros(len(u))
+    for h in heights:
+        for dv in (2.0, 4.0, 6.0):
+            pts = centre + h * t + (wall + dv) * posterior + u[:, None] * left
+            acc += sampler(pts, outside=-1024)
+    acc /= len(heights) * 3
+    out: dict[str, float] = {}
+    bone = acc > PEDICLE_HU * 0.6
+    zero = int(np.argmin(np.abs(u)))
+    if bone[zero]:
+        return out  # no canal at the midline: not a vertebra with a visible arch here
+    for side, sign in (("left", 1), ("right", -1)):
+        # From the canal outwards: the first bone is the pedicle's medial wall. Wider runs
+        # merge with transverse processes, alae or rods, so only 12 mm count.
+        i = zero
+        while 0 <= i < len(u) and not bone[i]:
+            i += sign
+        if not 0 <= i < len(u) or abs(u[i]) > 30:
+            continue
+        j = i
+        while 0 <= j < len(u) and bone[j]:
+            j += sign
+        width = min(abs(u[j - sign] - u[i]) + 0.5, 12.0)
+        out[side] = float(u[i] + sign * width / 2)
+    return out
+
+
+def _posterior_wall(sampler: Sampler, centre: FloatArray, posterior: FloatArray) -> float:
+    """Distance from the body centre to its posterior wall along the AP direction."""
+    step = 0.25
+    d = np.arange(0.0, 50.0, step)
+    profile = sampler(centre + d[:, None] * posterior, outside=-1024)
+    inside = profile > BONE_HU
+    first = runs(inside)
+    if not first or first[0][0] != 0:
+        return 15.0
+    stop = first[0][1]
+    e = edge(profile, step, rising=False, start=stop - int(4 / step), stop=stop + int(3 / step))
+    return (e if e is not None else stop) * step
+
+
+def foraminal_height(
+    sampler: Sampler,
+    line: CentreLine,
+    level: Level,
+    side: str,
+    series_uid: str,
+    upper_lr: dict[str, float],
+    lower_lr: dict[str, float],
+) -> Measurement:
+    """Lowest point of the upper pedicle to highest point of the lower, along the level's axis."""
+    m = Measurement("foraminal_height", level.name, level.index, side, None, series_uid)
+    if side not in upper_lr or side not in lower_lr:
+        m.review("pedicle not found")
+        return m
+    zc = level.disc.middle
+    t, left, posterior = line.frame(zc)
+    centre = line.point(zc)
+    lr = (upper_lr[side] + lower_lr[side]) / 2
+    wall = _posterior_wall(
+        sampler, line.point((level.upper_z[0] + level.upper_z[1]) / 2), posterior
+    )
+    step = 0.2
+    s = np.arange(-35.0, 35.0 + step / 2, step)
+    zero = round(35.0 / step)
+    upper_h = level.upper_z[1] - level.upper_z[0]
+    tops, bottoms, aps = [], [], []
+    metal = False
+    for ap in np.arange(wall - 2.0, wall + 14.0, 0.5):
+        base = centre + ap * posterior + lr * left
+        lines = np.stack(
+            [base + dl * left + s[:, None] * t for dl in (-1.5, -0.75, 0.0, 0.75, 1.5)]
+        )
+        profile = np.nanmean(sampler(lines, outside=-1024), axis=0)
+        metal |= bool(np.any(profile > METAL_HU))
+        bone = ndimage.gaussian_filter1d(profile, 0.5 / step) > PEDICLE_HU
+        segments = runs(bone)
+        gap = next(((a, b) for a, b in _gaps(segments, len(s)) if a <= zero < b), None)
+        if gap is None:
+            continue
+        below = next((r for r in segments if r[1] == gap[0]), None)
+        above = next((r for r in segments if r[0] == gap[1]), None)
+        if below is None or above is None:
+            continue
+        if not all(3.0 <= (r[1] - r[0]) * step <= 0.8 * max(upper_h, 20.0) for r in (below, above)):
+            continue
+        w = int(2.5 / step)
+        e_lo = edge(profile, step, rising=False, start=gap[0] - w, stop=gap[0] + w)
+        e_hi = edge(profile, step, rising=True, start=gap[1] - w, stop=gap[1] + w)
+        if e_lo is None or e_hi is None:
+            continue
+        tops.append(e_lo)
+        bottoms.append(e_hi)
+        aps.append(ap)
+    if len(tops) < 3:
+        m.review("pedicle edges not found on enough sections")
+        return m
+    low_top = ndimage.median_filter(np.array(tops), size=3, mode="nearest")
+    up_bottom = ndimage.median_filter(np.array(bottoms), size=3, mode="nearest")
+    i_top, i_bottom = int(np.argmax(low_top)), int(np.argmin(up_bottom))
+    m.value = (float(up_bottom[i_bottom]) - float(low_top[i_top])) * step
+    p_top = centre + aps[i_top] * posterior + lr * left + (s[0] + low_top[i_top] * step) * t
+    p_bottom = (
+        centre + aps[i_bottom] * posterior + lr * left + (s[0] + up_bottom[i_bottom] * step) * t
+    )
+    m.points = [list(p_top), list(p_bottom)]
+    spikes = (
+        max(
+            float(np.max(np.abs(np.array(tops) - low_top))),
+            float(np.max(np.abs(np.array(bottoms) - up_bottom))),
+        )
+        * step
+    )
+    if metal and spikes > 1.0:
+        m.review("metal artefacts make the pedicle edges inconsistent")
+    m.check_plausible()
+    return m
+
+
+def _gaps(segments: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    edges = [0] + [x for r in segments for x in r] + [n]
+    return [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b > a]
+
+
+def measure(image: sitk.Image, series_uid: str) -> tuple[CtModel, list[Measurement]]:
+    """All CT measurements of one volume."""
+    model = build_model(image)
+    sampler = Sampler.of(image)
+    out: list[Measurement] = []
+    pedicles: dict[tuple[float, float], dict[str, float]] = {}
+    for level in model.levels:
+        out.append(disc_height(sampler, model.centre, level, series_uid))
+        for z_range in (level.upper_z, level.lower_z):
+            if z_range not in pedicles:
+                pedicles[z_range] = _pedicle_lr(sampler, model.centre, z_range)
+        for side in ("left", "right"):
+            out.append(
+                foraminal_height(
+                    sampler,
+                    model.centre,
+                    level,
+                    side,
+                    series_uid,
+                    pedicles[level.upper_z],
+                    pedicles[level.lower_z],
+                )
+            )
+    return model, out

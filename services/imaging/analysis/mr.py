@@ -1,0 +1,285 @@
+"""Dural sac area and volume on an axial T2-weighted MR stack, per level.
+
+1. In every slice the dural sac is the bright, compact CSF region near the others of its
+   kind: bright components (above 75 % of the CSF level) between 15 and 600 mm², the one
+   nearest the track of the slices around it. Its centroids give the canal's centre line.
+2. The sac's area in a slice counts its interior (rootlets included: holes are filled) and,
+   across a band at its border, each pixel's fraction between the dark rim outside (the
+   dura) and the CSF inside — partial volume, not a voxel count. Dividing by the slice's
+   obliquity to the canal gives the area perpendicular to the canal.
+3. Discs are where the signal in front of the sac departs from the marrow of the bodies
+   (bright healthy nuclei, dark degenerated ones); the sacrum is marrow running on for more
+   than a lumbar vertebra below the lowest disc.
+4. ``dural_sac_area`` at each disc's middle is interpolated (cubic) between slices along the
+   canal; ``dural_sac_volume`` integrates the slice areas between the planes through the
+   mid-heights of the level's two bodies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.interpolate import CubicSpline
+
+from services.imaging.analysis.report import Measurement
+from services.imaging.analysis.sampling import FloatArray, Sampler, unit
+from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
+
+BODY_OFFSET_MM = 22.0  # sac centre to vertebral body centre, antero-posterior
+SACRAL_RUN_MM = 40.0
+
+
+class SacNotFound(ValueError):
+    """No dural sac could be followed through the stack."""
+
+
+@dataclass
+class SliceSac:
+    k: int
+    centroid: FloatArray  # world
+    area: float  # in the slice plane, mm²
+    contour: FloatArray  # world points of the half-level border
+
+
+@dataclass
+class MrModel:
+    centre: CentreLine
+    sacs: list[SliceSac]
+    discs: list[Disc]
+    names: list[str | None]
+    sacrum: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def _slice_geometry(image: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    origin = np.array(image.GetOrigin())
+    spacing = np.array(image.GetSpacing())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return origin, spacing, direction, direction[:, 2]
+
+
+def find_sacs(image: sitk.Image) -> list[SliceSac]:
+    """The dural sac in each slice where one is seen, tracked through the stack."""
+    array = sitk.GetArrayViewFromImage(image)
+    origin, spacing, direction, _ = _slice_geometry(image)
+    pixel_area = float(spacing[0] * spacing[1])
+    csf = float(np.percentile(array, 99.7))
+    threshold = 0.75 * csf
+    candidates: list[list[tuple[FloatArray, FloatArray]]] = []
+    for k in range(array.shape[0]):
+        sl = ndimage.gaussian_filter(array[k].astype(np.float32), 0.7)
+        labels, _n = ndimage.label(sl > threshold)
+        found = []
+        for idx, region in enumerate(ndimage.find_objects(labels), start=1):
+            if region is None:
+                continue
+            mask = labels[region] == idx
+            area = mask.sum() * pixel_area
+            if not 15 <= area <= 600:
+                continue
+            h, w = mask.shape
+            extent = max(h * spacing[1], w * spacing[0])
+            if extent > 40:
+                continue
+            jj, ii = np.nonzero(mask)
+            j, i = jj.mean() + region[0].start, ii.mean() + region[1].start
+            world = origin + direction @ (np.array([i, j, k]) * spacing)
+            found.append((world, np.array([k, region[0].start, region[1].start])))
+        candidates.append(found)
+    flat = [c[0] for cs in candidates for c in cs]
+    if len(flat) < 4:
+        raise SacNotFound("no dural sac seen (no compact bright CSF region)")
+    # The sac is the candidate present in most slices: start from the median position.
+    median = np.median(np.array(flat)[:, :2], axis=0)
+    chosen: list[tuple[int, FloatArray]] = []
+    for k, cs in enumerate(candidates):
+        if not cs:
+            continue
+        best = min(cs, key=lambda c: float(np.linalg.norm(c[0][:2] - median)))
+        if np.linalg.norm(best[0][:2] - median) < 25:
+            chosen.append((k, best[0]))
+    if len(chosen) < 4:
+        raise SacNotFound("the dural sac could not be followed through the slices")
+    return [s for s in (_measure_slice(array[k], k, c, image, csf) for k, c in chosen) if s]
+
+
+def _measure_slice(
+    sl: FloatArray, k: int, centroid: FloatArray, image: sitk.Image, csf: float
+) -> SliceSac | None:
+    origin, spacing, direction, _ = _slice_geometry(image)
+    ijk = np.linalg.solve(direction, centroid - origin) / spacing
+    i0, j0 = round(ijk[0]), round(ijk[1])
+    half_i, half_j = int(25 / spacing[0]), int(25 / spacing[1])
+    j_lo, i_lo = max(0, j0 - half_j), max(0, i0 - half_i)
+    crop = sl[j_lo : j0 + half_j, i_lo : i0 + half_i].astype(np.float64)
+    smooth = ndimage.gaussian_filter(crop, 0.7)
+    labels, _ = ndimage.label(smooth > 0.75 * csf)
+    lab = labels[min(j0 - j_lo, crop.shape[0] - 1), min(i0 - i_lo, crop.shape[1] - 1)]
+    if lab == 0:
+        values = labels[labels > 0]
+        if values.size == 0:
+            return None
+        lab = np.bincount(values).argmax()
+    core = ndimage.binary_fill_holes(labels == lab)
+    inner = ndimage.binary_erosion(core, iterations=2)
+    if inner.sum() < 3:
+        inner = core
+    ring = ndimage.binary_dilation(core, iterations=2) & ~core
+    inside = (
+        float(np.median(crop[inner & (crop > 0.5 * csf)]))
+        if (inner & (crop > 0.5 * csf)).any()
+        else float(np.median(crop[core]))
+    )
+    outside = float(np.percentile(crop[ring], 10))
+    if inside - outside < 0.2 * csf:
+        return None
+    # Interior (rootlets included) counts whole; the border band counts its fractions.
+    solid = ndimage.binary_erosion(core, iterations=1)
+    band = ndimage.binary_dilation(core, iterations=2) & ~solid
+    fraction = np.clip((crop - outside) / (inside - outside), 0, 1)
+    area_px = float(solid.sum() + fraction[band].sum())
+    area = area_px * spacing[0] * spacing[1]
+    edge_mask = core & ~ndimage.binary_erosion(core)
+    jj, ii = np.nonzero(edge_mask)
+    pts = np.stack([ii + i_lo, jj + j_lo, np.full(ii.shape, k)], axis=1) * spacing
+    contour = origin + pts @ direction.T
+    cj, ci = ndimage.center_of_mass(core)
+    world = origin + direction @ (np.array([ci + i_lo, cj + j_lo, k]) * spacing)
+    return SliceSac(k=k, centroid=world, area=area, contour=contour)
+
+
+def build_model(image: sitk.Image) -> MrModel:
+    sacs = find_sacs(image)
+    z = np.array([s.centroid[2] for s in sacs])
+    order = np.argsort(z)
+    sacs = [sacs[i] for i in order]
+    z = z[order]
+    line = CentreLine.fit(z, np.array([s.centroid[:2] for s in sacs]), tolerance=6.0)
+    sampler = Sampler.of(image)
+    _, spacing, _, _ = _slice_geometry(image)
+    step = float(min(spacing[2], 2.0))
+    bounds = sampler.bounds()
+    zz = np.arange(bounds[0][2] + spacing[2] / 2, bounds[1][2] - spacing[2] / 2, step)
+    u = np.arange(-6.0, 6.1, 1.0)
+    v = np.arange(-4.0, 4.1, 1.0)
+    profile = np.full(len(zz), np.nan)
+    for n, z_ in enumerate(zz):
+        _, left, posterior = line.frame(z_)
+        centre = line.point(z_) - BODY_OFFSET_MM * posterior
+        uu, vv = np.meshgrid(u, v, indexing="ij")
+        pts = centre + uu[..., None] * left + vv[..., None] * posterior
+        profile[n] = np.nanmedian(sampler(pts))
+    good = ~np.isnan(profile)
+    zz, profile = zz[good], profile[good]
+    marrow = float(np.median(profile))
+    deviation = ndimage.gaussian_filter1d(np.abs(profile - marrow), 0.5)
+    spread = float(np.percentile(deviation, 50))
+    discs = find_discs(
+        zz, deviation, baseline=spread, bright_discs=True, prominence=max(0.25 * marrow, 4 * spread)
+    )
+    warnings: list[str] = []
+    if not discs:
+        raise SacNotFound("no intervertebral disc found in front of the sac")
+    below = zz < discs[-1].z_low
+    run = float(discs[-1].z_low - zz[below].min()) if below.any() else 0.0
+    sacrum = run >= SACRAL_RUN_MM and bool(
+        np.all(deviation[below & (zz > discs[-1].z_low - SACRAL_RUN_MM)] < 0.25 * marrow)
+    )
+    if not sacrum:
+        warnings.append(
+            "sacrum not in the field of view (or not recognised): levels are numbered "
+            "craniocaudally (level_index) and not named"
+        )
+    return MrModel(line, sacs, discs, level_names(len(discs), sacrum), sacrum, warnings)
+
+
+def _crossing(line: CentreLine, point: FloatArray, normal: FloatArray, z0: float) -> float:
+    """z where the sac's centre line meets the plane through ``point`` with ``normal``."""
+    lo, hi = z0 - 30, z0 + 30
+    f_lo = float((line.point(lo) - point) @ normal)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        f_mid = float((line.point(mid) - point) @ normal)
+        if (f_mid < 0) == (f_lo < 0):
+            lo, f_lo = mid, f_mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def measure(
+    image: sitk.Image, series_uid: str, sop_uids: tuple[str, ...] = ()
+) -> tuple[MrModel, list[Measurement]]:
+    """Dural sac area at each disc's middle and volume between the bodies' mid-heights."""
+    model = build_model(image)
+    line = model.centre
+    _, _, _direction, normal = _slice_geometry(image)
+    z = np.array([s.centroid[2] for s in model.sacs])
+    areas = np.array([s.area for s in model.sacs])
+    cos = np.array([abs(float(line.tangent(zz) @ normal)) for zz in z])
+    perpendicular = CubicSpline(z, areas * cos)
+    axial = CubicSpline(z, areas)
+    heights = [
+        d_above.z_low - d_below.z_high
+        for d_above, d_below in zip(model.discs, model.discs[1:], strict=False)
+    ]
+    body = float(np.median(heights)) if heights else 27.0
+    out: list[Measurement] = []
+    index = 0
+    for n, (disc, name) in enumerate(zip(model.discs, model.names, strict=True)):
+        if name == "T":
+            continue
+        t, _, posterior = line.frame(disc.middle)
+        anterior = -BODY_OFFSET_MM * posterior
+        z_mid = _crossing(line, line.point(disc.middle) + anterior, t, disc.middle)
+        area = Measurement("dural_sac_area", name, index, None, None, series_uid)
+        volume = Measurement("dural_sac_volume", name, index, None, None, series_uid)
+        if not z.min() <= z_mid <= z.max():
+            area.review("the sac is not seen at the disc's middle")
+        else:
+            area.value = float(perpendicular(z_mid))
+            nearest = min(model.sacs, key=lambda s: abs(s.centroid[2] - z_mid))
+            area.points = [list(p) for p in nearest.contour]
+            if sop_uids:
+                area.sop_instance_uid = sop_uids[nearest.k]
+            area.check_plausible()
+        estimated = []
+        if n > 0:
+            upper_mid = (model.discs[n - 1].z_low + disc.z_high) / 2
+        else:
+            upper_mid = disc.z_high + body / 2
+            estimated.append("upper")
+        if n + 1 < len(model.discs):
+            lower_mid = (disc.z_low + model.discs[n + 1].z_high) / 2
+        elif model.sacrum:
+            lower_mid = disc.z_low - 15.0  # S1 is about 30 mm high
+        else:
+            lower_mid = disc.z_low - body / 2
+            estimated.append("lower")
+        bounds = []
+        for zb in (lower_mid, upper_mid):
+            tb, _, pb = line.frame(zb)
+            bounds.append(_crossing(line, line.point(zb) - BODY_OFFSET_MM * pb, tb, zb))
+        if estimated:
+            volume.review(
+                f"the {' and '.join(estimated)} vertebral body's other disc is not "
+                "seen: its mid-height would be a guess"
+            )
+        elif bounds[0] < z.min() - 2 or bounds[1] > z.max() + 2:
+            volume.review("the sac is not seen over the whole level")
+        else:
+            zs = np.linspace(bounds[0], bounds[1], 400)
+            volume.value = float(np.trapezoid(axial(zs), zs))
+            volume.check_plausible()
+        out += [area, volume]
+        index += 1
+    return model, out
+
+
+def slice_normal_angle(image: sitk.Image, line: CentreLine, z: float) -> float:
+    """Degrees between the slices' normal and the canal (for the quality flags)."""
+    _, _, _, normal = _slice_geometry(image)
+    return float(np.degrees(np.arccos(min(1.0, abs(float(unit(line.tangent(z)) @ normal))))))

@@ -1,0 +1,113 @@
+"""Key images: what a reader checks in two seconds.
+
+A para-sagittal section through the pedicles with the foraminal height drawn between the
+two pedicle edges, a mid-sagittal section with the disc height, and the axial slice with
+the dural sac's contour and its area. Pure drawing on sampled planes (Pillow), PNG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from services.imaging.analysis.report import Measurement
+from services.imaging.analysis.sampling import FloatArray, Sampler, unit
+
+STEP_MM = 0.4
+SCALE = 2  # output pixels per sample, for legible lines and text
+
+
+@dataclass(frozen=True)
+class KeyImage:
+    name: str  # file-safe: quantity_level-or-index_side
+    caption: str
+    png: bytes
+
+
+def _name(m: Measurement) -> str:
+    where = m.level or f"index{m.level_index}"
+    return "_".join(x for x in (m.quantity, where, m.side or "") if x)
+
+
+def _window(modality: str) -> tuple[float, float]:
+    return (-250.0, 1250.0) if modality == "CT" else (0.0, 0.0)
+
+
+def _render(
+    sampler: Sampler,
+    origin: FloatArray,
+    right: FloatArray,
+    down: FloatArray,
+    size: tuple[float, float],
+    modality: str,
+) -> tuple[Image.Image, FloatArray]:
+    u = np.arange(0, size[0], STEP_MM)
+    v = np.arange(0, size[1], STEP_MM)
+    vv, uu = np.meshgrid(v, u, indexing="ij")
+    pts = origin + uu[..., None] * right + vv[..., None] * down
+    values = np.nan_to_num(sampler(pts), nan=float(np.nanmin(sampler.array)))
+    lo, hi = _window(modality)
+    if hi <= lo:
+        lo, hi = float(np.percentile(values, 1)), float(np.percentile(values, 99.5))
+    grey = np.clip((values - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    image = Image.fromarray(grey).resize((grey.shape[1] * SCALE, grey.shape[0] * SCALE))
+    return image.convert("RGB"), np.stack([right, down])
+
+
+def _to_pixels(
+    points: FloatArray, origin: FloatArray, axes: FloatArray
+) -> list[tuple[float, float]]:
+    rel = (np.asarray(points) - origin) @ axes.T / STEP_MM * SCALE
+    return [(float(a), float(b)) for a, b in rel]
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def height_image(sampler: Sampler, m: Measurement, axis: FloatArray, modality: str) -> KeyImage:
+    """Section containing the height line and the spine's axis, the line and its value drawn."""
+    a, b = (np.array(p) for p in m.points)
+    mid = (a + b) / 2
+    up = unit(axis)
+    left = np.array([1.0, 0.0, 0.0])
+    posterior = unit(np.cross(up, unit(left - (left @ up) * up)))
+    # Image rows go down (caudal), columns go posterior: anterior on the left as readers expect.
+    origin = mid - 35 * posterior + 40 * up
+    image, axes = _render(sampler, origin, posterior, -up, (80, 80), modality)
+    draw = ImageDraw.Draw(image)
+    pa, pb = _to_pixels(np.stack([a, b]), origin, axes)
+    colour = (255, 200, 0) if m.status == "ok" else (255, 64, 64)
+    draw.line([pa, pb], fill=colour, width=2)
+    for x, y in (pa, pb):
+        draw.line([(x - 10, y), (x + 10, y)], fill=(0, 220, 255), width=2)
+    text = f"{m.level or f'level #{m.level_index}'} {m.side or ''} {m.quantity.replace('_', ' ')}"
+    value = f"{m.value:.1f} mm" if m.value is not None else f"review: {m.reason}"
+    draw.text((6, 6), text, fill=(255, 255, 255))
+    draw.text((6, 20), value, fill=colour)
+    return KeyImage(_name(m), f"{text}: {value}", _png(image))
+
+
+def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: str) -> KeyImage:
+    """The slice through the sac at the disc's middle, its contour and area."""
+    contour = np.array(m.points)
+    centre = contour.mean(axis=0)
+    n = unit(normal)
+    left = unit(np.array([1.0, 0.0, 0.0]) - n[0] * n)
+    posterior = unit(np.cross(n, left))
+    # Radiological convention: patient's left on the image's right, anterior up.
+    origin = centre + 30 * left - 30 * posterior
+    image, axes = _render(sampler, origin, -left, posterior, (60, 60), modality)
+    draw = ImageDraw.Draw(image)
+    for x, y in _to_pixels(contour, origin, axes):
+        draw.point((x, y), fill=(255, 200, 0))
+    where = m.level or f"level #{m.level_index}"
+    value = f"{m.value:.0f} mm²" if m.value is not None else f"review: {m.reason}"
+    draw.text((6, 6), f"{where} dural sac", fill=(255, 255, 255))
+    draw.text((6, 20), value, fill=(255, 200, 0))
+    return KeyImage(_name(m), f"{where} dural sac area: {value}", _png(image))

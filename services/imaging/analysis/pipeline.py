@@ -1,0 +1,155 @@
+"""One study in, one result out: select the series, build the spine model, measure, flag.
+
+The same function serves the CLI (a folder of files), the job queue (the store's files of
+a complete study) and the benchmark. It never raises for a study it cannot measure: the
+result then has ``status: failed`` and says why; :class:`AnalysisInputError` is only for
+input that is not one readable study.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+
+from services.imaging.analysis import ct, mr
+from services.imaging.analysis.overlays import KeyImage, area_image, height_image
+from services.imaging.analysis.report import AnalysisResult
+from services.imaging.analysis.sampling import Sampler
+from services.imaging.analysis.selection import SeriesCandidate, select_series
+from services.imaging.analysis.volume import VolumeError, load_series
+
+MOTION_MM = 3.0  # centre-line scatter beyond this suggests motion (or a scoliosis)
+FULL_LUMBAR_LEVELS = 5
+
+
+class AnalysisInputError(ValueError):
+    """The input is not one readable DICOM study."""
+
+
+@dataclass
+class Analysis:
+    result: AnalysisResult
+    key_images: list[KeyImage] = field(default_factory=list)
+    evidence: list[Dataset] = field(default_factory=list)  # the measured series' headers
+
+
+def read_folder(path: Path) -> list[Dataset]:
+    """Every DICOM file under ``path`` (any nesting, any names); other files are skipped."""
+    if not path.exists():
+        raise AnalysisInputError(f"{path} does not exist")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    datasets: list[Dataset] = []
+    for f in files:
+        try:
+            datasets.append(dcmread(f))
+        except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, EOFError):
+            continue
+    if not datasets:
+        raise AnalysisInputError(f"no DICOM files under {path}")
+    return datasets
+
+
+def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) -> Analysis:
+    """Analyse one study given all its instances."""
+    started = time.perf_counter()
+    studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
+    if len(studies) != 1 or "" in studies:
+        raise AnalysisInputError(
+            f"expected one study, found {len(studies)} StudyInstanceUID value(s)"
+        )
+    study_uid = studies.pop()
+    by_series: dict[str, list[Dataset]] = defaultdict(list)
+    for ds in datasets:
+        if "PixelData" in ds and "ImagePositionPatient" in ds:
+            by_series[str(ds.get("SeriesInstanceUID", ""))].append(ds)
+    candidates = [SeriesCandidate.from_datasets(group) for group in by_series.values()]
+    selection = select_series(candidates)
+    modality = (
+        selection.primary.modality
+        if selection.primary
+        else (str(datasets[0].get("Modality", "")) or "CT")
+    )
+    result = AnalysisResult(study_uid, modality if modality in ("CT", "MR") else "CT")
+    result.selection = list(selection.reasons)
+    if selection.primary is None:
+        result.warnings.append("no series suitable for measurement")
+        result.settle()
+        return Analysis(result)
+    series = by_series[selection.primary.series_instance_uid]
+    try:
+        volume = load_series(series)
+    except VolumeError as exc:
+        result.warnings.append(f"series {selection.primary.series_instance_uid}: {exc}")
+        result.settle()
+        return Analysis(result)
+    result.timings["read"] = time.perf_counter() - started
+    measured = time.perf_counter()
+    images: list[KeyImage] = []
+    sampler = Sampler.of(volume.image)
+    try:
+        if volume.modality == "CT":
+            model, measurements = ct.measure(volume.image, volume.series_instance_uid)
+            line, levels = model.centre, len(model.levels)
+            result.warnings += model.warnings
+        else:
+            mr_model, measurements = mr.measure(
+                volume.image, volume.series_instance_uid, volume.sop_instance_uids
+            )
+            line, levels = mr_model.centre, len({m.level_index for m in measurements})
+            result.warnings += mr_model.warnings
+    except (ct.SpineNotFound, mr.SacNotFound, ValueError) as exc:
+        result.warnings.append(f"no measurement: {exc}")
+        result.timings["measure"] = time.perf_counter() - measured
+        result.settle()
+        return Analysis(result, evidence=list(series))
+    result.timings["measure"] = time.perf_counter() - measured
+    if levels < FULL_LUMBAR_LEVELS:
+        result.warnings.append(
+            f"truncated coverage: {levels} of the {FULL_LUMBAR_LEVELS} lumbar levels measurable"
+        )
+    if line.residual > MOTION_MM:
+        result.warnings.append(
+            f"spine centre line scatters by {line.residual:.1f} mm between slices: "
+            "motion or scoliosis, check the images"
+        )
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in series])
+    normal = np.array(volume.image.GetDirection()).reshape(3, 3)[:, 2]
+    for m in measurements:
+        if m.sop_instance_uid is None and m.points:
+            centre = np.mean(np.array(m.points), axis=0)
+            nearest = int(np.argmin(np.abs((positions - centre) @ normal)))
+            m.sop_instance_uid = str(series[nearest].SOPInstanceUID)
+    result.measurements = measurements
+    if key_images:
+        drawn = time.perf_counter()
+        for m in measurements:
+            if not m.points:
+                continue
+            if m.quantity in ("foraminal_height", "disc_height"):
+                axis = np.array(m.points[1]) - np.array(m.points[0])
+                if np.linalg.norm(axis) > 0:
+                    images.append(height_image(sampler, m, axis, volume.modality))
+            elif m.quantity == "dural_sac_area":
+                images.append(area_image(sampler, m, normal, volume.modality))
+        result.timings["key_images"] = time.perf_counter() - drawn
+    result.timings["total"] = time.perf_counter() - started
+    result.settle()
+    return Analysis(result, images, list(series))
+
+
+def analyze_paths(paths: Iterable[Path], *, key_images: bool = True) -> Analysis:
+    """Analyse the study made of these files."""
+    datasets = []
+    for p in paths:
+        try:
+            datasets.append(dcmread(p))
+        except (InvalidDicomError, OSError) as exc:
+            raise AnalysisInputError(f"{p.name}: not readable DICOM ({exc})") from None
+    return analyze_datasets(datasets, key_images=key_images)

@@ -1,0 +1,103 @@
+"""The analysis result: the CLI's JSON schema, also served by ``/studies/{study}/measurements``.
+
+A measurement that could not be taken reliably has ``status: needs_review``, a ``reason``
+and ``value: null`` — never a number that looks trustworthy and is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ALGORITHM_NAME = "spine-decompression"
+ALGORITHM_VERSION = "1.0.0"
+
+QUANTITIES = {
+    "foraminal_height": ("mm", "Foraminal height"),
+    "disc_height": ("mm", "Disc height"),
+    "dural_sac_area": ("mm2", "Dural sac cross-sectional area"),
+    "dural_sac_volume": ("mm3", "Dural sac volume"),
+}
+# Values outside these are physiologically implausible and flagged (the issue's limits).
+PLAUSIBLE = {
+    "foraminal_height": (3.0, 30.0),
+    "disc_height": (1.0, 20.0),
+    "dural_sac_area": (10.0, 400.0),
+    "dural_sac_volume": (200.0, 20000.0),
+}
+
+
+@dataclass
+class Measurement:
+    quantity: str
+    level: str | None
+    level_index: int
+    side: str | None
+    value: float | None
+    series_instance_uid: str
+    status: str = "ok"  # ok | needs_review
+    reason: str | None = None
+    # World (LPS, mm) points drawn on key images and referenced by the SR: for a height,
+    # its two ends; for an area, the contour.
+    points: list[list[float]] = field(default_factory=list)
+    sop_instance_uid: str | None = None  # the source image nearest the measurement
+
+    @property
+    def unit(self) -> str:
+        return QUANTITIES[self.quantity][0]
+
+    def review(self, reason: str) -> None:
+        self.status, self.reason, self.value = "needs_review", reason, None
+
+    def check_plausible(self) -> None:
+        lo, hi = PLAUSIBLE[self.quantity]
+        if self.value is not None and not lo <= self.value <= hi:
+            self.review(
+                f"implausible {self.quantity} {self.value:.1f} {self.unit} (expected {lo:g}-{hi:g})"
+            )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "quantity": self.quantity,
+            "level": self.level,
+            "level_index": self.level_index,
+            "side": self.side,
+            "value": None if self.value is None else round(self.value, 2),
+            "unit": self.unit,
+            "series_instance_uid": self.series_instance_uid,
+            "status": self.status,
+            "reason": self.reason,
+            "sop_instance_uid": self.sop_instance_uid,
+        }
+
+
+@dataclass
+class AnalysisResult:
+    study_instance_uid: str
+    modality: str
+    status: str = "ok"  # ok | needs_review | failed
+    warnings: list[str] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    selection: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def settle(self) -> None:
+        """Status from the parts: failed without measurements, needs_review when any is."""
+        if not self.measurements:
+            self.status = "failed"
+        elif self.warnings or any(m.status != "ok" for m in self.measurements):
+            self.status = "needs_review"
+        else:
+            self.status = "ok"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "modality": self.modality,
+            "status": self.status,
+            "warnings": self.warnings,
+            "algorithm": {"name": ALGORITHM_NAME, "version": ALGORITHM_VERSION},
+            "measurements": [m.as_json() for m in self.measurements],
+            "selection": self.selection,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
