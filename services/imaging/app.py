@@ -24,9 +24,10 @@ from services.common.auth import Authenticator
 from services.common.db import make_engine, upgrade_schema
 from services.common.logging import AccessLogMiddleware
 from services.imaging import pacs
-from services.imaging.api import dicomweb, studies
+from services.imaging.api import dicomweb, measurements, studies
 from services.imaging.api.errors import install_error_handlers
 from services.imaging.dimse import start_scp
+from services.imaging.jobs import AnalysisQueue
 from services.imaging.lifecycle import StudyLifecycle
 from services.imaging.settings import ImagingSettings
 from services.imaging.store import InstanceStore
@@ -44,6 +45,7 @@ class ImagingRuntime:
     store: InstanceStore
     lifecycle: StudyLifecycle
     pacs: pacs.Pacs | None
+    analysis: AnalysisQueue
     scp: ThreadedAssociationServer | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -73,7 +75,17 @@ class ImagingRuntime:
                         modalities=settings.prior_modalities,
                     )
                 )
-        return cls(settings, engine, store, lifecycle, client)
+        analysis = AnalysisQueue(
+            engine,
+            store,
+            settings.key_images_dir,
+            workers=settings.analysis_workers if settings.analysis_enabled else 0,
+            max_attempts=settings.analysis_max_attempts,
+            poll_seconds=settings.analysis_poll_seconds,
+        )
+        if settings.analysis_enabled:
+            lifecycle.subscribe(analysis)
+        return cls(settings, engine, store, lifecycle, client, analysis)
 
     def start(self) -> None:
         removed = self.store.remove_orphan_temporaries()
@@ -87,6 +99,7 @@ class ImagingRuntime:
             daemon=True,
         )
         self.thread.start()
+        self.analysis.start(self.stop)
 
     def shutdown(self) -> None:
         if self.scp is not None:
@@ -94,6 +107,7 @@ class ImagingRuntime:
         self.stop.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
+        self.analysis.join(timeout=30)  # a running job finishes or is requeued at start-up
         self.engine.dispose()
 
     @property
@@ -115,6 +129,7 @@ def create_app(settings: ImagingSettings | None = None) -> FastAPI:
         app.state.store = runtime.store
         app.state.lifecycle = runtime.lifecycle
         app.state.pacs = runtime.pacs
+        app.state.analysis = runtime.analysis
         runtime.start()
         try:
             yield
@@ -133,6 +148,7 @@ def create_app(settings: ImagingSettings | None = None) -> FastAPI:
     app.add_middleware(AccessLogMiddleware, logger_name="services.imaging.access")
     app.include_router(dicomweb.router)
     app.include_router(studies.router)
+    app.include_router(measurements.router)
 
     @app.get("/healthz", tags=["Operations"])
     def healthz() -> dict[str, str]:

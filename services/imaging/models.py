@@ -132,3 +132,68 @@ class StudyEvent(ImagingModel, table=True):
     __table_args__ = (
         UniqueConstraint("study_instance_uid", "study_version", "kind", name="uq_event"),
     )
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # attempts exhausted; the study itself is untouched
+
+
+class AnalysisJob(ImagingModel, table=True):
+    """One analysis of one study version: the persistent queue's row."""
+
+    __tablename__ = "analysis_job"
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(max_length=64, index=True)
+    study_version: int
+    algorithm_version: str = Field(max_length=32)
+    state: JobState = Field(default=JobState.QUEUED, max_length=16, index=True)
+    attempts: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    last_error: str | None = Field(default=None, max_length=512)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "study_instance_uid", "study_version", "algorithm_version", name="uq_analysis_job"
+        ),
+    )
+
+
+class MeasurementSet(ImagingModel, table=True):
+    """The stored result of one analysis (the CLI's JSON), tied to the study version."""
+
+    __tablename__ = "measurement_set"
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(max_length=64, index=True)
+    study_version: int
+    algorithm_name: str = Field(max_length=64)
+    algorithm_version: str = Field(max_length=32)
+    status: str = Field(max_length=16)
+    result: str = Field(sa_column=Column(Text, nullable=False))  # JSON
+    sr_sop_instance_uid: str | None = Field(default=None, max_length=64)
+    key_images_dir: str | None = Field(default=None, max_length=512)
+    created_at: datetime
+    is_current: bool = True
+
+
+class ManualMeasurement(ImagingModel, table=True):
+    """A reader's own measurement, kept next to the automatic one (neither overwrites)."""
+
+    __tablename__ = "manual_measurement"
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(max_length=64, index=True)
+    reader_id: str = Field(max_length=64)
+    level: str = Field(max_length=8)
+    side: str | None = Field(default=None, max_length=8)
+    quantity: str = Field(max_length=32)
+    value: float
+    unit: str = Field(max_length=8)
+    note: str | None = Field(default=None, max_length=256)
+    created_at: datetime

@@ -53,6 +53,11 @@ class ImagingSettings(BaseSettings):
     pacs_bearer_token: SecretStr | None = None
     pacs_timeout_seconds: float = 30.0
     prior_fetch_enabled: bool = False
+    # Analysis of complete studies: a persistent queue in the index, in-process workers.
+    analysis_enabled: bool = True
+    analysis_workers: int = Field(default=1, ge=0, le=16)
+    analysis_max_attempts: int = Field(default=3, ge=1, le=10)
+    analysis_poll_seconds: float = 0.5
     prior_lookback_days: int = 3 * 365
     prior_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
 
@@ -63,6 +68,10 @@ class ImagingSettings(BaseSettings):
     @property
     def storage_dir(self) -> Path:
         return self.data_dir / "storage"
+
+    @property
+    def key_images_dir(self) -> Path:
+        return self.data_dir / "key-images"
 
     @property
     def resolved_database_url(self) -> str:

@@ -90,6 +90,9 @@ class StoreResult:
     new_study: bool = False
 
 
+DERIVED_SOURCE = "analysis"  # instances we made from a study: they never reopen it
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -278,6 +281,10 @@ class InstanceStore:
                     **header.study,
                 },
             )
+        elif source == DERIVED_SOURCE:
+            # Our own results (SR, key images) join the study without reopening it: they
+            # describe this version, they do not make a new one.
+            study_version = study.version
         else:
             # A late instance reopens a completed study as its next version.
             study_version = study.version + (1 if study.state is StudyState.COMPLETE else 0)

@@ -33,6 +33,7 @@ from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_
 BONE_HU = 150.0
 PEDICLE_HU = 250.0
 METAL_HU = 2000.0
+METAL_ASYMMETRY_MM = 3.0
 COARSE_MM = 2.0
 
 
@@ -58,12 +59,24 @@ class CtModel:
     profile: tuple[FloatArray, FloatArray] | None = None
 
 
+def solid_bone(array: FloatArray) -> FloatArray:
+    """Bone with its cortical rings filled, per axial slice.
+
+    Osteoporotic cancellous bone can be as dark as a disc (50 HU on the real TPTBox CT);
+    its cortex is not, so a body is the inside of its cortical ring (closed over the gaps
+    a thin, noisy cortex leaves).
+    """
+    ring = np.stack([ndimage.binary_closing(sl, iterations=2) for sl in array > BONE_HU])
+    filled = np.stack([ndimage.binary_fill_holes(sl) for sl in ring])
+    return ndimage.binary_opening(filled, iterations=1)
+
+
 def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Per axial slice of an axis-aligned volume: z, (x, y) of the body centre, inscribed radius."""
     array = sitk.GetArrayViewFromImage(coarse)
     spacing = np.array(coarse.GetSpacing())
     origin = np.array(coarse.GetOrigin())
-    bone = ndimage.binary_opening(array > BONE_HU, iterations=1)
+    bone = solid_bone(array)
     occupied = np.nonzero(bone.any(axis=(0, 1)))[0]
     if occupied.size == 0:
         raise SpineNotFound("no bone in the volume")
@@ -104,13 +117,18 @@ def build_model(image: sitk.Image) -> CtModel:
     zs, centres, _ = body_centres(coarse)
     line = CentreLine.fit(zs, centres)
     sampler = Sampler.of(coarse)
+    solid = sitk.GetImageFromArray(
+        solid_bone(sitk.GetArrayViewFromImage(coarse)).astype(np.float32) * 1000
+    )
+    solid.CopyInformation(coarse)
+    filled = Sampler.of(solid)
     z = np.arange(line.z_min, line.z_max, 1.0)
     u = np.arange(-12.0, 12.1, 2.0)
     v = np.arange(-8.0, 8.1, 2.0)
     profile = np.empty(len(z))
     for n, zz in enumerate(z):
         _, left, posterior = line.frame(zz)
-        values = sampler(plane_points(line.point(zz), left, posterior, u, v))
+        values = filled(plane_points(line.point(zz), left, posterior, u, v))
         profile[n] = np.nanpercentile(values, 20)
     profile = ndimage.gaussian_filter1d(profile, 1.0)
     body = float(np.percentile(profile, 75))
@@ -273,12 +291,12 @@ def foraminal_height(
     series_uid: str,
     upper_lr: dict[str, float],
     lower_lr: dict[str, float],
-) -> Measurement:
+) -> tuple[Measurement, bool]:
     """Lowest point of the upper pedicle to highest point of the lower, along the level's axis."""
     m = Measurement("foraminal_height", level.name, level.index, side, None, series_uid)
     if side not in upper_lr or side not in lower_lr:
         m.review("pedicle not found")
-        return m
+        return m, False
     zc = level.disc.middle
     t, left, posterior = line.frame(zc)
     centre = line.point(zc)
@@ -298,7 +316,9 @@ def foraminal_height(
             [base + dl * left + s[:, None] * t for dl in (-1.5, -0.75, 0.0, 0.75, 1.5)]
         )
         profile = np.nanmean(sampler(lines, outside=-1024), axis=0)
-        metal |= bool(np.any(profile > METAL_HU))
+        if not metal:  # screws nearby, in this plane or beside it, make streaks
+            near = np.stack([base + dl * left + s[:, None] * t for dl in (-8.0, -4.0, 4.0, 8.0)])
+            metal = bool(np.any(profile > METAL_HU) or np.any(sampler(near) > METAL_HU))
         bone = ndimage.gaussian_filter1d(profile, 0.5 / step) > PEDICLE_HU
         segments = runs(bone)
         gap = next(((a, b) for a, b in _gaps(segments, len(s)) if a <= zero < b), None)
@@ -308,7 +328,7 @@ def foraminal_height(
         above = next((r for r in segments if r[0] == gap[1]), None)
         if below is None or above is None:
             continue
-        if not all(3.0 <= (r[1] - r[0]) * step <= 0.8 * max(upper_h, 20.0) for r in (below, above)):
+        if not all(6.0 <= (r[1] - r[0]) * step <= 0.8 * max(upper_h, 20.0) for r in (below, above)):
             continue
         w = int(2.5 / step)
         e_lo = edge(profile, step, rising=False, start=gap[0] - w, stop=gap[0] + w)
@@ -320,10 +340,15 @@ def foraminal_height(
         aps.append(ap)
     if len(tops) < 3:
         m.review("pedicle edges not found on enough sections")
-        return m
+        return m, metal
     low_top = ndimage.median_filter(np.array(tops), size=3, mode="nearest")
     up_bottom = ndimage.median_filter(np.array(bottoms), size=3, mode="nearest")
-    i_top, i_bottom = int(np.argmax(low_top)), int(np.argmin(up_bottom))
+    # A pedicle's edge is a smooth arch across the sections; where it jumps, another bone
+    # (a facet, the lamina) has been reached: keep the longest smooth stretch of each.
+    keep_top = _smooth_stretch(low_top * step, np.array(aps))
+    keep_bottom = _smooth_stretch(up_bottom * step, np.array(aps))
+    i_top = int(keep_top[np.argmax(low_top[keep_top])])
+    i_bottom = int(keep_bottom[np.argmin(up_bottom[keep_bottom])])
     m.value = (float(up_bottom[i_bottom]) - float(low_top[i_top])) * step
     p_top = centre + aps[i_top] * posterior + lr * left + (s[0] + low_top[i_top] * step) * t
     p_bottom = (
@@ -340,7 +365,20 @@ def foraminal_height(
     if metal and spikes > 1.0:
         m.review("metal artefacts make the pedicle edges inconsistent")
     m.check_plausible()
-    return m
+    return m, metal
+
+
+def _smooth_stretch(edge_mm: FloatArray, aps: FloatArray) -> FloatArray:
+    """Indices of the longest run of sections whose edge moves < 1 mm between neighbours."""
+    breaks = (np.abs(np.diff(edge_mm)) > 1.0) | (np.diff(aps) > 0.75)
+    best: tuple[int, int] = (0, 1)
+    start = 0
+    for i, broken in enumerate(breaks, start=1):
+        if broken:
+            start = i
+        if i + 1 - start > best[1] - best[0]:
+            best = (start, i + 1)
+    return np.arange(best[0], best[1])
 
 
 def _gaps(segments: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
@@ -359,16 +397,29 @@ def measure(image: sitk.Image, series_uid: str) -> tuple[CtModel, list[Measureme
         for z_range in (level.upper_z, level.lower_z):
             if z_range not in pedicles:
                 pedicles[z_range] = _pedicle_lr(sampler, model.centre, z_range)
-        for side in ("left", "right"):
-            out.append(
-                foraminal_height(
-                    sampler,
-                    model.centre,
-                    level,
-                    side,
-                    series_uid,
-                    pedicles[level.upper_z],
-                    pedicles[level.lower_z],
-                )
+        (left, metal_l), (right, metal_r) = (
+            foraminal_height(
+                sampler,
+                model.centre,
+                level,
+                side,
+                series_uid,
+                pedicles[level.upper_z],
+                pedicles[level.lower_z],
             )
+            for side in ("left", "right")
+        )
+        if (
+            (metal_l or metal_r)
+            and left.value is not None
+            and right.value is not None
+            and abs(left.value - right.value) > METAL_ASYMMETRY_MM
+        ):
+            why = (
+                f"left and right differ by {abs(left.value - right.value):.1f} mm "
+                "next to metal: streaks may have been taken for bone"
+            )
+            left.review(why)
+            right.review(why)
+        out += [left, right]
     return model, out

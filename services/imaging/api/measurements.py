@@ -1,0 +1,225 @@
+"""Measurements of a study: the automatic result, its key images and SR, readers' own values."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
+from sqlmodel import Session, col, select
+
+from services.common.auth import Principal, require_scope
+from services.imaging.analysis.report import QUANTITIES
+from services.imaging.errors import NotFound
+from services.imaging.models import AnalysisJob, ManualMeasurement, MeasurementSet, Study
+from services.imaging.store import utcnow
+
+router = APIRouter(prefix="/api/studies/{study}", tags=["Measurements"])
+Reader = Annotated[Principal, require_scope("imaging.read")]
+Writer = Annotated[Principal, require_scope("imaging.write")]
+KEY_IMAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
+
+
+class JobPublic(BaseModel):
+    id: int
+    study_version: int
+    algorithm_version: str
+    state: str
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    last_error: str | None
+
+
+class ManualIn(BaseModel):
+    reader_id: str | None = Field(
+        default=None, max_length=64, description="defaults to the caller's identity"
+    )
+    level: Literal["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    side: Literal["left", "right"] | None = None
+    quantity: Literal["foraminal_height", "disc_height", "dural_sac_area", "dural_sac_volume"]
+    value: float = Field(gt=0, lt=1e6)
+    unit: str | None = None
+    note: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ManualIn:
+        unit = QUANTITIES[self.quantity][0]
+        if self.unit is not None and self.unit != unit:
+            raise ValueError(f"{self.quantity} is measured in {unit}, not {self.unit}")
+        if (self.quantity == "foraminal_height") != (self.side is not None):
+            raise ValueError("side is required for foraminal_height and only for it")
+        self.unit = unit
+        return self
+
+
+class ManualPublic(BaseModel):
+    id: int
+    study_instance_uid: str
+    reader_id: str
+    level: str
+    side: str | None
+    quantity: str
+    value: float
+    unit: str
+    note: str | None
+    created_at: datetime
+
+
+def _engine(request: Request) -> Any:
+    return request.app.state.engine
+
+
+def _study(session: Session, study: str) -> Study:
+    row = session.get(Study, study)
+    if row is None:
+        raise NotFound(f"study {study} is not known here")
+    return row
+
+
+def _current(session: Session, study: str) -> MeasurementSet | None:
+    return session.exec(
+        select(MeasurementSet).where(
+            MeasurementSet.study_instance_uid == study, col(MeasurementSet.is_current).is_(True)
+        )
+    ).first()
+
+
+def _manual(session: Session, study: str) -> list[ManualPublic]:
+    rows = session.exec(
+        select(ManualMeasurement)
+        .where(ManualMeasurement.study_instance_uid == study)
+        .order_by(col(ManualMeasurement.id))
+    ).all()
+    return [ManualPublic.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.get("/measurements", responses={202: {"description": "analysis queued or running"}})
+def get_measurements(study: str, request: Request, _: Reader) -> Any:
+    """The current automatic measurements (the CLI's schema), SR, key images, manual values."""
+    with Session(_engine(request)) as session:
+        _study(session, study)
+        current = _current(session, study)
+        manual = _manual(session, study)
+        if current is None:
+            job = session.exec(
+                select(AnalysisJob)
+                .where(AnalysisJob.study_instance_uid == study)
+                .order_by(col(AnalysisJob.id).desc())
+            ).first()
+            if job is None:
+                raise NotFound(f"study {study} has not been analysed (is it complete?)")
+            if job.state == "failed":
+                return JSONResponse(
+                    status_code=422,
+                    content={
+                        "detail": "the analysis failed",
+                        "job": JobPublic.model_validate(job, from_attributes=True).model_dump(
+                            mode="json"
+                        ),
+                    },
+                )
+            return JSONResponse(
+                status_code=202,
+                content={
+                    "detail": f"analysis {job.state}",
+                    "job": JobPublic.model_validate(job, from_attributes=True).model_dump(
+                        mode="json"
+                    ),
+                },
+            )
+    result = json.loads(current.result)
+    base = str(request.url_for("get_measurements", study=study)).rsplit("/", 1)[0]
+    names = sorted(p.stem for p in Path(current.key_images_dir or "/nonexistent").glob("*.png"))
+    result |= {
+        "study_version": current.study_version,
+        "computed_at": current.created_at.isoformat(),
+        "sr": None
+        if current.sr_sop_instance_uid is None
+        else {
+            "sop_instance_uid": current.sr_sop_instance_uid,
+            "wado": f"{str(request.base_url).rstrip('/')}/dicomweb/studies/{study}",
+        },
+        "key_images": [{"name": n, "url": f"{base}/key-images/{n}.png"} for n in names],
+        "manual_measurements": [m.model_dump(mode="json") for m in manual],
+    }
+    return result
+
+
+@router.get(
+    "/key-images/{name}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_key_image(study: str, name: str, request: Request, _: Reader) -> Response:
+    """One key image (PNG overlay) of the current analysis."""
+    if not KEY_IMAGE_NAME.match(name):
+        raise NotFound("no such key image")
+    with Session(_engine(request)) as session:
+        current = _current(session, study)
+    if current is None or current.key_images_dir is None:
+        raise NotFound(f"study {study} has no key images")
+    path = Path(current.key_images_dir) / f"{name}.png"
+    if not path.is_file():
+        raise NotFound("no such key image")
+    return Response(path.read_bytes(), media_type="image/png")
+
+
+@router.post("/manual-measurements", status_code=201, response_model=ManualPublic)
+def add_manual(study: str, body: ManualIn, request: Request, who: Writer) -> ManualPublic:
+    """Record a reader's own measurement next to the automatic one (both are kept)."""
+    with Session(_engine(request)) as session:
+        _study(session, study)
+        row = ManualMeasurement(
+            study_instance_uid=study,
+            reader_id=body.reader_id or who.subject,
+            level=body.level,
+            side=body.side,
+            quantity=body.quantity,
+            value=body.value,
+            unit=body.unit or "",
+            note=body.note,
+            created_at=utcnow(),
+        )
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+        return ManualPublic.model_validate(row, from_attributes=True)
+
+
+@router.get("/manual-measurements", response_model=list[ManualPublic])
+def list_manual(study: str, request: Request, _: Reader) -> list[ManualPublic]:
+    """Readers' measurements of the study, oldest first."""
+    with Session(_engine(request)) as session:
+        _study(session, study)
+        return _manual(session, study)
+
+
+@router.get("/analysis-jobs", response_model=list[JobPublic])
+def list_jobs(study: str, request: Request, _: Reader) -> list[JobPublic]:
+    """The study's analysis jobs, newest first."""
+    with Session(_engine(request)) as session:
+        rows = session.exec(
+            select(AnalysisJob)
+            .where(AnalysisJob.study_instance_uid == study)
+            .order_by(col(AnalysisJob.id).desc())
+        ).all()
+        return [JobPublic.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.post("/analyze", status_code=202, response_model=JobPublic)
+def analyze(study: str, request: Request, _: Writer) -> JobPublic:
+    """Queue the analysis of the study's current version again."""
+    with Session(_engine(request)) as session:
+        row = _study(session, study)
+        version = row.version
+    job_id = request.app.state.analysis.rerun(study, version)
+    with Session(_engine(request)) as session:
+        job = session.get(AnalysisJob, job_id)
+        return JobPublic.model_validate(job, from_attributes=True)

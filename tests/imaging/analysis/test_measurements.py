@@ -1,0 +1,182 @@
+"""The measurements against phantoms' analytic ground truth, and on real CT.
+
+Bounds here are looser than the benchmark's targets (bench/analysis.py prints the exact
+figures over 40+ phantoms); they catch a broken pipeline, not a 0.1 mm drift.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from services.imaging.analysis import ct, mr
+from services.imaging.analysis.pipeline import analyze_datasets, read_folder
+from services.imaging.analysis.volume import SeriesHeader, write_series
+from services.imaging.phantom import PhantomSpec, ground_truth, render, write_phantom
+
+DATA = Path(__file__).parents[2] / "data"
+
+
+def _match(result: list[Any], truth: dict[str, Any]) -> list[tuple[float, float, str]]:
+    expected = {(g["quantity"], g["level_index"], g["side"]): g for g in truth["measurements"]}
+    pairs = []
+    for m in result:
+        g = expected.get((m.quantity, m.level_index, m.side))
+        if g is not None and m.value is not None:
+            pairs.append((m.value, g["value"], m.quantity))
+    return pairs
+
+
+@pytest.mark.parametrize(
+    ("orientation", "postop"), [("axial", False), ("oblique", True), ("sagittal", False)]
+)
+def test_ct_heights_match_the_phantom(orientation: str, postop: bool) -> None:
+    spec = PhantomSpec(
+        modality="CT",
+        orientation=orientation,
+        postop=postop,
+        stenosis="foraminal",
+        lordosis=45.0,
+        seed=3,
+    )
+    image, spine = render(spec)
+    model, result = ct.measure(image, "1.2.3")
+    truth = ground_truth(spine, spec, "1.2.3")
+    assert model.sacrum
+    assert [lv.name for lv in model.levels] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    pairs = _match(result, truth)
+    assert len(pairs) >= 12  # most of the 15 values are measured, even with screws
+    errors = np.array([abs(a - b) for a, b, _ in pairs])
+    assert errors.mean() < 0.6 and errors.max() < 1.5, pairs
+
+
+def test_ct_without_sacrum_numbers_levels_and_warns() -> None:
+    spec = PhantomSpec(modality="CT", sacrum_in_view=False, seed=5)
+    image, _ = render(spec)
+    model, result = ct.measure(image, "1.2.3")
+    assert not model.sacrum
+    assert any("sacrum" in w for w in model.warnings)
+    assert {m.level for m in result} == {None}
+    assert sorted({m.level_index for m in result}) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("postop", [False, True])
+def test_mr_dural_sac_matches_the_phantom(postop: bool) -> None:
+    spec = PhantomSpec(
+        modality="MR",
+        pixel_spacing=0.8,
+        slice_spacing=4.0,
+        noise=20.0,
+        stenosis="central",
+        top="T12",
+        postop=postop,
+        seed=2,
+    )
+    image, spine = render(spec)
+    model, result = mr.measure(image, "1.2.3")
+    truth = ground_truth(spine, spec, "1.2.3")
+    assert model.sacrum
+    pairs = _match(result, truth)
+    areas = [abs(a - b) / b for a, b, q in pairs if q == "dural_sac_area"]
+    volumes = [abs(a - b) / b for a, b, q in pairs if q == "dural_sac_volume"]
+    assert len(areas) == 5 and len(volumes) >= 4
+    assert np.mean(areas) < 0.08 and max(areas) < 0.2, pairs
+    assert np.mean(volumes) < 0.1, pairs
+
+
+def test_implausible_values_are_not_emitted() -> None:
+    from services.imaging.analysis.report import Measurement
+
+    m = Measurement("foraminal_height", "L4-L5", 3, "left", 42.0, "1.2.3")
+    m.check_plausible()
+    assert m.status == "needs_review" and m.value is None and "implausible" in (m.reason or "")
+
+
+def _real_ct(tmp_path: Path) -> Any:
+    image = sitk.ReadImage(str(DATA / "tptbox-ct" / "sub-ct_label-22_ct.nii.gz"), sitk.sitkFloat32)
+    header = SeriesHeader(
+        "TPT-1",
+        "Anon^Tpt",
+        "1.2.826.0.1.3680043.8.498.1",
+        "1.2.826.0.1.3680043.8.498.2",
+        "20200101",
+        series_description="CT",
+        extra={"ConvolutionKernel": "BONE"},
+    )
+    write_series(image, header, tmp_path / "ct")
+    return analyze_datasets(read_folder(tmp_path / "ct"), key_images=False).result
+
+
+def test_real_ct_is_answered_without_a_guess(tmp_path: Path) -> None:
+    """TPTBox's real CT crop (70 mm of L2-L4, osteoporotic, noisy): a result, never a crash."""
+    result = _real_ct(tmp_path)
+    assert result.study_instance_uid == "1.2.826.0.1.3680043.8.498.1"
+    assert result.status in ("needs_review", "failed")
+    assert result.warnings  # it says why
+    for m in result.measurements:
+        assert m.level is None  # no sacrum in view: nothing is named by guess
+
+
+@pytest.mark.xfail(
+    reason="known weakness: the body detector needs a closed cortical ring; this "
+    "osteoporotic, noisy crop (bodies at 50 HU) defeats it"
+)
+def test_real_ct_finds_the_vertebrae_present(tmp_path: Path) -> None:
+    result = _real_ct(tmp_path)
+    disc = [m for m in result.measurements if m.quantity == "disc_height"]
+    assert len(disc) == 2
+    for m in result.measurements:
+        if m.value is not None:
+            lo, hi = (3, 15) if m.quantity == "disc_height" else (10, 28)
+            assert lo <= m.value <= hi, m
+
+
+def test_cli_prints_the_schema_and_fails_cleanly(tmp_path: Path) -> None:
+    truth = write_phantom(
+        PhantomSpec(modality="CT", pixel_spacing=1.2, slice_spacing=1.5, seed=9),
+        tmp_path / "study" / "nested",
+    )
+    (tmp_path / "study" / "README.txt").write_text("not DICOM")
+    run = subprocess.run(
+        [sys.executable, "-m", "services.imaging", "analyze", str(tmp_path / "study"), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["study_instance_uid"] == truth["study_instance_uid"]
+    assert out["modality"] == "CT" and out["status"] in ("ok", "needs_review")
+    assert out["algorithm"]["name"] and out["algorithm"]["version"]
+    first = out["measurements"][0]
+    assert set(first) >= {
+        "quantity",
+        "level",
+        "level_index",
+        "side",
+        "value",
+        "unit",
+        "series_instance_uid",
+    }
+    assert {m["level"] for m in out["measurements"]} == {
+        "L1-L2",
+        "L2-L3",
+        "L3-L4",
+        "L4-L5",
+        "L5-S1",
+    }
+    bad = subprocess.run(
+        [sys.executable, "-m", "services.imaging", "analyze", str(tmp_path / "missing"), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode != 0 and bad.stdout == ""
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,148 @@
+"""End to end: a phantom study sent by C-STORE ends with measurements, an SR and key images."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from services.imaging.phantom import PhantomSpec, write_phantom
+from tests.harness.dcmtk import storescu
+from tests.harness.imaging import ImagingServer
+from tests.harness.net import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("dcmtk")]
+
+
+def _measurements(server: ImagingServer, study: str) -> tuple[int, Any]:
+    with server.client() as client:
+        response = client.get(f"/api/studies/{study}/measurements")
+        return response.status_code, response.json()
+
+
+def test_c_store_to_measurements_sr_and_key_images(
+    imaging_factory: Callable[..., ImagingServer], tmp_path: Path
+) -> None:
+    spec = PhantomSpec(
+        modality="CT", pixel_spacing=1.2, slice_spacing=1.5, stenosis="foraminal", seed=11
+    )
+    folder = tmp_path / "phantom"
+    truth = write_phantom(spec, folder)
+    study = truth["study_instance_uid"]
+    server = imaging_factory()
+    sent = storescu(server.dicom_port, server.ae_title, sorted(folder.glob("*.dcm")))
+    assert sent.returncode == 0, sent.stderr
+    assert wait_until(lambda: _measurements(server, study)[0] == 200, timeout=120, interval=0.5)
+    _, body = _measurements(server, study)
+    assert body["study_instance_uid"] == study and body["study_version"] == 1
+    assert body["algorithm"]["version"] and body["status"] in ("ok", "needs_review")
+    expected = {(g["quantity"], g["level"], g["side"]): g["value"] for g in truth["measurements"]}
+    measured = [m for m in body["measurements"] if m["value"] is not None]
+    assert len(measured) >= 12
+    for m in measured:
+        assert abs(m["value"] - expected[(m["quantity"], m["level"], m["side"])]) < 1.5, m
+    # Key images are served as PNG.
+    assert body["key_images"]
+    with server.client() as client:
+        png = client.get(body["key_images"][0]["url"])
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert client.get(f"/api/studies/{study}/key-images/..%2Fsecret.png").status_code == 404
+        # The SR is in the study, retrievable by WADO-RS, a TID 1500 report of our values.
+        sr_uid = body["sr"]["sop_instance_uid"]
+        series = client.get(
+            f"/dicomweb/studies/{study}/instances", params={"SOPInstanceUID": sr_uid}
+        ).json()
+        assert len(series) == 1
+        series_uid = series[0]["0020000E"]["Value"][0]
+        part = client.get(
+            f"/dicomweb/studies/{study}/series/{series_uid}/instances/{sr_uid}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
+        assert part.status_code == 200
+        start = part.content.index(b"DICM") - 128
+        sr = dcmread(BytesIO(part.content[start:]))
+        assert sr.Modality == "SR" and sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+        groups = [item for item in sr.ContentSequence if item.ValueType == "CONTAINER"]
+        assert groups
+        # The SR joined the study without reopening it (no version 2, no second analysis).
+        status = client.get(f"/api/studies/{study}").json()
+        assert status["version"] == 1
+        jobs = client.get(f"/api/studies/{study}/analysis-jobs").json()
+        assert [j["state"] for j in jobs] == ["done"]
+        # A reader's measurement is kept next to the automatic one.
+        posted = client.post(
+            f"/api/studies/{study}/manual-measurements",
+            json={"level": "L4-L5", "side": "left", "quantity": "foraminal_height", "value": 14.2},
+        )
+        assert posted.status_code == 201, posted.text
+        bad = client.post(
+            f"/api/studies/{study}/manual-measurements",
+            json={"level": "L4-L5", "quantity": "foraminal_height", "value": 14.2, "unit": "mm2"},
+        )
+        assert bad.status_code in (400, 422)
+    _, after = _measurements(server, study)
+    assert after["manual_measurements"][0]["value"] == 14.2
+    assert after["measurements"] == body["measurements"]  # the automatic values are untouched
+    assert json.dumps(after)  # serialisable
+
+
+def test_jobs_survive_a_restart_and_failures_are_bounded(
+    imaging_factory: Callable[..., ImagingServer], tmp_path: Path
+) -> None:
+    from services.imaging.jobs import AnalysisQueue
+    from services.imaging.models import AnalysisJob, JobState
+
+    spec = PhantomSpec(modality="CT", pixel_spacing=1.5, slice_spacing=2.0, seed=12)
+    folder = tmp_path / "phantom"
+    truth = write_phantom(spec, folder)
+    study = truth["study_instance_uid"]
+    # First run: no workers, the job is queued and left 'running' as if the process died.
+    first = imaging_factory("svc", analysis_workers=0)
+    assert storescu(first.dicom_port, first.ae_title, sorted(folder.glob("*.dcm"))).returncode == 0
+    assert wait_until(lambda: _measurements(first, study)[0] == 202, timeout=60, interval=0.3)
+    queue: AnalysisQueue = first.app.state.analysis
+    job = queue.claim()
+    assert job is not None and job.state == JobState.QUEUED  # the row object before the update
+    first.stop()
+    # Restart on the same data: the job is recovered and completes.
+    second = imaging_factory("svc", analysis_workers=1)
+    assert wait_until(lambda: _measurements(second, study)[0] == 200, timeout=120, interval=0.5)
+    with second.client() as client:
+        jobs = client.get(f"/api/studies/{study}/analysis-jobs").json()
+    assert jobs[0]["state"] == "done" and jobs[0]["attempts"] == 2
+    # A failing analysis is retried a bounded number of times, then marked failed; the
+    # study stays as it was.
+    queue = second.app.state.analysis
+    from sqlmodel import Session
+
+    with Session(queue.engine) as session:
+        row = session.get(AnalysisJob, jobs[0]["id"])
+        assert row is not None
+    original = queue._analyse
+
+    def broken(job: AnalysisJob) -> None:
+        raise RuntimeError("simulated crash")
+
+    queue._analyse = broken  # type: ignore[method-assign]
+    try:
+        with second.client() as client:
+            assert client.post(f"/api/studies/{study}/analyze").status_code == 202
+        assert wait_until(lambda: _job_state(second, study) == "failed", timeout=30)
+    finally:
+        queue._analyse = original  # type: ignore[method-assign]
+    with second.client() as client:
+        jobs = client.get(f"/api/studies/{study}/analysis-jobs").json()
+        assert jobs[0]["attempts"] == second.settings.analysis_max_attempts
+        assert "simulated crash" in jobs[0]["last_error"]
+        assert client.get(f"/api/studies/{study}").json()["state"] == "complete"
+
+
+def _job_state(server: ImagingServer, study: str) -> str:
+    with server.client() as client:
+        return str(client.get(f"/api/studies/{study}/analysis-jobs").json()[0]["state"])
