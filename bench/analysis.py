@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,24 +47,53 @@ def specs(quick: bool) -> list[tuple[str, PhantomSpec]]:
         ("CT noise 40 HU", {"noise": 40.0}),
         ("CT post-op", {"postop": True}),
         ("CT post-op oblique", {"postop": True, "orientation": "oblique"}),
-        ("MR 4 mm axial", {"modality": "MR", "pixel_spacing": 0.7, "slice_spacing": 4.0,
-                           "noise": 20.0}),
-        ("MR 3 mm axial", {"modality": "MR", "pixel_spacing": 0.7, "slice_spacing": 3.0,
-                           "noise": 20.0}),
-        ("MR oblique", {"modality": "MR", "pixel_spacing": 0.7, "slice_spacing": 4.0,
-                        "noise": 20.0, "orientation": "oblique"}),
-        ("MR post-op", {"modality": "MR", "pixel_spacing": 0.7, "slice_spacing": 4.0,
-                        "noise": 20.0, "postop": True}),
+        (
+            "MR 4 mm axial",
+            {"modality": "MR", "pixel_spacing": 0.7, "slice_spacing": 4.0, "noise": 20.0},
+        ),
+        (
+            "MR 3 mm axial",
+            {"modality": "MR", "pixel_spacing": 0.7, "slice_spacing": 3.0, "noise": 20.0},
+        ),
+        (
+            "MR oblique",
+            {
+                "modality": "MR",
+                "pixel_spacing": 0.7,
+                "slice_spacing": 4.0,
+                "noise": 20.0,
+                "orientation": "oblique",
+            },
+        ),
+        (
+            "MR post-op",
+            {
+                "modality": "MR",
+                "pixel_spacing": 0.7,
+                "slice_spacing": 4.0,
+                "noise": 20.0,
+                "postop": True,
+            },
+        ),
     ]:
         mr_ = kw.get("modality") == "MR"
         for n in range(1 if quick else 3):
             seed += 1
             stenosis = "central" if mr_ else "foraminal"
             levels = (("L4-L5",), ("L3-L4", "L4-L5"), ("L5-S1",))[n % 3]
-            out.append((group, PhantomSpec(
-                **kw, stenosis=stenosis if n != 2 or kw.get("postop") else "none",
-                stenosis_levels=levels, severity=0.4 + 0.25 * n, seed=seed,
-                top="T12" if mr_ else "L1")))
+            out.append(
+                (
+                    group,
+                    PhantomSpec(
+                        **kw,
+                        stenosis=stenosis if n != 2 or kw.get("postop") else "none",
+                        stenosis_levels=levels,
+                        severity=0.4 + 0.25 * n,
+                        seed=seed,
+                        top="T12" if mr_ else "L1",
+                    ),
+                )
+            )
     return out
 
 
@@ -106,8 +134,10 @@ def accuracy(quick: bool) -> None:
             else:
                 rows[group][m.quantity].append(abs(err) / g["value"] * 100)
     print(f"\n{len(cases)} phantoms in {time.perf_counter() - started:.0f} s\n")
-    header = (f"{'group':22} {'n':>2} {'FH MAE':>7} {'FH max':>7} {'DH MAE':>7} {'area %':>7} "
-              f"{'area max':>8} {'vol %':>6} {'labels':>7} {'review':>6} {'s/case':>6}")
+    header = (
+        f"{'group':22} {'n':>2} {'FH MAE':>7} {'FH max':>7} {'DH MAE':>7} {'area %':>7} "
+        f"{'area max':>8} {'vol %':>6} {'labels':>7} {'review':>6} {'s/case':>6}"
+    )
     print(header)
     print("-" * len(header))
     overall: dict[str, list[float]] = defaultdict(list)
@@ -117,8 +147,10 @@ def accuracy(quick: bool) -> None:
         print(_row(group, r))
     print("-" * len(header))
     print(_row("all", overall))
-    print("\ntargets: FH MAE <= 0.5 mm, max <= 1.0; DH MAE <= 0.5; area mean <= 5 %, max <= 10 %;"
-          " volume <= 7 %; labels 100 % with the sacrum in view")
+    print(
+        "\ntargets: FH MAE <= 0.5 mm, max <= 1.0; DH MAE <= 0.5; area mean <= 5 %, max <= 10 %;"
+        " volume <= 7 %; labels 100 % with the sacrum in view"
+    )
 
 
 def _row(group: str, r: dict[str, list[float]]) -> str:
@@ -128,39 +160,75 @@ def _row(group: str, r: dict[str, list[float]]) -> str:
     labels = f"{100 * np.mean(r['label_ok']):6.0f}%" if r.get("label_ok") else f"{'-':>7}"
     review = sum(len(v) for k, v in r.items() if k.startswith("review"))
     n = len(r.get("seconds", [])) + len(r.get("failed", []))
-    return (f"{group:22} {n:2d} {stat('foraminal_height', np.mean)} "
-            f"{stat('foraminal_height', np.max)} {stat('disc_height', np.mean)} "
-            f"{stat('dural_sac_area', np.mean)} {stat('dural_sac_area', np.max)} "
-            f"{stat('dural_sac_volume', np.mean)[1:]} {labels} {review:6d} "
-            f"{stat('seconds', np.mean)[1:]}")
+    return (
+        f"{group:22} {n:2d} {stat('foraminal_height', np.mean)} "
+        f"{stat('foraminal_height', np.max)} {stat('disc_height', np.mean)} "
+        f"{stat('dural_sac_area', np.mean)} {stat('dural_sac_area', np.max)} "
+        f"{stat('dural_sac_volume', np.mean)[1:]} {labels} {review:6d} "
+        f"{stat('seconds', np.mean)[1:]}"
+    )
 
 
 def real_ct() -> None:
     print("\nReal CT")
     for name, path in [
         ("TPTBox L2-L4 crop, 1.5 mm", ROOT / "tests/data/tptbox-ct/sub-ct_label-22_ct.nii.gz"),
-        ("TotalSegmentator abdomen, 3 mm", ROOT / "tests/data/totalsegmentator-ct/ts_example_ct.nii.gz"),
+        (
+            "TotalSegmentator abdomen, 3 mm",
+            ROOT / "tests/data/totalsegmentator-ct/ts_example_ct.nii.gz",
+        ),
     ]:
         image = sitk.ReadImage(str(path), sitk.sitkFloat32)
         with tempfile.TemporaryDirectory() as tmp:
-            write_series(image, SeriesHeader("R", "Real^Ct", "1.2.826.0.1.3680043.8.498.7",
-                                             "1.2.826.0.1.3680043.8.498.8", "20200101",
-                                             extra={"ConvolutionKernel": "BONE"}), Path(tmp))
+            write_series(
+                image,
+                SeriesHeader(
+                    "R",
+                    "Real^Ct",
+                    "1.2.826.0.1.3680043.8.498.7",
+                    "1.2.826.0.1.3680043.8.498.8",
+                    "20200101",
+                    extra={"ConvolutionKernel": "BONE"},
+                ),
+                Path(tmp),
+            )
             result = analyze_datasets(read_folder(Path(tmp)), key_images=False).result
-        values = [f"{m.quantity}#{m.level_index}{'/' + m.side if m.side else ''}="
-                  f"{m.value:.1f}" for m in result.measurements if m.value is not None]
-        print(f"  {name}: {result.status}; {len(values)} values {values}; "
-              f"warnings {result.warnings}")
+        values = [
+            f"{m.quantity}#{m.level_index}{'/' + m.side if m.side else ''}={m.value:.1f}"
+            for m in result.measurements
+            if m.value is not None
+        ]
+        print(
+            f"  {name}: {result.status}; {len(values)} values {values}; warnings {result.warnings}"
+        )
 
 
 def speed() -> None:
     print("\nSpeed (this machine)")
     with tempfile.TemporaryDirectory() as tmp:
         for label, spec in [
-            ("CT 512x512x300", PhantomSpec(modality="CT", pixel_spacing=0.7, slice_spacing=0.8,
-                                           stenosis="foraminal", seed=7)),
-            ("MR axial T2 4 mm", PhantomSpec(modality="MR", pixel_spacing=0.7, slice_spacing=4.0,
-                                             noise=20.0, stenosis="central", seed=8, top="T12")),
+            (
+                "CT 512x512x300",
+                PhantomSpec(
+                    modality="CT",
+                    pixel_spacing=0.7,
+                    slice_spacing=0.8,
+                    stenosis="foraminal",
+                    seed=7,
+                ),
+            ),
+            (
+                "MR axial T2 4 mm",
+                PhantomSpec(
+                    modality="MR",
+                    pixel_spacing=0.7,
+                    slice_spacing=4.0,
+                    noise=20.0,
+                    stenosis="central",
+                    seed=8,
+                    top="T12",
+                ),
+            ),
         ]:
             folder = Path(tmp) / label.split()[0]
             t0 = time.perf_counter()
@@ -173,18 +241,27 @@ def speed() -> None:
             volume = load_files(files)
             read = time.perf_counter() - t0
             size = volume.image.GetSize()
-            code = ("import json,sys,time,resource;from pathlib import Path;"
-                    "from services.imaging.analysis.pipeline import analyze_paths;"
-                    "t=time.perf_counter();a=analyze_paths(sorted(Path(sys.argv[1]).glob('*.dcm')));"
-                    "print(json.dumps({'s':time.perf_counter()-t,'rss':resource.getrusage("
-                    "resource.RUSAGE_SELF).ru_maxrss/1024,'status':a.result.status,"
-                    "'n':sum(m.value is not None for m in a.result.measurements)}))")
-            run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True,
-                                 text=True, check=True, cwd=ROOT)
+            code = (
+                "import json,sys,time,resource;from pathlib import Path;"
+                "from services.imaging.analysis.pipeline import analyze_paths;"
+                "t=time.perf_counter();a=analyze_paths(sorted(Path(sys.argv[1]).glob('*.dcm')));"
+                "print(json.dumps({'s':time.perf_counter()-t,'rss':resource.getrusage("
+                "resource.RUSAGE_SELF).ru_maxrss/1024,'status':a.result.status,"
+                "'n':sum(m.value is not None for m in a.result.measurements)}))"
+            )
+            run = subprocess.run(
+                [sys.executable, "-c", code, str(folder)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            )
             out = json.loads(run.stdout.strip().splitlines()[-1])
-            print(f"  {label} {size}: read pixels {read:.2f} s; full analysis {out['s']:.2f} s "
-                  f"(ratio {out['s'] / read:.2f}x, includes reading); peak RSS "
-                  f"{out['rss']:.0f} MB; {out['n']} values, {out['status']}")
+            print(
+                f"  {label} {size}: read pixels {read:.2f} s; full analysis {out['s']:.2f} s "
+                f"(ratio {out['s'] / read:.2f}x, includes reading); peak RSS "
+                f"{out['rss']:.0f} MB; {out['n']} values, {out['status']}"
+            )
 
 
 def _pad_to_512(files: list[Path]) -> None:
@@ -213,7 +290,6 @@ def main() -> None:
         real_ct()
     if args.only in (None, "speed"):
         speed()
-    _ = resource
 
 
 if __name__ == "__main__":

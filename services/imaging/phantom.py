@@ -23,7 +23,6 @@ series and ``ground_truth.json`` in the CLI's schema.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import sys
@@ -36,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
+from services.imaging.analysis.spine import LUMBAR_LEVELS
 from services.imaging.analysis.volume import SeriesHeader, write_series
 
 PHANTOM_VERSION = "1.0"
@@ -99,18 +99,13 @@ class PhantomSpec:
         if self.top not in ("L1", "T12"):
             raise ValueError(f"top must be L1 or T12, not {self.top!r}")
         for level in self.stenosis_levels:
-            if level not in level_names():
+            if level not in LUMBAR_LEVELS:
                 raise ValueError(f"unknown level {level!r}")
         self.stenosis_levels = tuple(self.stenosis_levels)
         if not self.study_instance_uid:
             self.study_instance_uid = generate_uid(
                 entropy_srcs=[json.dumps(asdict(self) | {"study_instance_uid": ""}, default=str)]
             )
-
-
-def level_names() -> tuple[str, ...]:
-    names = [*LUMBAR, "S1"]
-    return tuple(f"{a}-{b}" for a, b in itertools.pairwise(names))
 
 
 @dataclass
@@ -800,7 +795,7 @@ def _streaks(image: sitk.Image, spine: Spine, rng: np.random.Generator) -> Float
 
 def ground_truth(spine: Spine, spec: PhantomSpec, series_instance_uid: str) -> dict[str, Any]:
     """The expected measurements in the CLI's schema, from the analytic geometry."""
-    levels = [d for d in spine.discs if d.level in level_names()]
+    levels = [d for d in spine.discs if d.level in LUMBAR_LEVELS]
     visible = [d for d in levels if spec.sacrum_in_view or d.level != "L5-S1"]
     measurements: list[dict[str, Any]] = []
     labelled = spec.sacrum_in_view

@@ -56,7 +56,6 @@ class CtModel:
     levels: list[Level]
     sacrum: bool
     warnings: list[str] = field(default_factory=list)
-    profile: tuple[FloatArray, FloatArray] | None = None
 
 
 def solid_bone(array: FloatArray) -> FloatArray:
@@ -159,7 +158,7 @@ def build_model(image: sitk.Image) -> CtModel:
             continue
         levels.append(Level(name, index, disc, upper, lower))
         index += 1
-    return CtModel(line, levels, sacrum, warnings, (z, profile))
+    return CtModel(line, levels, sacrum, warnings)
 
 
 def _is_sacrum(
@@ -223,12 +222,6 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
         m.review("metal in the disc space")
     m.check_plausible()
     return m
-
-
-@dataclass
-class PedicleSide:
-    lr: float  # offset along 'left' from the centre line, mm
-    found: bool
 
 
 def _pedicle_lr(

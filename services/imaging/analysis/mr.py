@@ -25,7 +25,7 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
 from services.imaging.analysis.report import Measurement
-from services.imaging.analysis.sampling import FloatArray, Sampler, unit
+from services.imaging.analysis.sampling import FloatArray, Sampler
 from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
 
 BODY_OFFSET_MM = 22.0  # sac centre to vertebral body centre, antero-posterior
@@ -277,9 +277,3 @@ def measure(
         out += [area, volume]
         index += 1
     return model, out
-
-
-def slice_normal_angle(image: sitk.Image, line: CentreLine, z: float) -> float:
-    """Degrees between the slices' normal and the canal (for the quality flags)."""
-    _, _, _, normal = _slice_geometry(image)
-    return float(np.degrees(np.arccos(min(1.0, abs(float(unit(line.tangent(z)) @ normal))))))

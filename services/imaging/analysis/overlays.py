@@ -32,8 +32,7 @@ def _name(m: Measurement) -> str:
     return "_".join(x for x in (m.quantity, where, m.side or "") if x)
 
 
-def _window(modality: str) -> tuple[float, float]:
-    return (-250.0, 1250.0) if modality == "CT" else (0.0, 0.0)
+CT_WINDOW = (-250.0, 1250.0)  # bone window; MR is windowed on the section's own signal
 
 
 def _render(
@@ -49,8 +48,9 @@ def _render(
     vv, uu = np.meshgrid(v, u, indexing="ij")
     pts = origin + uu[..., None] * right + vv[..., None] * down
     values = np.nan_to_num(sampler(pts), nan=float(np.nanmin(sampler.array)))
-    lo, hi = _window(modality)
-    if hi <= lo:
+    if modality == "CT":
+        lo, hi = CT_WINDOW
+    else:
         lo, hi = float(np.percentile(values, 1)), float(np.percentile(values, 99.5))
     grey = np.clip((values - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
     image = Image.fromarray(grey).resize((grey.shape[1] * SCALE, grey.shape[0] * SCALE))

@@ -54,10 +54,14 @@ def _el(vr: str, *values: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": list(present)}
 
 
-def _base_url(request: Request) -> str:
+def public_base_url(request: Request) -> str:
+    """The service's address as callers see it (``public_base_url`` behind a proxy)."""
     configured = request.app.state.settings.public_base_url
-    base = configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
-    return f"{base}/dicomweb"
+    return configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
+
+
+def _base_url(request: Request) -> str:
+    return f"{public_base_url(request)}/dicomweb"
 
 
 def study_json(entry: dict[str, Any], base: str) -> dict[str, Any]:

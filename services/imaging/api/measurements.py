@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from services.common.auth import Principal, require_scope
 from services.imaging.analysis.report import QUANTITIES
+from services.imaging.api.dicomweb import public_base_url
 from services.imaging.errors import NotFound
 from services.imaging.models import AnalysisJob, ManualMeasurement, MeasurementSet, Study
 from services.imaging.store import utcnow
@@ -72,10 +73,6 @@ class ManualPublic(BaseModel):
     created_at: datetime
 
 
-def _engine(request: Request) -> Any:
-    return request.app.state.engine
-
-
 def _study(session: Session, study: str) -> Study:
     row = session.get(Study, study)
     if row is None:
@@ -103,7 +100,7 @@ def _manual(session: Session, study: str) -> list[ManualPublic]:
 @router.get("/measurements", responses={202: {"description": "analysis queued or running"}})
 def get_measurements(study: str, request: Request, _: Reader) -> Any:
     """The current automatic measurements (the CLI's schema), SR, key images, manual values."""
-    with Session(_engine(request)) as session:
+    with Session(request.app.state.engine) as session:
         _study(session, study)
         current = _current(session, study)
         manual = _manual(session, study)
@@ -135,7 +132,7 @@ def get_measurements(study: str, request: Request, _: Reader) -> Any:
                 },
             )
     result = json.loads(current.result)
-    base = str(request.url_for("get_measurements", study=study)).rsplit("/", 1)[0]
+    base = f"{public_base_url(request)}/api/studies/{study}"
     names = sorted(p.stem for p in Path(current.key_images_dir or "/nonexistent").glob("*.png"))
     result |= {
         "study_version": current.study_version,
@@ -144,7 +141,7 @@ def get_measurements(study: str, request: Request, _: Reader) -> Any:
         if current.sr_sop_instance_uid is None
         else {
             "sop_instance_uid": current.sr_sop_instance_uid,
-            "wado": f"{str(request.base_url).rstrip('/')}/dicomweb/studies/{study}",
+            "wado": f"{public_base_url(request)}/dicomweb/studies/{study}",
         },
         "key_images": [{"name": n, "url": f"{base}/key-images/{n}.png"} for n in names],
         "manual_measurements": [m.model_dump(mode="json") for m in manual],
@@ -161,7 +158,7 @@ def get_key_image(study: str, name: str, request: Request, _: Reader) -> Respons
     """One key image (PNG overlay) of the current analysis."""
     if not KEY_IMAGE_NAME.match(name):
         raise NotFound("no such key image")
-    with Session(_engine(request)) as session:
+    with Session(request.app.state.engine) as session:
         current = _current(session, study)
     if current is None or current.key_images_dir is None:
         raise NotFound(f"study {study} has no key images")
@@ -174,7 +171,7 @@ def get_key_image(study: str, name: str, request: Request, _: Reader) -> Respons
 @router.post("/manual-measurements", status_code=201, response_model=ManualPublic)
 def add_manual(study: str, body: ManualIn, request: Request, who: Writer) -> ManualPublic:
     """Record a reader's own measurement next to the automatic one (both are kept)."""
-    with Session(_engine(request)) as session:
+    with Session(request.app.state.engine) as session:
         _study(session, study)
         row = ManualMeasurement(
             study_instance_uid=study,
@@ -196,7 +193,7 @@ def add_manual(study: str, body: ManualIn, request: Request, who: Writer) -> Man
 @router.get("/manual-measurements", response_model=list[ManualPublic])
 def list_manual(study: str, request: Request, _: Reader) -> list[ManualPublic]:
     """Readers' measurements of the study, oldest first."""
-    with Session(_engine(request)) as session:
+    with Session(request.app.state.engine) as session:
         _study(session, study)
         return _manual(session, study)
 
@@ -204,7 +201,7 @@ def list_manual(study: str, request: Request, _: Reader) -> list[ManualPublic]:
 @router.get("/analysis-jobs", response_model=list[JobPublic])
 def list_jobs(study: str, request: Request, _: Reader) -> list[JobPublic]:
     """The study's analysis jobs, newest first."""
-    with Session(_engine(request)) as session:
+    with Session(request.app.state.engine) as session:
         rows = session.exec(
             select(AnalysisJob)
             .where(AnalysisJob.study_instance_uid == study)
@@ -216,10 +213,10 @@ def list_jobs(study: str, request: Request, _: Reader) -> list[JobPublic]:
 @router.post("/analyze", status_code=202, response_model=JobPublic)
 def analyze(study: str, request: Request, _: Writer) -> JobPublic:
     """Queue the analysis of the study's current version again."""
-    with Session(_engine(request)) as session:
+    with Session(request.app.state.engine) as session:
         row = _study(session, study)
         version = row.version
     job_id = request.app.state.analysis.rerun(study, version)
-    with Session(_engine(request)) as session:
+    with Session(request.app.state.engine) as session:
         job = session.get(AnalysisJob, job_id)
         return JobPublic.model_validate(job, from_attributes=True)
