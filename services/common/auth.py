@@ -66,20 +66,27 @@ class AuthSettings(BaseSettings):
     audience: str | None = None
 
 
-def resolve_key(settings: AuthSettings) -> bytes:
-    """The signing key: configured, or read from (and first created in) the key file."""
-    if settings.secret_key is not None:
-        key = settings.secret_key.get_secret_value().encode()
+def secret_key(configured: SecretStr | None, key_file: Path, *, name: str) -> bytes:
+    """A secret: configured (at least 32 bytes), or read from (and first created in) a file.
+
+    The file gets 256 random bits and mode 0600; it lives outside the repository.
+    """
+    if configured is not None:
+        key = configured.get_secret_value().encode()
         if len(key) < 32:
-            raise ValueError("AUTH_SECRET_KEY must be at least 32 bytes")
+            raise ValueError(f"{name} must be at least 32 bytes")
         return key
-    path = settings.key_file
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32))
-    return path.read_text().strip().encode()
+    return key_file.read_text().strip().encode()
+
+
+def resolve_key(settings: AuthSettings) -> bytes:
+    """The signing key: ``AUTH_SECRET_KEY``, or the key file."""
+    return secret_key(settings.secret_key, settings.key_file, name="AUTH_SECRET_KEY")
 
 
 @dataclass(frozen=True)
@@ -231,7 +238,12 @@ def _unauthorized(reason: str) -> HTTPException:
 def current_principal(request: Request) -> Principal:
     """FastAPI dependency: the authenticated caller (the app keeps its Authenticator in state)."""
     authenticator: Authenticator = request.app.state.authenticator
-    principal = authenticator.authenticate(request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    # Browser pages (the gateway's dashboard) carry the same token in a session cookie.
+    cookie_name: str | None = getattr(request.app.state, "session_cookie", None)
+    if authorization is None and cookie_name and request.cookies.get(cookie_name):
+        authorization = f"Bearer {request.cookies[cookie_name]}"
+    principal = authenticator.authenticate(authorization)
     request.state.principal = principal
     return principal
 

@@ -149,6 +149,7 @@ def create_app(settings: ImagingSettings | None = None) -> FastAPI:
     app.include_router(dicomweb.router)
     app.include_router(studies.router)
     app.include_router(measurements.router)
+    app.include_router(measurements.results_router)
 
     @app.get("/healthz", tags=["Operations"])
     def healthz() -> dict[str, str]:

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import Session, col, select
@@ -17,7 +17,13 @@ from services.common.auth import Principal, require_scope
 from services.imaging.analysis.report import QUANTITIES
 from services.imaging.api.dicomweb import public_base_url
 from services.imaging.errors import NotFound
-from services.imaging.models import AnalysisJob, ManualMeasurement, MeasurementSet, Study
+from services.imaging.models import (
+    AnalysisJob,
+    ManualMeasurement,
+    MeasurementSet,
+    Series,
+    Study,
+)
 from services.imaging.store import utcnow
 
 router = APIRouter(prefix="/api/studies/{study}", tags=["Measurements"])
@@ -97,6 +103,29 @@ def _manual(session: Session, study: str) -> list[ManualPublic]:
     return [ManualPublic.model_validate(r, from_attributes=True) for r in rows]
 
 
+def _present(
+    request: Request, current: MeasurementSet, manual: list[ManualPublic]
+) -> dict[str, Any]:
+    """The stored result with its version, SR, key-image links and readers' values."""
+    study = current.study_instance_uid
+    result: dict[str, Any] = json.loads(current.result)
+    base = f"{public_base_url(request)}/api/studies/{study}"
+    names = sorted(p.stem for p in Path(current.key_images_dir or "/nonexistent").glob("*.png"))
+    result |= {
+        "study_version": current.study_version,
+        "computed_at": current.created_at.isoformat(),
+        "sr": None
+        if current.sr_sop_instance_uid is None
+        else {
+            "sop_instance_uid": current.sr_sop_instance_uid,
+            "wado": f"{public_base_url(request)}/dicomweb/studies/{study}",
+        },
+        "key_images": [{"name": n, "url": f"{base}/key-images/{n}.png"} for n in names],
+        "manual_measurements": [m.model_dump(mode="json") for m in manual],
+    }
+    return result
+
+
 @router.get("/measurements", responses={202: {"description": "analysis queued or running"}})
 def get_measurements(study: str, request: Request, _: Reader) -> Any:
     """The current automatic measurements (the CLI's schema), SR, key images, manual values."""
@@ -131,22 +160,7 @@ def get_measurements(study: str, request: Request, _: Reader) -> Any:
                     ),
                 },
             )
-    result = json.loads(current.result)
-    base = f"{public_base_url(request)}/api/studies/{study}"
-    names = sorted(p.stem for p in Path(current.key_images_dir or "/nonexistent").glob("*.png"))
-    result |= {
-        "study_version": current.study_version,
-        "computed_at": current.created_at.isoformat(),
-        "sr": None
-        if current.sr_sop_instance_uid is None
-        else {
-            "sop_instance_uid": current.sr_sop_instance_uid,
-            "wado": f"{public_base_url(request)}/dicomweb/studies/{study}",
-        },
-        "key_images": [{"name": n, "url": f"{base}/key-images/{n}.png"} for n in names],
-        "manual_measurements": [m.model_dump(mode="json") for m in manual],
-    }
-    return result
+    return _present(request, current, manual)
 
 
 @router.get(
@@ -220,3 +234,104 @@ def analyze(study: str, request: Request, _: Writer) -> JobPublic:
     with Session(request.app.state.engine) as session:
         job = session.get(AnalysisJob, job_id)
         return JobPublic.model_validate(job, from_attributes=True)
+
+
+results_router = APIRouter(prefix="/api", tags=["Measurements"])
+
+
+class StudyResult(BaseModel):
+    study_instance_uid: str
+    patient_id: str | None
+    issuer_of_patient_id: str | None
+    study_date: str | None
+    study_time: str | None
+    modalities: list[str]
+    state: str
+    version: int
+    analysis_state: Literal["none", "queued", "running", "done", "failed"]
+    analysis_error: str | None
+    result: dict[str, Any] | None  # as GET /api/studies/{study}/measurements
+    manual_measurements: list[ManualPublic]
+
+
+class ResultsPage(BaseModel):
+    items: list[StudyResult]
+    next_after: str | None  # pass as ``after`` for the next page; null on the last
+
+
+@results_router.get("/results", response_model=ResultsPage)
+def list_results(
+    request: Request,
+    _: Reader,
+    PatientID: str | None = None,
+    after: str | None = None,
+    limit: int = Query(default=200, ge=1, le=1000),
+) -> ResultsPage:
+    """Studies with their current measurements, in StudyInstanceUID order (keyset paging)."""
+    with Session(request.app.state.engine) as session:
+        query = select(Study).order_by(col(Study.study_instance_uid))
+        if PatientID is not None:
+            query = query.where(Study.patient_id == PatientID)
+        if after:
+            query = query.where(col(Study.study_instance_uid) > after)
+        studies = session.exec(query.limit(limit)).all()
+        uids = [s.study_instance_uid for s in studies]
+        current = {
+            m.study_instance_uid: m
+            for m in session.exec(
+                select(MeasurementSet).where(
+                    col(MeasurementSet.study_instance_uid).in_(uids),
+                    col(MeasurementSet.is_current).is_(True),
+                )
+            ).all()
+        }
+        jobs: dict[str, AnalysisJob] = {}
+        for row_job in session.exec(
+            select(AnalysisJob)
+            .where(col(AnalysisJob.study_instance_uid).in_(uids))
+            .order_by(col(AnalysisJob.id))
+        ).all():
+            jobs[row_job.study_instance_uid] = row_job  # the latest wins
+        manual: dict[str, list[ManualPublic]] = {}
+        for row in session.exec(
+            select(ManualMeasurement)
+            .where(col(ManualMeasurement.study_instance_uid).in_(uids))
+            .order_by(col(ManualMeasurement.id))
+        ).all():
+            manual.setdefault(row.study_instance_uid, []).append(
+                ManualPublic.model_validate(row, from_attributes=True)
+            )
+        modalities: dict[str, set[str]] = {}
+        for uid, modality in session.exec(
+            select(Series.study_instance_uid, Series.modality).where(
+                col(Series.study_instance_uid).in_(uids)
+            )
+        ).all():
+            if modality:
+                modalities.setdefault(uid, set()).add(modality)
+    items = []
+    for study in studies:
+        uid = study.study_instance_uid
+        latest = jobs.get(uid)
+        measured = current.get(uid)
+        # The latest job's state: a re-analysis may be queued while the previous result stands.
+        state = latest.state if latest else ("done" if measured is not None else "none")
+        items.append(
+            StudyResult(
+                study_instance_uid=uid,
+                patient_id=study.patient_id,
+                issuer_of_patient_id=study.issuer_of_patient_id,
+                study_date=study.study_date,
+                study_time=study.study_time,
+                modalities=sorted(modalities.get(uid, ())),
+                state=study.state,
+                version=study.version,
+                analysis_state=state,
+                analysis_error=latest.last_error if latest and state == "failed" else None,
+                result=None
+                if measured is None
+                else _present(request, measured, manual.get(uid, [])),
+                manual_measurements=manual.get(uid, []),
+            )
+        )
+    return ResultsPage(items=items, next_after=uids[-1] if len(uids) == limit else None)

@@ -1,0 +1,81 @@
+"""The cohort: the summary that answers the protocol's questions, and its plots."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from services.gateway import plots
+from services.gateway.access import ViewerDep
+from services.gateway.api.cases import FilterDep, source_of
+from services.gateway.cohort import summarize
+from services.gateway.errors import InvalidRequest
+
+router = APIRouter(prefix="/api/cohort", tags=["Cohort"])
+Quantity = Literal["foraminal_height", "disc_height", "dural_sac_area", "dural_sac_volume"]
+PromCode = Literal[
+    "odi", "back-pain-nrs", "leg-pain-nrs", "back-pain-vas", "leg-pain-vas", "eq5d-index"
+]
+
+
+class SummaryResponse(BaseModel):
+    as_of: datetime
+    snapshot_seconds: float
+    filters: dict[str, Any]
+    summary: dict[str, Any]  # services.gateway.cohort.CohortSummary, as JSON
+    warnings: list[str]
+
+
+@router.get("/summary", response_model=SummaryResponse)
+async def cohort_summary(
+    request: Request, viewer: ViewerDep, keep: FilterDep, refresh: bool = False
+) -> SummaryResponse:
+    """Counts; pre/post metrics at the operated levels with paired tests; complication
+    rates with Wilson CIs; early results; PROM changes and MCID rates per time point."""
+    cases, snapshot = await source_of(request).cases(viewer.view, keep, refresh=refresh)
+    summary = await run_in_threadpool(summarize, cases, keep.group)
+    return SummaryResponse(
+        as_of=snapshot.as_of,
+        snapshot_seconds=round(snapshot.load_seconds, 3),
+        filters={k: v for k, v in asdict(keep).items() if v is not None},
+        summary=asdict(summary),
+        warnings=snapshot.warnings + summary.warnings,
+    )
+
+
+@router.get(
+    "/plots/{kind}.{fmt}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}},
+)
+async def cohort_plot(
+    request: Request,
+    kind: Literal["paired", "changes", "complications", "proms"],
+    fmt: Literal["png", "svg"],
+    viewer: ViewerDep,
+    keep: FilterDep,
+    quantity: Annotated[Quantity | None, Query(description="for paired")] = None,
+    prom: Annotated[PromCode, Query(description="for proms")] = "odi",
+) -> Response:
+    """``paired`` pre/post lines per patient (``quantity``), ``changes`` by group,
+    ``complications`` with Wilson CIs, ``proms`` trajectories with 95 % bands."""
+    cases, _ = await source_of(request).cases(viewer.view, keep)
+    if kind == "paired":
+        if quantity is None:
+            raise InvalidRequest("the paired plot needs ?quantity=")
+        content = await run_in_threadpool(plots.paired, cases, quantity, fmt)
+    elif kind == "changes":
+        content = await run_in_threadpool(plots.changes, cases, fmt)
+    elif kind == "complications":
+        summary = await run_in_threadpool(summarize, cases, keep.group)
+        content = await run_in_threadpool(
+            plots.complications, summary.complications, len(cases), fmt
+        )
+    else:
+        content = await run_in_threadpool(plots.proms, cases, prom, fmt)
+    return Response(content, media_type=plots.MEDIA_TYPES[fmt])

@@ -1,0 +1,215 @@
+"""The research dashboard: server-rendered HTML (Jinja2), no JavaScript framework.
+
+The browser signs in once (a basic user, or a bearer token from the hospital's identity
+provider); the gateway keeps the token in an HttpOnly, SameSite=Strict cookie that the
+same ``current_principal`` dependency reads, so pages, plots and images share one access
+check and one audit trail with the JSON API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException
+
+from services.common.auth import Authenticator, Principal, current_principal
+from services.gateway.access import READ_SCOPE, Viewer, viewer_for
+from services.gateway.api.cases import FilterDep, list_cases, source_of
+from services.gateway.cases import GROUP_IMAGING, LEVELS, PROMS
+from services.gateway.cohort import summarize
+from services.gateway.errors import Forbidden
+from services.outcomes.fhir import codes
+
+router = APIRouter(prefix="/dashboard", tags=["Dashboard"], include_in_schema=True)
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent.parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+MISSING = "\u2013"  # an en dash marks a missing value
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.1f}%"
+
+
+def _pval(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _status_class(status: str) -> str:
+    return {"ok": "ok", "manual": "manual", "needs_review": "review"}.get(status, "")
+
+
+TEMPLATES.filters.update(num=_num, pct=_pct, pval=_pval, status_class=_status_class)
+
+
+def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("viewer", None)
+    context.setdefault("warnings", [])
+    html = TEMPLATES.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status_code)
+
+
+def _signed_in(request: Request) -> Viewer | None:
+    try:
+        principal = current_principal(request)
+    except HTTPException:
+        return None
+    if not principal.allows(READ_SCOPE):
+        return None
+    try:
+        return viewer_for(principal, request)
+    except Forbidden:
+        return None
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/dashboard/login?{urlencode({'next': target})}", status_code=303)
+
+
+def _query(request: Request, drop: tuple[str, ...] = ("offset",)) -> str:
+    kept = [(k, v) for k, v in request.query_params.multi_items() if v and k not in drop]
+    return urlencode(kept)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(next: str = "/dashboard/") -> HTMLResponse:
+    """The sign-in page."""
+    return _page("login.html", next=next if next.startswith("/dashboard") else "/dashboard/")
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    """Sign in with a user and password, or a bearer token; sets the session cookie."""
+    form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
+    target = form.get("next", "/dashboard/")
+    target = target if target.startswith("/dashboard") else "/dashboard/"
+    authenticator: Authenticator = request.app.state.authenticator
+    settings = request.app.state.settings
+    principal: Principal | None = None
+    token = form.get("token", "").strip()
+    if token:
+        try:
+            principal = authenticator.authenticate(f"Bearer {token}")
+        except HTTPException:
+            principal = None
+    elif form.get("username"):
+        principal = authenticator.verify_basic(form["username"], form.get("password", ""))
+    if (
+        principal is None
+        or not principal.allows(READ_SCOPE)
+        or principal.role
+        not in (
+            "researcher",
+            "clinician",
+        )
+    ):
+        request.state.login_failed = True
+        return _page(
+            "login.html",
+            status_code=401,
+            next=target,
+            error="Sign-in failed: unknown user, wrong password, or no dashboard role.",
+        )
+    session = token or authenticator.issue_token(
+        principal.subject,
+        " ".join(sorted(principal.scopes)),
+        role=principal.role,
+        ttl_seconds=settings.session_ttl_seconds,
+    )
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        settings.session_cookie,
+        session,
+        max_age=settings.session_ttl_seconds,
+        httponly=True,
+        samesite="strict",
+        secure=settings.secure_cookies,
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request) -> RedirectResponse:
+    """Sign out: forget the session cookie."""
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(request.app.state.settings.session_cookie, path="/")
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+async def cohort_page(request: Request, keep: FilterDep) -> Response:
+    """Cohort overview: counts, metrics with paired tests, complications, early results, PROMs."""
+    viewer = _signed_in(request)
+    if viewer is None:
+        return _to_login(request)
+    cases, snapshot = await source_of(request).cases(viewer.view, keep)
+    summary = await run_in_threadpool(summarize, cases, keep.group)
+    groups = [keep.group] if keep.group else list(GROUP_IMAGING)
+    quantities = [q for g in groups for q in GROUP_IMAGING[g][1]]
+    prom_codes = [p.code for p in summary.proms if p.code in PROMS]
+    return _page(
+        "cohort.html",
+        viewer=viewer,
+        s=summary,
+        as_of=snapshot.as_of,
+        snapshot_seconds=snapshot.load_seconds,
+        warnings=snapshot.warnings + summary.warnings,
+        filters=keep,
+        groups=codes.STUDY_GROUPS,
+        levels=LEVELS,
+        query=_query(request),
+        paired_quantities=quantities,
+        prom_codes=prom_codes,
+    )
+
+
+@router.get("/cases", response_class=HTMLResponse)
+async def cases_page(
+    request: Request,
+    keep: FilterDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    """The case list with filters."""
+    viewer = _signed_in(request)
+    if viewer is None:
+        return _to_login(request)
+    page = await list_cases(request, viewer, keep, limit=50, offset=offset, refresh=False)
+    return _page(
+        "cases.html",
+        viewer=viewer,
+        page=page,
+        warnings=page.warnings,
+        filters=keep,
+        groups=codes.STUDY_GROUPS,
+        levels=LEVELS,
+        query=_query(request),
+    )
+
+
+@router.get("/cases/{case}", response_class=HTMLResponse)
+async def case_page(request: Request, case: str) -> Response:
+    """One case: surgery, studies with key images, metrics, complications, PROM timeline."""
+    viewer = _signed_in(request)
+    if viewer is None:
+        return _to_login(request)
+    request.state.case_id = case
+    built = await source_of(request).case(case, viewer.view)
+    return _page("case.html", viewer=viewer, c=built, time_points=codes.TIME_POINTS)

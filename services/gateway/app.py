@@ -1,0 +1,213 @@
+"""The research gateway. ``create_app(settings)`` builds it; nothing is created at import.
+
+Data flow: the outcomes service (FHIR) and the imaging service (results API) are read
+with httpx clients made in the lifespan; :mod:`sources` turns them into cases;
+:mod:`cohort`, :mod:`export` and :mod:`plots` answer the protocol's questions; every
+request is audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import BaseModel
+from sqlmodel import Session, col, select
+
+from services.common.auth import Authenticator, secret_key
+from services.common.db import make_engine, upgrade_schema
+from services.common.logging import AccessLogMiddleware, recording_status
+from services.gateway import audit
+from services.gateway.access import Auditor
+from services.gateway.api import cases, cohort, dashboard, exports
+from services.gateway.api.errors import install_error_handlers
+from services.gateway.errors import UpstreamError
+from services.gateway.models import AccessRecord
+from services.gateway.privacy import Pseudonymizer
+from services.gateway.settings import GatewaySettings
+from services.gateway.sources import CaseSource
+from services.gateway.upstream import ImagingClient, MintedBearer, OutcomesClient
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION = "0.1.0"
+AUDITED = ("/api", "/dashboard")
+
+
+class AuditMiddleware:
+    """Records every API and dashboard request (who, role, what, outcome) once answered."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(AUDITED):
+            await self.app(scope, receive, send)
+            return
+        send_wrapper, status = recording_status(send)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            state = scope.get("state", {})
+            principal = state.get("principal")
+            await run_in_threadpool(
+                audit.record,
+                scope["app"].state.engine,
+                subject=principal.subject if principal is not None else "anonymous",
+                role=state.get("role") or (principal.role if principal is not None else None),
+                method=scope["method"],
+                path=scope["path"],
+                query=scope.get("query_string", b"").decode(errors="replace"),
+                status_code=status["code"],
+                case_id=state.get("case_id"),
+            )
+
+
+class AccessRecordPublic(BaseModel):
+    id: int
+    recorded: datetime
+    subject: str
+    role: str | None
+    method: str
+    path: str
+    query: str | None
+    status_code: int
+    case_id: str | None
+
+
+def _bearer(token: Any, authenticator: Authenticator, scope: str) -> httpx.Auth:
+    if token is not None:
+        value = token.get_secret_value()
+
+        class Static(httpx.Auth):
+            def auth_flow(self, request: httpx.Request) -> Any:
+                request.headers["Authorization"] = f"Bearer {value}"
+                yield request
+
+        return Static()
+    return MintedBearer(authenticator, scope)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """The gateway's ASGI application."""
+    settings = settings or GatewaySettings()
+    authenticator = Authenticator(settings.auth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.resolved_database_url)
+        upgrade_schema(engine, MIGRATIONS)
+        timeout = httpx.Timeout(
+            settings.read_timeout_seconds, connect=settings.connect_timeout_seconds
+        )
+        limits = httpx.Limits(max_connections=settings.max_connections)
+        imaging_http = httpx.AsyncClient(
+            base_url=settings.imaging_url,
+            timeout=timeout,
+            limits=limits,
+            auth=_bearer(settings.imaging_token, authenticator, "imaging.read"),
+        )
+        outcomes_http = httpx.AsyncClient(
+            base_url=settings.outcomes_url.rstrip("/") + "/",
+            timeout=timeout,
+            limits=limits,
+            headers={"Accept": "application/fhir+json"},
+            auth=_bearer(settings.outcomes_token, authenticator, "system/*.rs"),
+        )
+        source = CaseSource(
+            OutcomesClient(outcomes_http),
+            ImagingClient(imaging_http),
+            max_age_seconds=settings.cohort_max_age_seconds,
+        )
+        app.state.engine = engine
+        app.state.source = source
+        try:
+            yield
+        finally:
+            await source.close()
+            await imaging_http.aclose()
+            await outcomes_http.aclose()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Spine outcomes research gateway",
+        version=VERSION,
+        description=(
+            "Cases (index surgeries) with paired pre/post imaging metrics, complications, "
+            "early results and PROMs; cohort statistics; CSV and FHIR exports; plots; a "
+            "dashboard. Roles: researcher (pseudonymised), clinician, integration."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.authenticator = authenticator
+    app.state.session_cookie = settings.session_cookie
+    app.state.pseudonymizer = Pseudonymizer(
+        secret_key(
+            settings.pseudonym_key, settings.pseudonym_key_file, name="GATEWAY_PSEUDONYM_KEY"
+        ),
+        max_shift_days=settings.max_date_shift_days,
+    )
+    install_error_handlers(app)
+    app.add_middleware(AuditMiddleware)
+    app.add_middleware(AccessLogMiddleware, logger_name="services.gateway.access")
+    app.include_router(cases.router)
+    app.include_router(cohort.router)
+    app.include_router(exports.router)
+    app.include_router(dashboard.router)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard/", status_code=303)
+
+    @app.get("/healthz", tags=["Operations"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["Operations"])
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: the audit database and both upstreams answer (503 otherwise)."""
+        source: CaseSource = request.app.state.source
+        checks: dict[str, str] = {}
+        for name, ping in (("imaging", source.imaging.ping), ("outcomes", source.outcomes.ping)):
+            try:
+                await ping()
+                checks[name] = "ok"
+            except UpstreamError as exc:
+                checks[name] = exc.reason
+        try:
+            await run_in_threadpool(_ping_database, request.app.state.engine)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = type(exc).__name__
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/api/audit", tags=["Operations"], response_model=list[AccessRecordPublic])
+    def audit_trail(
+        request: Request,
+        _: Auditor,
+        after: int = 0,
+        limit: int = Query(default=100, ge=1, le=1000),
+        case_id: str | None = None,
+    ) -> list[Any]:
+        """The access audit trail, oldest first (scope ``gateway.audit``)."""
+        with Session(request.app.state.engine) as session:
+            query = select(AccessRecord).where(col(AccessRecord.id) > after)
+            if case_id:
+                query = query.where(AccessRecord.case_id == case_id)
+            return list(session.exec(query.order_by(col(AccessRecord.id)).limit(limit)).all())
+
+    return app
+
+
+def _ping_database(engine: Any) -> None:
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")

@@ -1,0 +1,775 @@
+"""One case = one patient's index surgery (a FHIR Procedure), with its imaging, outcomes
+and complications side by side. Pure: built from the FHIR JSON the outcomes service
+returns and the study results the imaging service returns; no web framework here.
+
+Rules a researcher needs to know (also in the README):
+
+- **Pairing.** The group decides the modality: foraminal stenosis → CT, central
+  stenosis → MR. *Pre* is the latest study of that modality before the surgery; every
+  later one is a *post*, labelled by its interval (the nearest protocol time point,
+  e.g. ``day-2``, ``month-3``). A study on the day of surgery without times on both
+  sides cannot be placed and is left out with a warning. The cohort compares *pre*
+  with the **first** post-operative study.
+- **Which value.** A reader's manual measurement of a study takes precedence over the
+  automatic one (kept alongside as ``automatic``); an automatic value counts when its
+  status is ``ok``; ``needs_review`` values have no number.
+- **PROMs.** Baseline is the ``baseline`` time point, else the latest value before
+  surgery. Change = value - baseline. The MCID is reached when the improvement is at
+  least the threshold in :data:`PROMS` (lower is better for ODI and pain, higher for
+  EQ-5D).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from services.gateway.privacy import Pseudonymizer, age_at
+from services.outcomes.fhir import codes
+
+LEVELS = codes.LEVELS
+SIDES = ("left", "right")
+GROUPS = codes.STUDY_GROUPS
+
+# The imaging service's quantities (its API contract): unit, display, per-side or not.
+QUANTITIES: dict[str, tuple[str, str, bool]] = {
+    "foraminal_height": ("mm", "Foraminal height", True),
+    "disc_height": ("mm", "Disc height", False),
+    "dural_sac_area": ("mm2", "Dural sac area", False),
+    "dural_sac_volume": ("mm3", "Dural sac volume", False),
+}
+# Group → (modality, quantities measured on it, the primary quantity).
+GROUP_IMAGING: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "foraminal-stenosis": ("CT", ("foraminal_height", "disc_height"), "foraminal_height"),
+    "central-stenosis": ("MR", ("dural_sac_area", "dural_sac_volume"), "dural_sac_area"),
+}
+# Nominal days after surgery of each time point (for labelling imaging intervals).
+TIME_POINT_DAYS = {
+    "day-1": 1,
+    "day-2": 2,
+    "day-3": 3,
+    "week-6": 42,
+    "month-3": 91,
+    "month-6": 182,
+    "month-12": 365,
+    "month-24": 730,
+}
+TIME_POINT_ORDER = {tp: i for i, tp in enumerate(codes.TIME_POINTS)}
+EARLY_TIME_POINTS = ("day-1", "day-2", "day-3")
+EARLY_LIMIT_DAYS = 30  # complications within 30 days are early (Clavien-Dindo convention)
+
+
+@dataclass(frozen=True)
+class Prom:
+    """A patient-reported outcome: direction and minimal clinically important difference."""
+
+    code: str
+    display: str
+    unit: str
+    better: Literal["lower", "higher"]
+    mcid: float
+    source: str
+
+
+PROMS: dict[str, Prom] = {
+    p.code: p
+    for p in (
+        Prom("odi", "Oswestry Disability Index", "%", "lower", 12.8, "Copay et al. 2008"),
+        Prom("back-pain-nrs", "Back pain NRS", "0-10", "lower", 2.0, "Ostelo et al. 2008"),
+        Prom("leg-pain-nrs", "Leg pain NRS", "0-10", "lower", 2.0, "Ostelo et al. 2008"),
+        Prom("back-pain-vas", "Back pain VAS", "0-10", "lower", 2.0, "Ostelo et al. 2008"),
+        Prom("leg-pain-vas", "Leg pain VAS", "0-10", "lower", 2.0, "Ostelo et al. 2008"),
+        Prom("eq5d-index", "EQ-5D index", "index", "higher", 0.08, "Walters & Brazier 2005"),
+    )
+}
+# Codes of other systems that mean one of ours.
+ALIASES = {(codes.LOINC, "72514-3"): "back-pain-nrs", (codes.LOINC, "59770-8"): "blood-loss"}
+INACTIVE_STATUSES = {"entered-in-error", "cancelled"}
+
+
+# ---------------------------------------------------------------------------- output
+
+
+class Value(BaseModel):
+    value: float | None
+    status: Literal["ok", "needs_review", "manual", "missing"]
+    reason: str | None = None
+    automatic: float | None = None  # the automatic value when a manual one took precedence
+
+
+class KeyImage(BaseModel):
+    name: str
+    url: str
+
+
+class StudyRef(BaseModel):
+    slot: str  # "pre", "post-1", "post-2", ... or "other-1" (stable within a case)
+    study: str  # StudyInstanceUID (identified) or a pseudonym
+    study_date: date | None
+    modality: str | None
+    interval_days: int | None  # days from surgery (negative before)
+    label: str  # "baseline" or the nearest time point
+    analysis_state: str
+    result_status: str | None  # ok | needs_review | failed
+    algorithm_version: str | None
+    key_images: list[KeyImage]
+    sr_sop_instance_uid: str | None  # identified views only
+    warnings: list[str]
+
+
+class PostValue(BaseModel):
+    slot: str
+    label: str
+    interval_days: int | None
+    value: Value
+    change: float | None
+    change_percent: float | None
+
+
+class MetricRow(BaseModel):
+    quantity: str
+    unit: str
+    level: str
+    side: str | None
+    operated: bool
+    pre: Value
+    post: list[PostValue]
+
+
+class ImagingSection(BaseModel):
+    modality: str | None
+    pre: StudyRef | None
+    post: list[StudyRef]
+    other: list[StudyRef]
+    metrics: list[MetricRow]
+
+
+class Surgeon(BaseModel):
+    id: str
+    display: str
+
+
+class Surgery(BaseModel):
+    date: date | None
+    levels: list[str]
+    surgeon: Surgeon | None
+    group: str | None
+    technique: str | None
+
+
+class PatientView(BaseModel):
+    id: str  # MRN (identified) or pseudonym
+    name: str | None
+    sex: str | None
+    age_at_surgery: int | None
+    date_shift_applied: bool
+
+
+class ComplicationOut(BaseModel):
+    type: str
+    display: str
+    grade: str | None
+    timing: Literal["early", "late"] | None
+    date: date | None
+    days_after_surgery: int | None
+
+
+class PromPoint(BaseModel):
+    time_point: str
+    date: date | None
+    value: float
+    change: float | None
+    mcid_reached: bool | None
+
+
+class PromSeries(BaseModel):
+    code: str
+    display: str
+    unit: str
+    better: str
+    mcid: float
+    baseline: float | None
+    points: list[PromPoint]
+
+
+class EarlyValue(BaseModel):
+    code: str
+    time_point: str | None
+    value: float
+
+
+class EarlyResults(BaseModel):
+    pain: list[EarlyValue]
+    analgesic_mme: list[EarlyValue]
+    length_of_stay_days: float | None
+    blood_loss_ml: float | None
+
+
+class Case(BaseModel):
+    case_id: str
+    identified: bool
+    patient: PatientView
+    surgery: Surgery
+    imaging: ImagingSection
+    complications: list[ComplicationOut]
+    early: EarlyResults
+    proms: list[PromSeries]
+    warnings: list[str]
+
+    def primary_pair(self) -> tuple[str, str | None]:
+        """(quantity, reason): reason is None when pre and first post exist for it."""
+        if self.surgery.group not in GROUP_IMAGING:
+            return "", "the surgery has no study group"
+        modality, _, primary = GROUP_IMAGING[self.surgery.group]
+        if self.imaging.pre is None:
+            return primary, f"no pre-operative {modality}"
+        if not self.imaging.post:
+            return primary, f"no post-operative {modality}"
+        rows = [r for r in self.imaging.metrics if r.quantity == primary and r.operated]
+        if not rows:
+            return primary, f"no {primary} at the operated levels"
+        if not any(r.pre.value is not None and r.post and r.post[0].value.value for r in rows):
+            states = (self.imaging.pre.analysis_state, self.imaging.post[0].analysis_state)
+            return primary, f"no usable pre/post pair (analysis {states[0]}/{states[1]})"
+        return primary, None
+
+
+# ----------------------------------------------------------------------------- input
+
+
+@dataclass
+class ClinicalRecord:
+    """What the outcomes service holds about one index surgery."""
+
+    procedure: dict[str, Any]
+    patient: dict[str, Any] | None
+    surgeon: dict[str, Any] | None
+    observations: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class View:
+    """Who is looking: identified (clinician, integration) or pseudonymised (researcher)."""
+
+    identified: bool
+    pseudonymizer: Pseudonymizer | None
+    mrn_system: str
+    key_image_url: Callable[[str, str, str], str]  # (case_id, slot, name) -> URL
+
+    def __post_init__(self) -> None:
+        if not self.identified and self.pseudonymizer is None:
+            raise ValueError("a pseudonymised view needs a pseudonymizer")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _project_code(concept: dict[str, Any] | None) -> str | None:
+    for coding in (concept or {}).get("coding", []):
+        system, code = coding.get("system"), coding.get("code")
+        if system == codes.PROJECT:
+            return str(code)
+        if (system, code) in ALIASES:
+            return ALIASES[(system, code)]
+    return None
+
+
+def _codes(concepts: Iterable[dict[str, Any]]) -> list[str]:
+    return [c for c in (_project_code(x) for x in concepts) if c]
+
+
+def parse_fhir_datetime(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time())
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=None)
+    except ValueError:
+        return None
+
+
+def _dicom_datetime(day: str | None, clock: str | None) -> tuple[date | None, time | None]:
+    if not day or len(day) != 8 or not day.isdigit():
+        return None, None
+    try:
+        d = date(int(day[:4]), int(day[4:6]), int(day[6:]))
+    except ValueError:
+        return None, None
+    t = None
+    if clock and len(clock) >= 4 and clock[:4].isdigit():
+        try:
+            t = time(int(clock[:2]), int(clock[2:4]), int(clock[4:6] or 0))
+        except ValueError:
+            t = None
+    return d, t
+
+
+def interval_label(days: int) -> str:
+    """The protocol time point nearest to ``days`` after surgery (log scale)."""
+    if days <= 0:
+        return "baseline"
+    return min(TIME_POINT_DAYS, key=lambda tp: abs(math.log(days) - math.log(TIME_POINT_DAYS[tp])))
+
+
+def _time_point(resource: dict[str, Any]) -> str | None:
+    for ext in resource.get("extension", []):
+        if ext.get("url") == codes.TIME_POINT_EXTENSION:
+            code = (ext.get("valueCoding") or {}).get("code")
+            return str(code) if code else None
+    return None
+
+
+def _quantity(resource: dict[str, Any]) -> float | None:
+    value = (resource.get("valueQuantity") or {}).get("value")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _component(resource: dict[str, Any], code: str) -> str | None:
+    for component in resource.get("component", []):
+        if _project_code(component.get("code")) == code:
+            return _project_code(component.get("valueCodeableConcept"))
+    return None
+
+
+def _mrn(patient: dict[str, Any] | None, system: str) -> str | None:
+    identifiers = (patient or {}).get("identifier", [])
+    for ident in identifiers:
+        if ident.get("system") == system and ident.get("value"):
+            return str(ident["value"])
+    for ident in identifiers:
+        types = (ident.get("type") or {}).get("coding", [])
+        if any(c.get("code") == "MR" for c in types) and ident.get("value"):
+            return str(ident["value"])
+    return None
+
+
+def _person_name(resource: dict[str, Any] | None) -> str | None:
+    names = (resource or {}).get("name") or []
+    if not names:
+        return None
+    name = names[0]
+    parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
+    return " ".join(p for p in parts if p) or name.get("text")
+
+
+# ------------------------------------------------------------------------- the build
+
+
+def mrn_of(record: ClinicalRecord, mrn_system: str) -> str | None:
+    """The patient's MRN (the DICOM PatientID the imaging service files studies under)."""
+    return _mrn(record.patient, mrn_system)
+
+
+class _Builder:
+    def __init__(self, record: ClinicalRecord, studies: list[dict[str, Any]], view: View) -> None:
+        self.record, self.studies, self.view = record, studies, view
+        self.case_id = str(record.procedure.get("id"))
+        self.warnings: list[str] = []
+        self.surgery_at = parse_fhir_datetime(record.procedure.get("performedDateTime"))
+        if self.surgery_at is None:
+            period = record.procedure.get("performedPeriod") or {}
+            self.surgery_at = parse_fhir_datetime(period.get("start"))
+        self.surgery_day = self.surgery_at.date() if self.surgery_at else None
+        mrn = mrn_of(record, view.mrn_system) or ""
+        self.mrn = mrn
+        self.shift = 0
+        if not view.identified:
+            assert view.pseudonymizer is not None
+            self.shift = view.pseudonymizer.shift_days(mrn, view.mrn_system)
+
+    def out_date(self, day: date | None) -> date | None:
+        if day is None:
+            return None
+        return day if self.view.identified else date.fromordinal(day.toordinal() + self.shift)
+
+    def days_after(self, day: date | None) -> int | None:
+        if day is None or self.surgery_day is None:
+            return None
+        return (day - self.surgery_day).days
+
+    # -- parts
+
+    def patient(self) -> PatientView:
+        patient = self.record.patient or {}
+        birth = parse_fhir_datetime(patient.get("birthDate"))
+        age = (
+            age_at(birth.date() if birth else None, self.surgery_day) if self.surgery_day else None
+        )
+        if self.view.identified:
+            ident = self.mrn or str(patient.get("id", ""))
+            return PatientView(
+                id=ident,
+                name=_person_name(patient),
+                sex=patient.get("gender"),
+                age_at_surgery=age,
+                date_shift_applied=False,
+            )
+        assert self.view.pseudonymizer is not None
+        return PatientView(
+            id=self.view.pseudonymizer.patient(self.mrn, self.view.mrn_system),
+            name=None,
+            sex=patient.get("gender"),
+            age_at_surgery=age,
+            date_shift_applied=True,
+        )
+
+    def surgery(self) -> Surgery:
+        procedure = self.record.procedure
+        group = next((c for c in _codes(procedure.get("reasonCode", [])) if c in GROUPS), None)
+        if group is None:
+            self.warnings.append("the surgery has no study group (Procedure.reasonCode)")
+        levels = sorted(
+            (c for c in _codes(procedure.get("bodySite", [])) if c in LEVELS), key=LEVELS.index
+        )
+        techniques = [
+            c
+            for c in _codes([procedure.get("code") or {}])
+            if codes.PROJECT_CODES.get(c) and codes.PROJECT_CODES[c].group == "technique"
+        ]
+        surgeon = None
+        performers = procedure.get("performer") or []
+        reference = ((performers[0].get("actor") or {}).get("reference")) if performers else None
+        if reference:
+            if self.view.identified:
+                display = _person_name(self.record.surgeon) or reference
+                surgeon = Surgeon(id=reference, display=display)
+            else:
+                assert self.view.pseudonymizer is not None
+                alias = self.view.pseudonymizer.surgeon(reference)
+                surgeon = Surgeon(id=alias, display=alias)
+        if self.surgery_day is None:
+            self.warnings.append("the surgery has no date; imaging cannot be paired")
+        return Surgery(
+            date=self.out_date(self.surgery_day),
+            levels=levels,
+            surgeon=surgeon,
+            group=group,
+            technique=techniques[0] if techniques else None,
+        )
+
+    def _study_ref(self, study: dict[str, Any], slot: str) -> StudyRef:
+        day, _ = _dicom_datetime(study.get("study_date"), study.get("study_time"))
+        result = study.get("result") or {}
+        uid = str(study["study_instance_uid"])
+        days = self.days_after(day)
+        warnings = list(result.get("warnings") or [])
+        if study.get("analysis_state") == "failed":
+            warnings.append("the analysis failed")
+        names = [k["name"] for k in result.get("key_images") or []]
+        if self.view.identified:
+            shown = uid
+        else:
+            assert self.view.pseudonymizer is not None
+            shown = self.view.pseudonymizer.study(uid)
+        return StudyRef(
+            slot=slot,
+            study=shown,
+            study_date=self.out_date(day),
+            modality=result.get("modality") or ",".join(study.get("modalities") or []) or None,
+            interval_days=days,
+            label="baseline" if days is None or days <= 0 else interval_label(days),
+            analysis_state=str(study.get("analysis_state", "none")),
+            result_status=result.get("status"),
+            algorithm_version=(result.get("algorithm") or {}).get("version"),
+            key_images=[
+                KeyImage(name=n, url=self.view.key_image_url(self.case_id, slot, n)) for n in names
+            ],
+            sr_sop_instance_uid=(result.get("sr") or {}).get("sop_instance_uid")
+            if self.view.identified
+            else None,
+            warnings=warnings,
+        )
+
+    def pair_studies(
+        self, modality: str | None
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        """(pre, posts, others) among the patient's studies."""
+        if self.surgery_at is None or modality is None:
+            return None, [], list(self.studies)
+        pre: list[tuple[datetime, dict[str, Any]]] = []
+        post: list[tuple[datetime, dict[str, Any]]] = []
+        other: list[dict[str, Any]] = []
+        surgery_has_time = (
+            len(self.record.procedure.get("performedDateTime") or "") > 10
+            or self.surgery_at.time() != time()
+        )
+        for study in self.studies:
+            if modality not in (study.get("modalities") or []):
+                other.append(study)
+                continue
+            day, clock = _dicom_datetime(study.get("study_date"), study.get("study_time"))
+            if day is None:
+                self.warnings.append("a study without a StudyDate was left out of the pairing")
+                other.append(study)
+                continue
+            when = datetime.combine(day, clock or time())
+            if day < self.surgery_at.date():
+                pre.append((when, study))
+            elif day > self.surgery_at.date():
+                post.append((when, study))
+            elif clock is not None and surgery_has_time:
+                (pre if when < self.surgery_at else post).append((when, study))
+            else:
+                self.warnings.append(
+                    f"a {modality} study on the day of surgery has no time to place it before "
+                    "or after; left out of the pairing"
+                )
+                other.append(study)
+        pre.sort(key=lambda p: p[0])
+        post.sort(key=lambda p: p[0])
+        # Older pre-operative studies are listed with the others.
+        other.extend(s for _, s in pre[:-1])
+        return (pre[-1][1] if pre else None), [s for _, s in post], other
+
+    @staticmethod
+    def _values(study: dict[str, Any] | None) -> dict[tuple[str, str, str | None], Value]:
+        if study is None:
+            return {}
+        out: dict[tuple[str, str, str | None], Value] = {}
+        result = study.get("result") or {}
+        for m in result.get("measurements") or []:
+            if m.get("level") not in LEVELS or m.get("quantity") not in QUANTITIES:
+                continue
+            status = "ok" if m.get("status") == "ok" and m.get("value") is not None else None
+            out[(m["quantity"], m["level"], m.get("side"))] = Value(
+                value=m.get("value") if status else None,
+                status="ok" if status else "needs_review",
+                reason=m.get("reason"),
+            )
+        for manual in study.get("manual_measurements") or []:  # oldest first: latest wins
+            key = (manual["quantity"], manual["level"], manual.get("side"))
+            automatic = out.get(key)
+            out[key] = Value(
+                value=float(manual["value"]),
+                status="manual",
+                reason="manual measurement",  # the reader's identity stays in imaging
+                automatic=automatic.value if automatic else None,
+            )
+        return out
+
+    def imaging(self, group: str | None, levels: list[str]) -> ImagingSection:
+        modality, quantities, _ = GROUP_IMAGING.get(group or "", (None, (), ""))
+        pre, posts, others = self.pair_studies(modality)
+        pre_ref = self._study_ref(pre, "pre") if pre else None
+        post_refs = [self._study_ref(s, f"post-{i}") for i, s in enumerate(posts, start=1)]
+        other_refs = [self._study_ref(s, f"other-{i}") for i, s in enumerate(others, start=1)]
+        pre_values = self._values(pre)
+        post_values = [self._values(s) for s in posts]
+        keys = {k for k in pre_values if k[0] in quantities}
+        for values in post_values:
+            keys |= {k for k in values if k[0] in quantities}
+        for level in levels:
+            for quantity in quantities:
+                per_side = QUANTITIES[quantity][2]
+                for side in SIDES if per_side else (None,):
+                    keys.add((quantity, level, side))
+        missing = Value(value=None, status="missing")
+        rows = []
+        for quantity, level, side in sorted(
+            keys,
+            key=lambda k: (quantities.index(k[0]), LEVELS.index(k[1]), SIDES.index(k[2] or "left")),
+        ):
+            before = pre_values.get((quantity, level, side), missing)
+            after = []
+            for ref, values in zip(post_refs, post_values, strict=True):
+                value = values.get((quantity, level, side), missing)
+                change = pct = None
+                if before.value is not None and value.value is not None:
+                    change = round(value.value - before.value, 3)
+                    pct = round(100 * change / before.value, 2) if before.value else None
+                after.append(
+                    PostValue(
+                        slot=ref.slot,
+                        label=ref.label,
+                        interval_days=ref.interval_days,
+                        value=value,
+                        change=change,
+                        change_percent=pct,
+                    )
+                )
+            rows.append(
+                MetricRow(
+                    quantity=quantity,
+                    unit=QUANTITIES[quantity][0],
+                    level=level,
+                    side=side,
+                    operated=level in levels,
+                    pre=before,
+                    post=after,
+                )
+            )
+        return ImagingSection(
+            modality=modality, pre=pre_ref, post=post_refs, other=other_refs, metrics=rows
+        )
+
+    def _active(self) -> list[dict[str, Any]]:
+        own = f"Procedure/{self.case_id}"
+        out = []
+        for obs in self.record.observations:
+            if obs.get("status") in INACTIVE_STATUSES:
+                continue
+            part_of = [p.get("reference") for p in obs.get("partOf") or []]
+            if (
+                part_of
+                and own not in part_of
+                and any(str(p).startswith("Procedure/") for p in part_of)
+            ):
+                continue  # belongs to another surgery of the same patient
+            out.append(obs)
+        return out
+
+    def complications(self, observations: list[dict[str, Any]]) -> list[ComplicationOut]:
+        out = []
+        for obs in observations:
+            if "complication" not in _codes(obs.get("category", [])):
+                continue
+            kind = _project_code(obs.get("code")) or "other-complication"
+            if obs.get("valueBoolean") is False:
+                continue  # explicitly absent
+            onset = parse_fhir_datetime(obs.get("effectiveDateTime"))
+            days = self.days_after(onset.date() if onset else None)
+            timing = _component(obs, "complication-timing")
+            if timing not in ("early", "late"):
+                timing = None if days is None else ("early" if days <= EARLY_LIMIT_DAYS else "late")
+            grade = _component(obs, "clavien-dindo-grade")
+            concept = codes.PROJECT_CODES.get(kind)
+            out.append(
+                ComplicationOut(
+                    type=kind,
+                    display=concept.display if concept else kind,
+                    grade=grade[3:] if grade and grade.startswith("CD-") else grade,
+                    timing=timing,
+                    date=self.out_date(onset.date() if onset else None),
+                    days_after_surgery=days,
+                )
+            )
+        out.sort(key=lambda c: (c.days_after_surgery is None, c.days_after_surgery or 0))
+        return out
+
+    def _point_of(self, obs: dict[str, Any]) -> tuple[str | None, date | None]:
+        when = parse_fhir_datetime(obs.get("effectiveDateTime"))
+        day = when.date() if when else None
+        tp = _time_point(obs)
+        if tp is None and day is not None and self.surgery_day is not None:
+            days = (day - self.surgery_day).days
+            tp = "baseline" if days <= 0 else interval_label(days)
+        return tp, day
+
+    def proms(self, observations: list[dict[str, Any]]) -> list[PromSeries]:
+        latest: dict[tuple[str, str], tuple[date | None, float]] = {}
+        for obs in observations:
+            code = _project_code(obs.get("code"))
+            value = _quantity(obs)
+            if code not in PROMS or value is None:
+                continue
+            tp, day = self._point_of(obs)
+            if tp is None:
+                continue
+            key = (code, tp)
+            if key not in latest or (day or date.min) >= (latest[key][0] or date.min):
+                latest[key] = (day, value)
+        series = []
+        for code, prom in PROMS.items():
+            points = sorted(
+                ((tp, d, v) for (c, tp), (d, v) in latest.items() if c == code),
+                key=lambda p: TIME_POINT_ORDER.get(p[0], 99),
+            )
+            if not points:
+                continue
+            baseline = next((v for tp, _, v in points if tp == "baseline"), None)
+            out_points = []
+            for tp, day, value in points:
+                change = mcid = None
+                if baseline is not None and tp != "baseline":
+                    change = round(value - baseline, 3)
+                    gain = -change if prom.better == "lower" else change
+                    mcid = gain >= prom.mcid - 1e-9
+                out_points.append(
+                    PromPoint(
+                        time_point=tp,
+                        date=self.out_date(day),
+                        value=value,
+                        change=change,
+                        mcid_reached=mcid,
+                    )
+                )
+            series.append(
+                PromSeries(
+                    code=code,
+                    display=prom.display,
+                    unit=prom.unit,
+                    better=prom.better,
+                    mcid=prom.mcid,
+                    baseline=baseline,
+                    points=out_points,
+                )
+            )
+        return series
+
+    def early(self, observations: list[dict[str, Any]]) -> EarlyResults:
+        pain, mme = [], []
+        los = blood = None
+        for obs in observations:
+            code = _project_code(obs.get("code"))
+            value = _quantity(obs)
+            if value is None:
+                continue
+            tp, _ = self._point_of(obs)
+            if code in ("back-pain-nrs", "leg-pain-nrs", "back-pain-vas", "leg-pain-vas"):
+                if tp in EARLY_TIME_POINTS:
+                    pain.append(EarlyValue(code=code, time_point=tp, value=value))
+            elif code == "analgesic-mme":
+                mme.append(EarlyValue(code=code, time_point=tp, value=value))
+            elif code == "length-of-stay":
+                los = value
+            elif code == "blood-loss":
+                blood = value
+        order = {tp: i for i, tp in enumerate(EARLY_TIME_POINTS)}
+        pain.sort(key=lambda e: (e.code, order.get(e.time_point or "", 9)))
+        mme.sort(key=lambda e: order.get(e.time_point or "", 9))
+        return EarlyResults(
+            pain=pain, analgesic_mme=mme, length_of_stay_days=los, blood_loss_ml=blood
+        )
+
+    def build(self) -> Case:
+        patient = self.patient()
+        surgery = self.surgery()
+        imaging = self.imaging(surgery.group, surgery.levels)
+        observations = self._active()
+        return Case(
+            case_id=self.case_id,
+            identified=self.view.identified,
+            patient=patient,
+            surgery=surgery,
+            imaging=imaging,
+            complications=self.complications(observations),
+            early=self.early(observations),
+            proms=self.proms(observations),
+            warnings=self.warnings,
+        )
+
+
+def build_case(record: ClinicalRecord, studies: list[dict[str, Any]], view: View) -> Case:
+    """Assemble one case.
+
+    Parameters
+    ----------
+    record
+        The Procedure, its Patient and surgeon, and the patient's Observations.
+    studies
+        The patient's studies as the imaging service's ``/api/results`` lists them.
+    view
+        Identified or pseudonymised.
+
+    Returns
+    -------
+    Case
+        Everything in the viewer's frame (pseudonyms and shifted dates for researchers).
+    """
+    return _Builder(record, studies, view).build()

@@ -1,0 +1,191 @@
+"""Where cases come from: one case live from both upstreams, the cohort from a snapshot.
+
+A case is read live (three upstream calls: the Procedure with its Patient and surgeon,
+then the patient's Observations and imaging results in parallel). When the imaging or
+the outcomes Observations cannot be had, the case is answered with what is available
+and says so in ``warnings``; without the Procedure there is no case (503).
+
+The cohort needs every case at once, which is a bulk read of both upstreams (a few
+seconds for a thousand cases). It is held as a snapshot, refreshed in the background
+once older than ``cohort_max_age_seconds`` while the previous one keeps answering
+(stale-while-revalidate); every cohort answer carries its ``as_of`` time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from services.gateway.cases import Case, ClinicalRecord, View, build_case, mrn_of
+from services.gateway.errors import NotFound, UpstreamError, UpstreamNotFound
+from services.gateway.upstream import ImagingClient, OutcomesClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Snapshot:
+    records: list[ClinicalRecord]
+    studies_by_patient: dict[str, list[dict[str, Any]]]
+    as_of: datetime
+    load_seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def cases(self, view: View) -> list[Case]:
+        return [
+            build_case(r, self.studies_by_patient.get(mrn_of(r, view.mrn_system) or "", []), view)
+            for r in self.records
+        ]
+
+
+@dataclass
+class Gathered:
+    """One case's sources as fetched, and what could not be fetched."""
+
+    record: ClinicalRecord
+    studies: list[dict[str, Any]]
+    warnings: list[str]
+
+    def build(self, view: View) -> Case:
+        case = build_case(self.record, self.studies, view)
+        case.warnings.extend(self.warnings)
+        return case
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    group: str | None = None
+    level: str | None = None
+    surgeon: str | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+
+    def __call__(self, case: Case) -> bool:
+        surgery = case.surgery
+        if self.group and surgery.group != self.group:
+            return False
+        if self.level and self.level not in surgery.levels:
+            return False
+        if self.surgeon and (surgery.surgeon is None or self.surgeon != surgery.surgeon.id):
+            return False
+        if self.date_from and (surgery.date is None or surgery.date < self.date_from):
+            return False
+        return not (self.date_to and (surgery.date is None or surgery.date > self.date_to))
+
+
+class CaseSource:
+    """Builds cases from the two upstream services."""
+
+    def __init__(
+        self, outcomes: OutcomesClient, imaging: ImagingClient, *, max_age_seconds: float
+    ) -> None:
+        self.outcomes, self.imaging = outcomes, imaging
+        self.max_age_seconds = max_age_seconds
+        self._snapshot: Snapshot | None = None
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None
+
+    async def gather(self, case_id: str, mrn_system: str) -> Gathered:
+        """The raw sources of one case, live. Raises NotFound, or UpstreamUnavailable
+        when the outcomes service cannot give the Procedure."""
+        try:
+            record = await self.outcomes.procedure(case_id)
+        except UpstreamNotFound:
+            raise NotFound(f"no case {case_id}") from None
+        warnings: list[str] = []
+        mrn = mrn_of(record, mrn_system)
+        patient_ref = (record.procedure.get("subject") or {}).get("reference", "")
+        fetches: list[Any] = [self.outcomes.observations(patient_ref)]
+        if mrn:
+            fetches.append(self.imaging.results(mrn))
+        else:
+            warnings.append("the patient has no MRN: imaging cannot be matched")
+        results = await asyncio.gather(*fetches, return_exceptions=True)
+        parts: list[list[dict[str, Any]]] = []
+        for service, result in zip(("outcomes", "imaging"), results, strict=False):
+            if isinstance(result, UpstreamError):
+                warnings.append(f"{service} unavailable ({result.reason}): no {service} shown")
+                parts.append([])
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                parts.append(result)
+        record.observations = parts[0]
+        return Gathered(record, parts[1] if len(parts) > 1 else [], warnings)
+
+    async def case(self, case_id: str, view: View) -> Case:
+        """One case, live, with a warning for each upstream that could not answer."""
+        return (await self.gather(case_id, view.mrn_system)).build(view)
+
+    async def _load(self) -> Snapshot:
+        started = time.perf_counter()
+        cohort_task = asyncio.create_task(self.outcomes.cohort())
+        studies_task = asyncio.create_task(self.imaging.results())
+        warnings: list[str] = []
+        try:
+            records, observations = await cohort_task
+        except BaseException:
+            studies_task.cancel()
+            raise
+        try:
+            studies = await studies_task
+        except UpstreamError as exc:
+            warnings.append(f"imaging unavailable ({exc.reason}): no imaging in this snapshot")
+            studies = []
+        by_patient: dict[str, list[dict[str, Any]]] = {}
+        for study in studies:
+            if study.get("patient_id"):
+                by_patient.setdefault(study["patient_id"], []).append(study)
+        for record in records:
+            subject = (record.procedure.get("subject") or {}).get("reference", "")
+            record.observations = observations.get(subject, [])
+        elapsed = time.perf_counter() - started
+        log.info("cohort snapshot loaded", extra={"cases": len(records), "seconds": elapsed})
+        return Snapshot(records, by_patient, datetime.now(UTC), elapsed, warnings)
+
+    async def _reload(self) -> Snapshot:
+        async with self._lock:
+            if self._snapshot is not None and not self._stale():
+                return self._snapshot
+            snapshot = await self._load()
+            self._snapshot, self._loaded_at = snapshot, time.monotonic()
+            return snapshot
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._loaded_at > self.max_age_seconds
+
+    async def snapshot(self, *, refresh: bool = False) -> Snapshot:
+        """The cohort snapshot; the first call (or ``refresh``) waits for a load."""
+        if self._snapshot is None or refresh:
+            if refresh:
+                self._loaded_at = 0.0
+            return await self._reload()
+        if self._stale() and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.create_task(self._background())
+        return self._snapshot
+
+    async def _background(self) -> None:
+        try:
+            await self._reload()
+        except UpstreamError as exc:  # keep serving the previous snapshot
+            log.warning("cohort refresh failed", extra={"reason": exc.reason})
+            if self._snapshot is not None:
+                as_of = f"{self._snapshot.as_of:%Y-%m-%d %H:%M} UTC"
+                self._snapshot.warnings.append(f"refresh failed ({exc.reason}); data as of {as_of}")
+
+    async def cases(
+        self, view: View, keep: Callable[[Case], bool], *, refresh: bool = False
+    ) -> tuple[list[Case], Snapshot]:
+        snapshot = await self.snapshot(refresh=refresh)
+        built = await asyncio.to_thread(snapshot.cases, view)
+        return [c for c in built if keep(c)], snapshot
+
+    async def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()

@@ -1,0 +1,174 @@
+"""Clients of the two upstream services, over their public HTTP APIs only.
+
+The ``httpx.AsyncClient`` of each is created in the app's lifespan with explicit
+timeouts and passed in; tests use the same clients against the real services. Every
+failure is translated into :mod:`services.gateway.errors` here, so the API layer sees
+"unavailable", "not found" or "rejected", never an httpx exception.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Generator
+from typing import Any
+
+import httpx
+
+from services.common.auth import Authenticator
+from services.gateway.cases import ClinicalRecord
+from services.gateway.errors import UpstreamNotFound, UpstreamRejected, UpstreamUnavailable
+from services.outcomes.fhir import codes
+
+FHIR_JSON = "application/fhir+json"
+PAGE = 1000  # the outcomes server's maximum _count
+INCLUDES = [("_include", "Procedure:subject"), ("_include", "Procedure:performer")]
+OUTCOME_CATEGORIES = ("prom", "complication", "early-postop")
+
+
+class MintedBearer(httpx.Auth):
+    """A short-lived integration token signed with the shared key, renewed before expiry."""
+
+    def __init__(self, authenticator: Authenticator, scope: str, ttl_seconds: int = 3600) -> None:
+        self._authenticator, self._scope, self._ttl = authenticator, scope, ttl_seconds
+        self._token, self._expires = "", 0.0
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if time.monotonic() > self._expires - 60:
+            self._token = self._authenticator.issue_token(
+                "gateway", self._scope, role="integration", ttl_seconds=self._ttl
+            )
+            self._expires = time.monotonic() + self._ttl
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+
+async def _get(
+    client: httpx.AsyncClient, service: str, url: str, params: Any = None
+) -> httpx.Response:
+    try:
+        response = await client.get(url, params=params)
+    except httpx.TimeoutException:
+        raise UpstreamUnavailable(service, "timed out") from None
+    except httpx.TransportError as exc:
+        raise UpstreamUnavailable(service, f"unreachable ({type(exc).__name__})") from None
+    if response.status_code >= 500:
+        raise UpstreamUnavailable(service, f"answered {response.status_code}")
+    if response.status_code == 404:
+        raise UpstreamNotFound(service, "not found")
+    if response.status_code >= 400:
+        raise UpstreamRejected(service, f"refused the request ({response.status_code})")
+    return response
+
+
+class OutcomesClient:
+    """The FHIR R4 outcomes service."""
+
+    service = "outcomes"
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.http = client
+
+    async def ping(self) -> None:
+        await _get(self.http, self.service, "metadata")
+
+    async def search(
+        self, resource_type: str, params: list[tuple[str, str]]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every entry of a search (matches and includes), following ``next`` links."""
+        url: str | None = resource_type
+        query: list[tuple[str, str]] | None = params
+        while url is not None:
+            bundle = (await _get(self.http, self.service, url, query)).json()
+            for entry in bundle.get("entry", []):
+                yield entry["resource"]
+            url = next(
+                (link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"),
+                None,
+            )
+            query = None  # the next link carries the whole query
+
+    async def read_bytes(self, url: str) -> bytes:
+        return (await _get(self.http, self.service, url)).content
+
+    async def procedure(self, case_id: str) -> ClinicalRecord:
+        """The index surgery with its Patient and surgeon (no Observations yet)."""
+        found: dict[str, dict[str, Any]] = {}
+        async for resource in self.search("Procedure", [("_id", case_id), *INCLUDES]):
+            found[f"{resource['resourceType']}/{resource['id']}"] = resource
+        procedure = found.get(f"Procedure/{case_id}")
+        if procedure is None:
+            raise UpstreamNotFound(self.service, f"no Procedure/{case_id}")
+        return _record(procedure, found)
+
+    async def observations(self, patient_ref: str) -> list[dict[str, Any]]:
+        return [
+            r
+            async for r in self.search(
+                "Observation", [("subject", patient_ref), ("_count", str(PAGE))]
+            )
+        ]
+
+    async def cohort(self) -> tuple[list[ClinicalRecord], dict[str, list[dict[str, Any]]]]:
+        """Every index surgery with patient and surgeon, and every outcome Observation."""
+        found: dict[str, dict[str, Any]] = {}
+        procedures: list[dict[str, Any]] = []
+        async for resource in self.search(
+            "Procedure",
+            [("code", f"{codes.PROJECT}|mis-lumbar-fusion"), *INCLUDES, ("_count", str(PAGE))],
+        ):
+            if resource["resourceType"] == "Procedure":
+                procedures.append(resource)
+            found[f"{resource['resourceType']}/{resource['id']}"] = resource
+        observations: dict[str, list[dict[str, Any]]] = {}
+        categories = ",".join(f"{codes.PROJECT}|{c}" for c in OUTCOME_CATEGORIES)
+        async for resource in self.search(
+            "Observation", [("category", categories), ("_count", str(PAGE))]
+        ):
+            subject = (resource.get("subject") or {}).get("reference")
+            if subject:
+                observations.setdefault(subject, []).append(resource)
+        return [_record(p, found) for p in procedures], observations
+
+
+def _record(procedure: dict[str, Any], found: dict[str, dict[str, Any]]) -> ClinicalRecord:
+    subject = (procedure.get("subject") or {}).get("reference", "")
+    performers = procedure.get("performer") or []
+    surgeon_ref = (performers[0].get("actor") or {}).get("reference") if performers else None
+    return ClinicalRecord(
+        procedure=procedure,
+        patient=found.get(subject),
+        surgeon=found.get(surgeon_ref) if surgeon_ref else None,
+        observations=[],
+    )
+
+
+class ImagingClient:
+    """The imaging service's results API."""
+
+    service = "imaging"
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.http = client
+
+    async def ping(self) -> None:
+        await _get(self.http, self.service, "/healthz")
+
+    async def results(self, patient_id: str | None = None) -> list[dict[str, Any]]:
+        """Studies with their current measurements (all, or one patient's)."""
+        items: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params = {"limit": str(PAGE)}
+            if patient_id is not None:
+                params["PatientID"] = patient_id
+            if after:
+                params["after"] = after
+            page = (await _get(self.http, self.service, "/api/results", params)).json()
+            items.extend(page["items"])
+            after = page.get("next_after")
+            if not after:
+                return items
+
+    async def key_image(self, study: str, name: str) -> bytes:
+        url = f"/api/studies/{study}/key-images/{name}.png"
+        return (await _get(self.http, self.service, url)).content
