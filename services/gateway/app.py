@@ -8,6 +8,7 @@ request is audited.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -38,6 +39,7 @@ from services.gateway.upstream import ImagingClient, MintedBearer, OutcomesClien
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION = "0.1.0"
 AUDITED = ("/api", "/dashboard")
+CASE_PATH = re.compile(r"^/(?:api|dashboard)/cases/([A-Za-z0-9\-.]{1,64})")
 
 
 class AuditMiddleware:
@@ -65,7 +67,7 @@ class AuditMiddleware:
                 path=scope["path"],
                 query=scope.get("query_string", b"").decode(errors="replace"),
                 status_code=status["code"],
-                case_id=state.get("case_id"),
+                case_id=match[1] if (match := CASE_PATH.match(scope["path"])) else None,
             )
 
 

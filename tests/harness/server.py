@@ -33,15 +33,20 @@ class ServiceHarness:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.http_port}"
 
-    def token(self, scope: str | None = None, subject: str | None = None) -> str:
+    def token(
+        self, scope: str | None = None, subject: str | None = None, role: str | None = None
+    ) -> str:
         return self.authenticator.issue_token(
-            subject or self.default_subject, scope or self.default_scope
+            subject or self.default_subject, scope or self.default_scope, role=role
         )
 
-    def client(self, scope: str | None = None, subject: str | None = None) -> httpx.Client:
+    def client(
+        self, scope: str | None = None, subject: str | None = None, role: str | None = None
+    ) -> httpx.Client:
+        token = self.token(scope, subject, role)
         return httpx.Client(
             base_url=self.url + self.api_path,
-            headers={"Authorization": f"Bearer {self.token(scope, subject)}", **self.extra_headers},
+            headers={"Authorization": f"Bearer {token}", **self.extra_headers},
             timeout=60,
         )
 

@@ -118,7 +118,6 @@ async def list_cases(
 @router.get("/cases/{case}", response_model=Case)
 async def get_case(request: Request, case: str, viewer: ViewerDep) -> Case:
     """One case, live: surgery, paired imaging with changes, complications, early results, PROMs."""
-    request.state.case_id = case
     return await source_of(request).case(case, viewer.view)
 
 
@@ -129,7 +128,6 @@ async def get_case(request: Request, case: str, viewer: ViewerDep) -> Case:
 )
 async def get_case_bundle(request: Request, case: str, viewer: ViewerDep) -> Response:
     """The case as a FHIR R4 ``collection`` Bundle (pseudonymised for researchers)."""
-    request.state.case_id = case
     gathered = await source_of(request).gather(case, viewer.view.mrn_system)
     built = gathered.build(viewer.view)
     bundle = case_bundle(gathered.record, gathered.studies, built, viewer.view)
@@ -145,7 +143,6 @@ async def get_key_image(
     request: Request, case: str, slot: str, name: str, viewer: ViewerDep
 ) -> Response:
     """A key image (overlay PNG) of one of the case's paired studies, from the imaging service."""
-    request.state.case_id = case
     if not KEY_IMAGE_NAME.match(name) or not SLOT.match(slot):
         raise NotFound("no such key image")
     gathered = await source_of(request).gather(case, viewer.view.mrn_system)
@@ -172,7 +169,6 @@ async def get_case_plot(
     viewer: ViewerDep,
 ) -> Response:
     """A plot of one case: ``metrics`` (each level across its studies) or ``proms``."""
-    request.state.case_id = case
     built = await source_of(request).case(case, viewer.view)
     draw = plots.case_metrics if kind == "metrics" else plots.case_proms
     content = await run_in_threadpool(draw, built, fmt)

@@ -210,6 +210,5 @@ async def case_page(request: Request, case: str) -> Response:
     viewer = _signed_in(request)
     if viewer is None:
         return _to_login(request)
-    request.state.case_id = case
     built = await source_of(request).case(case, viewer.view)
     return _page("case.html", viewer=viewer, c=built, time_points=codes.TIME_POINTS)

@@ -190,7 +190,9 @@ def _is_sacrum(
         return best
 
     sacral = max(width(lowest.z_low - d) for d in (10.0, 15.0, 20.0))
-    lumbar = width(lowest.z_high + 12.0)
+    # The narrowest of three sections of the body above: pedicle screws and rods of a
+    # fusion widen the bone run in the section they cross, not in all three.
+    lumbar = min(width(lowest.z_high + d) for d in (8.0, 12.0, 16.0))
     return lumbar > 0 and sacral >= 2.0 * lumbar
 
 
