@@ -428,9 +428,10 @@ class _Builder:
             (c for c in _codes(procedure.get("bodySite", [])) if c in LEVELS), key=LEVELS.index
         )
         techniques = [
-            c
-            for c in _codes([procedure.get("code") or {}])
-            if codes.PROJECT_CODES.get(c) and codes.PROJECT_CODES[c].group == "technique"
+            str(coding.get("code"))
+            for coding in (procedure.get("code") or {}).get("coding", [])
+            if coding.get("system") == codes.PROJECT
+            and getattr(codes.PROJECT_CODES.get(coding.get("code", "")), "group", "") == "technique"
         ]
         surgeon = None
         performers = procedure.get("performer") or []

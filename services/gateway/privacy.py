@@ -127,8 +127,8 @@ def deidentify_resource(
         if isinstance(node, dict):
             out = {}
             for k, v in node.items():
-                if k in DROPPED_ELEMENTS:
-                    continue
+                if k in DROPPED_ELEMENTS or (k == "display" and "reference" in node):
+                    continue  # a reference's display is a person's name
                 if k == "reference" and isinstance(v, str):
                     mapped = references.get(v)
                     if mapped is None and v.split("/")[0] in ("Patient", "Practitioner"):

@@ -1,7 +1,7 @@
 """A real stack for the gateway's tests: the imaging service analysing phantom studies sent
 by C-STORE (dcmtk), the outcomes FHIR server fed by fhirpy, and the gateway reading both.
 
-Built once per module (rendering and analysing four phantoms takes about half a minute).
+Built once for the package (rendering and analysing four phantoms takes about half a minute).
 """
 
 from __future__ import annotations
@@ -11,22 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from fhirpy import SyncFHIRClient
 
-from services.demo.cohort import (
-    PatientPlan,
-    phantom_specs,
-    plan_patient,
-    surgeon_resources,
-    transaction,
-)
+from services.common.auth import AuthSettings, BasicUser, hash_password
+from services.demo.cohort import PatientPlan, phantom_specs, plan_patient
 from services.imaging.phantom import write_phantom
 from tests.conftest import _require
 from tests.harness.dcmtk import have_dcmtk, storescu
 from tests.harness.gateway import GatewayServer
-from tests.harness.imaging import ImagingServer
+from tests.harness.imaging import TEST_KEY, ImagingServer
 from tests.harness.net import wait_until
-from tests.harness.outcomes import OutcomesServer
+from tests.harness.outcomes import OutcomesServer, post_cohort
+
+RESEARCHER_PASSWORD = "correct horse battery staple"
 
 
 @dataclass
@@ -39,32 +35,13 @@ class Stack:
     cases: dict[str, str]  # MRN -> case id (Procedure id)
 
 
-def _seed_outcomes(outcomes: OutcomesServer, plans: list[PatientPlan]) -> dict[str, str]:
-    client = SyncFHIRClient(outcomes.fhir_url, authorization=f"Bearer {outcomes.token()}")
-    surgeons = []
-    for resource in surgeon_resources():
-        saved = client.resource("Practitioner", **resource)
-        saved.save()
-        surgeons.append(f"Practitioner/{saved.id}")
-    cases = {}
-    for plan in plans:
-        response = client.execute("", method="post", data=transaction(plan, surgeons))
-        location = next(
-            e["response"]["location"]
-            for e in response["entry"]
-            if "/Procedure/" in e["response"]["location"]
-        )
-        cases[plan.mrn] = location.split("/Procedure/")[1].split("/")[0]
-    return cases
-
-
 def _analysed(imaging: ImagingServer, count: int) -> bool:
     with imaging.client() as client:
         items = client.get("/api/results").json()["items"]
     return len(items) >= count and all(i["analysis_state"] in ("done", "failed") for i in items)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _require(have_dcmtk(), "dcmtk (storescu, echoscu)")
     root = tmp_path_factory.mktemp("stack")
@@ -72,8 +49,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     plans = [plan_patient(i) for i in range(3)]
     imaging = ImagingServer(root / "imaging").start()
     outcomes = OutcomesServer(root / "outcomes").start()
+    users = {
+        "ada": BasicUser(
+            password_hash=hash_password(RESEARCHER_PASSWORD, rounds=1000),
+            scope="gateway.read",
+            role="researcher",
+        )
+    }
     gateway = GatewayServer(
-        root / "gateway", imaging_url=imaging.url, outcomes_url=outcomes.fhir_url
+        root / "gateway",
+        imaging_url=imaging.url,
+        outcomes_url=outcomes.fhir_url,
+        auth=AuthSettings(secret_key=TEST_KEY, basic_users=users),
     ).start()
     try:
         truth: dict[str, dict[str, Any]] = {}
@@ -89,7 +76,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 truth[plan.mrn][name] = write_phantom(spec, folder)
                 sent = storescu(imaging.dicom_port, imaging.ae_title, sorted(folder.glob("*.dcm")))
                 assert sent.returncode == 0, sent.stderr
-        cases = _seed_outcomes(outcomes, plans)
+        cases = post_cohort(outcomes, plans)
         assert wait_until(lambda: _analysed(imaging, 4), timeout=240, interval=1.0)
         yield Stack(imaging, outcomes, gateway, plans, truth, cases)
     finally:

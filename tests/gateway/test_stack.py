@@ -40,6 +40,7 @@ def test_foraminal_case_pairs_ct_and_measures_the_change(stack: Stack) -> None:
     assert case["patient"]["name"] == f"{plan.given} {plan.family}"
     assert case["surgery"]["group"] == "foraminal-stenosis"
     assert case["surgery"]["levels"] == plan.levels
+    assert case["surgery"]["technique"] == plan.technique
     assert case["surgery"]["date"] == plan.surgery_date.isoformat()
     imaging = case["imaging"]
     assert imaging["modality"] == "CT"
@@ -264,7 +265,7 @@ def test_access_control_and_audit(stack: Stack) -> None:
     roles = {(r["subject"], r["role"]) for r in trail}
     assert ("dr-researcher", "researcher") in roles and ("dr-researcher", "clinician") in roles
     assert any(r["status_code"] == 403 for r in trail)
-    assert all(r["path"].startswith("/api/cases/") for r in trail)
+    assert all(r["path"].startswith(("/api/cases/", "/dashboard/cases/")) for r in trail)
 
 
 def test_openapi_documents_every_endpoint(stack: Stack) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fhirpy import SyncFHIRClient
+
 from services.common.auth import Authenticator, AuthSettings
+from services.demo.cohort import PatientPlan, surgeon_resources, transaction
 from services.outcomes.app import create_app
 from services.outcomes.settings import OutcomesSettings
 from tests.harness.imaging import TEST_KEY
@@ -38,3 +41,23 @@ class OutcomesServer(ServiceHarness):
     @property
     def fhir_url(self) -> str:
         return f"{self.url}/fhir"
+
+
+def post_cohort(outcomes: OutcomesServer, plans: list[PatientPlan]) -> dict[str, str]:
+    """Post the surgeons, then each patient as one transaction, with fhirpy.
+
+    Returns the case id (the Procedure's id) of each MRN.
+    """
+    client = SyncFHIRClient(outcomes.fhir_url, authorization=f"Bearer {outcomes.token()}")
+    surgeons = []
+    for resource in surgeon_resources():
+        saved = client.resource("Practitioner", **resource)
+        saved.save()
+        surgeons.append(f"Practitioner/{saved.id}")
+    cases = {}
+    for plan in plans:
+        response = client.execute("", method="post", data=transaction(plan, surgeons))
+        locations = [e["response"]["location"] for e in response["entry"]]
+        procedure = next(loc for loc in locations if "/Procedure/" in loc)
+        cases[plan.mrn] = procedure.split("/Procedure/")[1].split("/")[0]
+    return cases

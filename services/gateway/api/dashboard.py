@@ -61,6 +61,7 @@ TEMPLATES.filters.update(num=_num, pct=_pct, pval=_pval, status_class=_status_cl
 def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("viewer", None)
     context.setdefault("warnings", [])
+    context.setdefault("error", None)
     html = TEMPLATES.get_template(name).render(**context)
     return HTMLResponse(html, status_code=status_code)
 
@@ -211,4 +212,10 @@ async def case_page(request: Request, case: str) -> Response:
     if viewer is None:
         return _to_login(request)
     built = await source_of(request).case(case, viewer.view)
-    return _page("case.html", viewer=viewer, c=built, time_points=codes.TIME_POINTS)
+    prom_rows = [
+        (s, [next((p for p in s.points if p.time_point == tp), None) for tp in codes.TIME_POINTS])
+        for s in built.proms
+    ]
+    return _page(
+        "case.html", viewer=viewer, c=built, time_points=codes.TIME_POINTS, prom_rows=prom_rows
+    )
