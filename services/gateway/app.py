@@ -129,6 +129,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         )
         app.state.engine = engine
         app.state.source = source
+        if settings.cohort_warm_up:
+            source.warm_up()  # the first researcher should not wait for the bulk read
         try:
             yield
         finally:

@@ -18,7 +18,7 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     http_host: str = "127.0.0.1"
-    http_port: int = 8003
+    http_port: int = 8000
     public_base_url: str | None = None  # base of the links it returns; derived if unset
     data_dir: Path = Path("var/gateway")
     database_url: str | None = None  # the audit trail; default SQLite in data_dir
@@ -37,6 +37,7 @@ class GatewaySettings(BaseSettings):
     # The cohort view is a snapshot of both upstreams, refreshed in the background when
     # older than this; every cohort answer says how old it is.
     cohort_max_age_seconds: float = 60.0
+    cohort_warm_up: bool = True  # load the first snapshot at start-up, in the background
 
     # Privacy
     pseudonym_key: SecretStr | None = None  # >= 32 bytes; default: the key file below

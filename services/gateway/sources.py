@@ -35,12 +35,19 @@ class Snapshot:
     as_of: datetime
     load_seconds: float
     warnings: list[str] = field(default_factory=list)
+    _built: dict[tuple[bool, str], list[Case]] = field(default_factory=dict, repr=False)
 
     def cases(self, view: View) -> list[Case]:
-        return [
-            build_case(r, self.studies_by_patient.get(mrn_of(r, view.mrn_system) or "", []), view)
-            for r in self.records
-        ]
+        """Every case in the viewer's frame; built once per kind of view and snapshot."""
+        key = (view.identified, repr(view.key_image_url))
+        if key not in self._built:
+            self._built[key] = [
+                build_case(
+                    r, self.studies_by_patient.get(mrn_of(r, view.mrn_system) or "", []), view
+                )
+                for r in self.records
+            ]
+        return self._built[key]
 
 
 @dataclass
@@ -185,6 +192,11 @@ class CaseSource:
         snapshot = await self.snapshot(refresh=refresh)
         built = await asyncio.to_thread(snapshot.cases, view)
         return [c for c in built if keep(c)], snapshot
+
+    def warm_up(self) -> None:
+        """Start loading the first snapshot in the background (errors are logged)."""
+        if self._refresh is None:
+            self._refresh = asyncio.create_task(self._background())
 
     async def close(self) -> None:
         if self._refresh is not None:

@@ -8,6 +8,7 @@ failure is translated into :mod:`services.gateway.errors` here, so the API layer
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Generator
 from typing import Any
@@ -108,24 +109,35 @@ class OutcomesClient:
             )
         ]
 
+    async def _collect(
+        self, resource_type: str, params: list[tuple[str, str]]
+    ) -> list[dict[str, Any]]:
+        return [r async for r in self.search(resource_type, params)]
+
     async def cohort(self) -> tuple[list[ClinicalRecord], dict[str, list[dict[str, Any]]]]:
-        """Every index surgery with patient and surgeon, and every outcome Observation."""
-        found: dict[str, dict[str, Any]] = {}
-        procedures: list[dict[str, Any]] = []
-        async for resource in self.search(
-            "Procedure",
-            [("code", f"{codes.PROJECT}|mis-lumbar-fusion"), *INCLUDES, ("_count", str(PAGE))],
-        ):
-            if resource["resourceType"] == "Procedure":
-                procedures.append(resource)
-            found[f"{resource['resourceType']}/{resource['id']}"] = resource
+        """Every index surgery with patient and surgeon, and every outcome Observation.
+
+        The searches run concurrently (one per category), so the server prepares one
+        page while the gateway parses another.
+        """
+        count = ("_count", str(PAGE))
+        surgeries, *by_category = await asyncio.gather(
+            self._collect(
+                "Procedure", [("code", f"{codes.PROJECT}|mis-lumbar-fusion"), *INCLUDES, count]
+            ),
+            *(
+                self._collect("Observation", [("category", f"{codes.PROJECT}|{c}"), count])
+                for c in OUTCOME_CATEGORIES
+            ),
+        )
+        found = {f"{r['resourceType']}/{r['id']}": r for r in surgeries}
+        procedures = [r for r in surgeries if r["resourceType"] == "Procedure"]
         observations: dict[str, list[dict[str, Any]]] = {}
-        categories = ",".join(f"{codes.PROJECT}|{c}" for c in OUTCOME_CATEGORIES)
-        async for resource in self.search(
-            "Observation", [("category", categories), ("_count", str(PAGE))]
-        ):
+        seen: set[str] = set()
+        for resource in (r for found_in in by_category for r in found_in):
             subject = (resource.get("subject") or {}).get("reference")
-            if subject:
+            if subject and resource["id"] not in seen:  # one Observation, several categories
+                seen.add(resource["id"])
                 observations.setdefault(subject, []).append(resource)
         return [_record(p, found) for p in procedures], observations
 

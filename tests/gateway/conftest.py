@@ -49,19 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     plans = [plan_patient(i) for i in range(3)]
     imaging = ImagingServer(root / "imaging").start()
     outcomes = OutcomesServer(root / "outcomes").start()
-    users = {
-        "ada": BasicUser(
-            password_hash=hash_password(RESEARCHER_PASSWORD, rounds=1000),
-            scope="gateway.read",
-            role="researcher",
-        )
-    }
-    gateway = GatewayServer(
-        root / "gateway",
-        imaging_url=imaging.url,
-        outcomes_url=outcomes.fhir_url,
-        auth=AuthSettings(secret_key=TEST_KEY, basic_users=users),
-    ).start()
+    gateway: GatewayServer | None = None
     try:
         truth: dict[str, dict[str, Any]] = {}
         for plan in plans[:2]:
@@ -78,8 +66,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 assert sent.returncode == 0, sent.stderr
         cases = post_cohort(outcomes, plans)
         assert wait_until(lambda: _analysed(imaging, 4), timeout=240, interval=1.0)
+        # Started once the data is in: its first cohort snapshot is loaded at start-up.
+        users = {
+            "ada": BasicUser(
+                password_hash=hash_password(RESEARCHER_PASSWORD, rounds=1000),
+                scope="gateway.read",
+                role="researcher",
+            )
+        }
+        gateway = GatewayServer(
+            root / "gateway",
+            imaging_url=imaging.url,
+            outcomes_url=outcomes.fhir_url,
+            auth=AuthSettings(secret_key=TEST_KEY, basic_users=users),
+        ).start()
         yield Stack(imaging, outcomes, gateway, plans, truth, cases)
     finally:
-        gateway.stop()
+        if gateway is not None:
+            gateway.stop()
         outcomes.stop()
         imaging.stop()
