@@ -21,7 +21,7 @@ system-deps:
 	./scripts/install-system-deps.sh
 
 demo: install
-	$(PY) -m services.imaging serve
+	$(PY) -m services.demo
 
 lint: install
 	$(VENV)/bin/ruff check services tests bench
