@@ -234,8 +234,10 @@ class Case(BaseModel):
         if not rows:
             return primary, f"no {primary} at the operated levels"
         if not any(r.pre.value is not None and r.post and r.post[0].value.value for r in rows):
-            states = (self.imaging.pre.analysis_state, self.imaging.post[0].analysis_state)
-            return primary, f"no usable pre/post pair (analysis {states[0]}/{states[1]})"
+            pre, post = self.imaging.pre, self.imaging.post[0]
+            notes = [*pre.warnings, *post.warnings]
+            detail = notes[0] if notes else f"analysis {pre.analysis_state}/{post.analysis_state}"
+            return primary, f"no usable pre/post pair at the operated levels ({detail})"
         return primary, None
 
 
