@@ -27,17 +27,7 @@ SURGEONS = (
 )
 FAMILY = ("Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand")
 GIVEN = ("Louise", "Jules", "Emma", "Hugo", "Alice", "Louis", "Lina", "Arthur")
-PROM_DAYS = {
-    "baseline": -7,
-    "day-1": 1,
-    "day-2": 2,
-    "day-3": 3,
-    "week-6": 42,
-    "month-3": 91,
-    "month-6": 182,
-    "month-12": 365,
-    "month-24": 730,
-}
+PROM_DAYS = {"baseline": -7, **codes.TIME_POINT_DAYS}  # baseline: a week before surgery
 FULL_SCHEDULE = ("baseline", "week-6", "month-3", "month-6", "month-12", "month-24")
 PAIN_SCHEDULE = (
     "baseline",

@@ -34,7 +34,7 @@ from services.gateway.models import AccessRecord
 from services.gateway.privacy import Pseudonymizer
 from services.gateway.settings import GatewaySettings
 from services.gateway.sources import CaseSource
-from services.gateway.upstream import ImagingClient, MintedBearer, OutcomesClient
+from services.gateway.upstream import ImagingClient, OutcomesClient, UpstreamBearer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION = "0.1.0"
@@ -83,19 +83,6 @@ class AccessRecordPublic(BaseModel):
     case_id: str | None
 
 
-def _bearer(token: Any, authenticator: Authenticator, scope: str) -> httpx.Auth:
-    if token is not None:
-        value = token.get_secret_value()
-
-        class Static(httpx.Auth):
-            def auth_flow(self, request: httpx.Request) -> Any:
-                request.headers["Authorization"] = f"Bearer {value}"
-                yield request
-
-        return Static()
-    return MintedBearer(authenticator, scope)
-
-
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway's ASGI application."""
     settings = settings or GatewaySettings()
@@ -113,14 +100,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             base_url=settings.imaging_url,
             timeout=timeout,
             limits=limits,
-            auth=_bearer(settings.imaging_token, authenticator, "imaging.read"),
+            auth=UpstreamBearer(authenticator, "imaging.read", settings.imaging_token),
         )
         outcomes_http = httpx.AsyncClient(
             base_url=settings.outcomes_url.rstrip("/") + "/",
             timeout=timeout,
             limits=limits,
             headers={"Accept": "application/fhir+json"},
-            auth=_bearer(settings.outcomes_token, authenticator, "system/*.rs"),
+            auth=UpstreamBearer(authenticator, "system/*.rs", settings.outcomes_token),
         )
         source = CaseSource(
             OutcomesClient(outcomes_http),

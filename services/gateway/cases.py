@@ -48,17 +48,6 @@ GROUP_IMAGING: dict[str, tuple[str, tuple[str, ...], str]] = {
     "foraminal-stenosis": ("CT", ("foraminal_height", "disc_height"), "foraminal_height"),
     "central-stenosis": ("MR", ("dural_sac_area", "dural_sac_volume"), "dural_sac_area"),
 }
-# Nominal days after surgery of each time point (for labelling imaging intervals).
-TIME_POINT_DAYS = {
-    "day-1": 1,
-    "day-2": 2,
-    "day-3": 3,
-    "week-6": 42,
-    "month-3": 91,
-    "month-6": 182,
-    "month-12": 365,
-    "month-24": 730,
-}
 TIME_POINT_ORDER = {tp: i for i, tp in enumerate(codes.TIME_POINTS)}
 EARLY_TIME_POINTS = ("day-1", "day-2", "day-3")
 EARLY_LIMIT_DAYS = 30  # complications within 30 days are early (Clavien-Dindo convention)
@@ -316,7 +305,8 @@ def interval_label(days: int) -> str:
     """The protocol time point nearest to ``days`` after surgery (log scale)."""
     if days <= 0:
         return "baseline"
-    return min(TIME_POINT_DAYS, key=lambda tp: abs(math.log(days) - math.log(TIME_POINT_DAYS[tp])))
+    nominal = codes.TIME_POINT_DAYS
+    return min(nominal, key=lambda tp: abs(math.log(days) - math.log(nominal[tp])))
 
 
 def _time_point(resource: dict[str, Any]) -> str | None:

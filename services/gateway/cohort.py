@@ -132,6 +132,15 @@ def operated_values(case: Case, quantity: str) -> tuple[list[float | None], list
     return [r.pre.value for r in rows], [_first_post(r) for r in rows]
 
 
+def patient_pair(case: Case, quantity: str) -> tuple[float | None, float | None]:
+    """(pre, first post) of one patient: means over the operated sites measured at both."""
+    pre, post = operated_values(case, quantity)
+    both = [(a, b) for a, b in zip(pre, post, strict=True) if a is not None and b is not None]
+    if not both:
+        return None, None
+    return fmean(a for a, _ in both), fmean(b for _, b in both)
+
+
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return fmean(present) if present else None
@@ -159,12 +168,11 @@ def metric_summaries(cases: list[Case]) -> tuple[list[MetricSummary], list[Missi
         site_post: list[float | None] = []
         for case in relevant:
             pre, post = operated_values(case, quantity)
-            # A patient's mean uses the same sites on both sides of the comparison.
-            both = [
-                (a, b) for a, b in zip(pre, post, strict=True) if a is not None and b is not None
-            ]
-            patient_pre.append(_mean([a for a, _ in both]) if both else _mean(pre))
-            patient_post.append(_mean([b for _, b in both]) if both else _mean(post))
+            # A patient's mean uses the same sites on both sides of the comparison; without
+            # a pair, the values present still count in the descriptive pre or post figures.
+            mean_pre, mean_post = patient_pair(case, quantity)
+            patient_pre.append(mean_pre if mean_pre is not None else _mean(pre))
+            patient_post.append(mean_post if mean_post is not None else _mean(post))
             site_pre += pre
             site_post += post
         for unit_of_analysis, a, b in (

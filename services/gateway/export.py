@@ -207,17 +207,11 @@ def csv_lines(rows: Iterable[list[str]]) -> Iterator[str]:
 PSEUDONYM_SYSTEM = "urn:spine-outcomes:pseudonym"
 
 
-def _imaging_resources(
-    patient_ref: str, studies: list[dict[str, Any]], case: Case
-) -> list[dict[str, Any]]:
+def _imaging_resources(patient_ref: str, case: Case) -> list[dict[str, Any]]:
     """ImagingStudy and metric Observations of the paired studies (values in use only)."""
     out: list[dict[str, Any]] = []
     refs = [r for r in (case.imaging.pre, *case.imaging.post) if r is not None]
-    by_uid = {s["study_instance_uid"]: s for s in studies}
     for index, ref in enumerate(refs):
-        study = by_uid.get(ref.study) if case.identified else None
-        if case.identified and study is None:
-            continue
         uid = ref.study if case.identified else f"2.25.{index}"  # no real UID leaves
         full_url = f"urn:uuid:imaging-study-{index}"
         resource = builders.imaging_study(
@@ -258,9 +252,7 @@ def _imaging_resources(
     return out
 
 
-def case_bundle(
-    record: ClinicalRecord, studies: list[dict[str, Any]], case: Case, view: View
-) -> dict[str, Any]:
+def case_bundle(record: ClinicalRecord, case: Case, view: View) -> dict[str, Any]:
     """The case as a FHIR ``collection`` Bundle, in the viewer's frame.
 
     Researchers get no identifiers, names, free text or real dates: the Patient is
@@ -295,7 +287,7 @@ def case_bundle(
                 clean = {"resourceType": "Practitioner", "id": case.surgery.surgeon.id}  # type: ignore[union-attr]
             entries.append({"resource": clean})
         patient_ref = f"Patient/{pseudonym}"
-    entries += _imaging_resources(patient_ref, studies, case)
+    entries += _imaging_resources(patient_ref, case)
     return {
         "resourceType": "Bundle",
         "type": "collection",  # no ``total``: FHIR allows it on searchset/history only

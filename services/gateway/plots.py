@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from services.gateway.cases import GROUP_IMAGING, PROMS, QUANTITIES, Case
-from services.gateway.cohort import ComplicationSummary, operated_values
+from services.gateway.cohort import ComplicationSummary, patient_pair
 from services.gateway.stats import mean_ci
 from services.outcomes.fhir import codes
 
@@ -35,20 +35,12 @@ def _empty(axes: Axes, text: str) -> None:
     axes.set_axis_off()
 
 
-def _patient_means(case: Case, quantity: str) -> tuple[float | None, float | None]:
-    pre, post = operated_values(case, quantity)
-    pairs = [(a, b) for a, b in zip(pre, post, strict=True) if a is not None and b is not None]
-    if not pairs:
-        return None, None
-    return float(np.mean([a for a, _ in pairs])), float(np.mean([b for _, b in pairs]))
-
-
 def paired(cases: list[Case], quantity: str, fmt: Format) -> bytes:
     """One line per patient from pre to first post (mean at the operated levels)."""
     unit, display, _ = QUANTITIES[quantity]
     figure = Figure(figsize=(5.5, 4.5))
     axes = figure.add_subplot()
-    pairs = [_patient_means(c, quantity) for c in cases]
+    pairs = [patient_pair(c, quantity) for c in cases]
     pairs_ok = [(a, b) for a, b in pairs if a is not None and b is not None]
     if not pairs_ok:
         _empty(axes, f"No pre/post pairs of {display.lower()}")
@@ -82,7 +74,7 @@ def changes(cases: list[Case], fmt: Format) -> bytes:
         deltas = []
         for case in cases:
             if case.surgery.group == group:
-                a, b = _patient_means(case, quantity)
+                a, b = patient_pair(case, quantity)
                 if a is not None and b is not None:
                     deltas.append(b - a)
         if not deltas:

@@ -50,6 +50,10 @@ class Snapshot:
         return self._built[key]
 
 
+async def _nothing() -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass
 class Gathered:
     """One case's sources as fetched, and what could not be fetched."""
@@ -98,9 +102,10 @@ class CaseSource:
         self._lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
 
-    async def gather(self, case_id: str, mrn_system: str) -> Gathered:
-        """The raw sources of one case, live. Raises NotFound, or UpstreamUnavailable
-        when the outcomes service cannot give the Procedure."""
+    async def gather(self, case_id: str, mrn_system: str, *, observations: bool = True) -> Gathered:
+        """The raw sources of one case, live (without the Observations when the caller
+        needs only the studies). Raises NotFound, or UpstreamUnavailable when the
+        outcomes service cannot give the Procedure."""
         try:
             record = await self.outcomes.procedure(case_id)
         except UpstreamNotFound:
@@ -108,7 +113,9 @@ class CaseSource:
         warnings: list[str] = []
         mrn = mrn_of(record, mrn_system)
         patient_ref = (record.procedure.get("subject") or {}).get("reference", "")
-        fetches: list[Any] = [self.outcomes.observations(patient_ref)]
+        fetches: list[Any] = [
+            self.outcomes.observations(patient_ref) if observations else _nothing()
+        ]
         if mrn:
             fetches.append(self.imaging.results(mrn))
         else:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from services.common.auth import Authenticator
 from services.gateway.cases import ClinicalRecord
@@ -26,12 +27,20 @@ INCLUDES = [("_include", "Procedure:subject"), ("_include", "Procedure:performer
 OUTCOME_CATEGORIES = ("prom", "complication", "early-postop")
 
 
-class MintedBearer(httpx.Auth):
-    """A short-lived integration token signed with the shared key, renewed before expiry."""
+class UpstreamBearer(httpx.Auth):
+    """The configured token, or else a short-lived integration token signed with the
+    shared key and renewed before it expires."""
 
-    def __init__(self, authenticator: Authenticator, scope: str, ttl_seconds: int = 3600) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        scope: str,
+        configured: SecretStr | None = None,
+        ttl_seconds: int = 3600,
+    ) -> None:
         self._authenticator, self._scope, self._ttl = authenticator, scope, ttl_seconds
-        self._token, self._expires = "", 0.0
+        self._token = configured.get_secret_value() if configured is not None else ""
+        self._expires = float("inf") if configured is not None else 0.0
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if time.monotonic() > self._expires - 60:
@@ -87,9 +96,6 @@ class OutcomesClient:
                 None,
             )
             query = None  # the next link carries the whole query
-
-    async def read_bytes(self, url: str) -> bytes:
-        return (await _get(self.http, self.service, url)).content
 
     async def procedure(self, case_id: str) -> ClinicalRecord:
         """The index surgery with its Patient and surgeon (no Observations yet)."""

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from services.gateway import plots
 from services.gateway.access import ViewerDep
 from services.gateway.cases import Case, View
-from services.gateway.cohort import operated_values
+from services.gateway.cohort import patient_pair
 from services.gateway.errors import NotFound
 from services.gateway.export import case_bundle
 from services.gateway.sources import CaseFilter, CaseSource
@@ -69,9 +69,8 @@ def list_item(case: Case) -> CaseListItem:
     quantity, reason = case.primary_pair()
     change = None
     if reason is None:
-        pre, post = operated_values(case, quantity)
-        diffs = [b - a for a, b in zip(pre, post, strict=True) if a is not None and b is not None]
-        change = round(sum(diffs) / len(diffs), 3) if diffs else None
+        pre, post = patient_pair(case, quantity)
+        change = round(post - pre, 3) if pre is not None and post is not None else None
     return CaseListItem(
         case_id=case.case_id,
         patient=case.patient.id,
@@ -130,7 +129,7 @@ async def get_case_bundle(request: Request, case: str, viewer: ViewerDep) -> Res
     """The case as a FHIR R4 ``collection`` Bundle (pseudonymised for researchers)."""
     gathered = await source_of(request).gather(case, viewer.view.mrn_system)
     built = gathered.build(viewer.view)
-    bundle = case_bundle(gathered.record, gathered.studies, built, viewer.view)
+    bundle = case_bundle(gathered.record, built, viewer.view)
     return Response(json.dumps(bundle), media_type="application/fhir+json")
 
 
@@ -145,14 +144,15 @@ async def get_key_image(
     """A key image (overlay PNG) of one of the case's paired studies, from the imaging service."""
     if not KEY_IMAGE_NAME.match(name) or not SLOT.match(slot):
         raise NotFound("no such key image")
-    gathered = await source_of(request).gather(case, viewer.view.mrn_system)
+    source = source_of(request)
+    gathered = await source.gather(case, viewer.view.mrn_system, observations=False)
     internal = View(True, None, viewer.view.mrn_system, viewer.view.key_image_url)
     built = gathered.build(internal)  # identified only to find the study; never returned
     refs = [built.imaging.pre, *built.imaging.post, *built.imaging.other]
     ref = next((r for r in refs if r is not None and r.slot == slot), None)
     if ref is None or name not in {k.name for k in ref.key_images}:
         raise NotFound("no such key image")
-    png = await source_of(request).imaging.key_image(ref.study, name)
+    png = await source.imaging.key_image(ref.study, name)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 

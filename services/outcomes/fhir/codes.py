@@ -145,6 +145,17 @@ TIME_POINTS = tuple(c.code for c in PROJECT_CONCEPTS if c.group == "time-point")
 CLAVIEN_DINDO = tuple(c.code for c in PROJECT_CONCEPTS if c.group == "clavien-dindo")
 COMPLICATION_TYPES = tuple(c.code for c in PROJECT_CONCEPTS if c.group == "complication")
 STUDY_GROUPS = ("foraminal-stenosis", "central-stenosis")
+# Nominal days after surgery of each post-operative time point.
+TIME_POINT_DAYS = {
+    "day-1": 1,
+    "day-2": 2,
+    "day-3": 3,
+    "week-6": 42,
+    "month-3": 91,
+    "month-6": 182,
+    "month-12": 365,
+    "month-24": 730,
+}
 
 
 @dataclass(frozen=True)
