@@ -30,8 +30,8 @@ from sqlalchemy import text  # noqa: E402
 
 from services.common.auth import Authenticator, AuthSettings  # noqa: E402
 from services.common.db import make_engine  # noqa: E402
-from services.outcomes.fhir import builders as b  # noqa: E402
-from services.outcomes.fhir import codes  # noqa: E402
+from services.common.fhir import builders as b  # noqa: E402
+from services.common.fhir import codes  # noqa: E402
 from tests.harness.net import free_port, wait_until  # noqa: E402
 from tests.harness.postgres import PostgresServer  # noqa: E402
 

@@ -3,7 +3,7 @@
 # Runs as root (CI, a fresh machine) or through sudo when available.
 set -euo pipefail
 
-PACKAGES=(orthanc orthanc-dicomweb dcmtk postgresql chromium chromium-driver fonts-dejavu-core)
+PACKAGES=(orthanc orthanc-dicomweb dcmtk postgresql chromium chromium-driver fonts-dejavu-core redis-server)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -26,11 +26,14 @@ import hmac
 import os
 import secrets
 import sys
+import threading
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+import httpx
 import jwt
 from fastapi import Depends, HTTPException, Request, status
 from pydantic import BaseModel, SecretStr
@@ -284,3 +287,33 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+class ServiceBearer(httpx.Auth):
+    """How one of our services calls another: the configured token, or else a short-lived
+    integration token signed with the shared key and renewed before it expires."""
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        subject: str,
+        scope: str,
+        configured: SecretStr | None = None,
+        ttl_seconds: int = 3600,
+    ) -> None:
+        self._authenticator, self._subject, self._scope = authenticator, subject, scope
+        self._ttl = ttl_seconds
+        self._token = configured.get_secret_value() if configured is not None else ""
+        self._expires = float("inf") if configured is not None else 0.0
+        self._lock = threading.Lock()
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        with self._lock:
+            if time.monotonic() > self._expires - 60:
+                self._token = self._authenticator.issue_token(
+                    self._subject, self._scope, role="integration", ttl_seconds=self._ttl
+                )
+                self._expires = time.monotonic() + self._ttl
+            token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request

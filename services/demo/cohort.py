@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from services.common.fhir import builders, codes
 from services.imaging.phantom import PhantomSpec
-from services.outcomes.fhir import builders, codes
 
 SURGEONS = (
     ("SURG-001", "Moreau", "Claire"),

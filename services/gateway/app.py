@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
-from services.common.auth import Authenticator, secret_key
+from services.common.auth import Authenticator, ServiceBearer, secret_key
 from services.common.db import make_engine, upgrade_schema
 from services.common.logging import AccessLogMiddleware, recording_status
 from services.gateway import audit
@@ -34,7 +34,7 @@ from services.gateway.models import AccessRecord
 from services.gateway.privacy import Pseudonymizer
 from services.gateway.settings import GatewaySettings
 from services.gateway.sources import CaseSource
-from services.gateway.upstream import ImagingClient, OutcomesClient, UpstreamBearer
+from services.gateway.upstream import ImagingClient, OutcomesClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION = "0.1.0"
@@ -100,14 +100,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             base_url=settings.imaging_url,
             timeout=timeout,
             limits=limits,
-            auth=UpstreamBearer(authenticator, "imaging.read", settings.imaging_token),
+            auth=ServiceBearer(authenticator, "gateway", "imaging.read", settings.imaging_token),
         )
         outcomes_http = httpx.AsyncClient(
             base_url=settings.outcomes_url.rstrip("/") + "/",
             timeout=timeout,
             limits=limits,
             headers={"Accept": "application/fhir+json"},
-            auth=UpstreamBearer(authenticator, "system/*.rs", settings.outcomes_token),
+            auth=ServiceBearer(authenticator, "gateway", "system/*.rs", settings.outcomes_token),
         )
         source = CaseSource(
             OutcomesClient(outcomes_http),

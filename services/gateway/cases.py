@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from services.common.fhir import codes
 from services.gateway.privacy import Pseudonymizer, age_at
-from services.outcomes.fhir import codes
 
 LEVELS = codes.LEVELS
 SIDES = ("left", "right")

@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from statistics import fmean
 
+from services.common.fhir import codes
 from services.gateway.cases import (
     EARLY_TIME_POINTS,
     GROUP_IMAGING,
@@ -35,7 +36,6 @@ from services.gateway.stats import (
     paired,
     wilson,
 )
-from services.outcomes.fhir import codes
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.fhir import builders, codes
 from services.gateway.cases import (
     LEVELS,
     PROMS,
@@ -26,7 +27,6 @@ from services.gateway.cases import (
     mrn_of,
 )
 from services.gateway.privacy import deidentify_resource
-from services.outcomes.fhir import builders, codes
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from services.common.fhir import codes
 from services.gateway.cases import GROUP_IMAGING, PROMS, QUANTITIES, Case
 from services.gateway.cohort import ComplicationSummary, patient_pair
 from services.gateway.stats import mean_ci
-from services.outcomes.fhir import codes
 
 Format = Literal["png", "svg"]
 MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml"}

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.auth import AuthSettings
 from services.common.db import sqlite_url_for
-from services.outcomes.fhir import codes
+from services.common.fhir import codes
 
 
 class GatewaySettings(BaseSettings):

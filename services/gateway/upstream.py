@@ -9,47 +9,19 @@ failure is translated into :mod:`services.gateway.errors` here, so the API layer
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
-from services.common.auth import Authenticator
+from services.common.fhir import codes
 from services.gateway.cases import ClinicalRecord
 from services.gateway.errors import UpstreamNotFound, UpstreamRejected, UpstreamUnavailable
-from services.outcomes.fhir import codes
 
 FHIR_JSON = "application/fhir+json"
 PAGE = 1000  # the outcomes server's maximum _count
 INCLUDES = [("_include", "Procedure:subject"), ("_include", "Procedure:performer")]
 OUTCOME_CATEGORIES = ("prom", "complication", "early-postop")
-
-
-class UpstreamBearer(httpx.Auth):
-    """The configured token, or else a short-lived integration token signed with the
-    shared key and renewed before it expires."""
-
-    def __init__(
-        self,
-        authenticator: Authenticator,
-        scope: str,
-        configured: SecretStr | None = None,
-        ttl_seconds: int = 3600,
-    ) -> None:
-        self._authenticator, self._scope, self._ttl = authenticator, scope, ttl_seconds
-        self._token = configured.get_secret_value() if configured is not None else ""
-        self._expires = float("inf") if configured is not None else 0.0
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if time.monotonic() > self._expires - 60:
-            self._token = self._authenticator.issue_token(
-                "gateway", self._scope, role="integration", ttl_seconds=self._ttl
-            )
-            self._expires = time.monotonic() + self._ttl
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        yield request
 
 
 async def _get(

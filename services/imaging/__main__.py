@@ -1,7 +1,9 @@
-"""``python -m services.imaging serve | analyze PATH [--json]``.
+"""``python -m services.imaging serve | worker | backfill | analyze PATH``.
 
-``serve`` runs the HTTP API and the DICOM SCP in one process; ``analyze`` measures the study
-in a folder of DICOM files and prints the result (the same JSON the API serves).
+``serve`` runs the HTTP API and the DICOM SCP in one process (and the analysis threads in
+the embedded engine); ``worker`` runs a Celery analysis worker (``IMAGING_QUEUE=celery``);
+``backfill`` analyses a cohort's studies again and reports what changed; ``analyze``
+measures the study in a folder of DICOM files and prints the result (the API's JSON).
 """
 
 from __future__ import annotations
@@ -38,10 +40,41 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    from services.common.db import make_engine
+    from services.imaging.backfill import run_backfill, select_studies
+    from services.imaging.jobs import AnalysisQueue, JobTable
+    from services.imaging.settings import ImagingSettings
+
+    settings = ImagingSettings()
+    engine = make_engine(settings.resolved_database_url)
+    publish = None
+    if settings.queue == "celery":
+        from services.imaging.worker import make_celery, publisher
+
+        publish = publisher(make_celery(settings))
+    # A producer only: the running service's (or the Celery) workers do the analyses.
+    queue = AnalysisQueue(
+        JobTable(engine), None, workers=0, max_attempts=1, poll_seconds=1, publish=publish
+    )
+    studies = select_studies(engine, patient_id=args.patient_id, since=args.since)
+    report = run_backfill(engine, queue, studies, wait=not args.no_wait, timeout=args.timeout)
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.text())
+    return 0 if report.summary["failed"] == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.imaging")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP API and the DICOM SCP")
+    worker = sub.add_parser("worker", help="run a Celery analysis worker")
+    worker.add_argument("--concurrency", type=int, help="processes (default from settings)")
+    backfill = sub.add_parser("backfill", help="analyse complete studies again, report changes")
+    backfill.add_argument("--patient-id", help="only this patient's studies")
+    backfill.add_argument("--since", help="only studies from this date (YYYY-MM-DD)")
+    backfill.add_argument("--no-wait", action="store_true", help="queue and return")
+    backfill.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait")
+    backfill.add_argument("--json", action="store_true", help="print the report as JSON")
     analyze = sub.add_parser("analyze", help="measure the study in a folder of DICOM files")
     analyze.add_argument("path", type=Path)
     analyze.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -49,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "analyze":
         return _analyze(args)
+    if args.command == "backfill":
+        return _backfill(args)
+    if args.command == "worker":
+        from services.imaging.settings import ImagingSettings
+        from services.imaging.worker import run_worker
+
+        run_worker(ImagingSettings(), concurrency=args.concurrency)
+        return 0
     from services.common.serve import serve
     from services.imaging.app import create_app
     from services.imaging.settings import ImagingSettings

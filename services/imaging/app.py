@@ -1,7 +1,10 @@
 """The imaging service: ``create_app(settings)`` wires the data flow
 
     C-STORE / STOW-RS → InstanceStore (fsync + index) → StudyLifecycle (quiet + whole)
-    → study.complete event → subscribers (prior fetch now; analysis next)
+    → study.complete event → PriorFetcher (the PACS's earlier studies of the patient)
+                           → AnalysisQueue (in-process threads, or Celery workers)
+    → AnalysisRunner: measurements + SR + key images, committed with their deliveries
+    → Dispatcher: SR (and key images) to the PACS, metrics as FHIR Observations
 
 Nothing is created at import time; the lifespan starts the DICOM SCP and the
 life-cycle thread and stops them in reverse order.
@@ -10,25 +13,33 @@ life-cycle thread and stops them in reverse order.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from services.common.auth import Authenticator
 from services.common.db import make_engine, upgrade_schema
 from services.common.logging import AccessLogMiddleware
+from services.common.metrics import install_metrics
 from services.imaging import pacs
 from services.imaging.api import dicomweb, measurements, studies
 from services.imaging.api.errors import install_error_handlers
+from services.imaging.delivery import Dispatcher, build_dispatcher
 from services.imaging.dimse import start_scp
-from services.imaging.jobs import AnalysisQueue
+from services.imaging.jobs import AnalysisQueue, AnalysisRunner, JobTable
 from services.imaging.lifecycle import StudyLifecycle
+from services.imaging.metrics import QUEUE_DEPTH
+from services.imaging.models import JobState
 from services.imaging.settings import ImagingSettings
 from services.imaging.store import InstanceStore
 
@@ -46,9 +57,11 @@ class ImagingRuntime:
     lifecycle: StudyLifecycle
     pacs: pacs.Pacs | None
     analysis: AnalysisQueue
+    dispatcher: Dispatcher
+    broker: Any = None  # the Celery app, in the Celery engine
     scp: ThreadedAssociationServer | None = None
     stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
+    threads: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: ImagingSettings) -> ImagingRuntime:
@@ -75,40 +88,84 @@ class ImagingRuntime:
                         modalities=settings.prior_modalities,
                     )
                 )
+        dispatcher = build_dispatcher(settings, engine)
+        broker = None
+        publish = None
+        if settings.queue == "celery":
+            from services.imaging.worker import make_celery, publisher
+
+            broker = make_celery(settings)
+            publish = publisher(broker)
         analysis = AnalysisQueue(
-            engine,
-            store,
-            settings.key_images_dir,
+            JobTable(engine),
+            AnalysisRunner(engine, store, settings.key_images_dir, dispatcher),
             workers=settings.analysis_workers if settings.analysis_enabled else 0,
             max_attempts=settings.analysis_max_attempts,
             poll_seconds=settings.analysis_poll_seconds,
+            publish=publish,
         )
         if settings.analysis_enabled:
             lifecycle.subscribe(analysis)
-        return cls(settings, engine, store, lifecycle, client, analysis)
+        return cls(settings, engine, store, lifecycle, client, analysis, dispatcher, broker)
 
     def start(self) -> None:
         removed = self.store.remove_orphan_temporaries()
         if removed:
             log.warning("removed unacknowledged partial writes", extra={"count": removed})
         self.scp = start_scp(self.settings, self.store)
-        self.thread = threading.Thread(
-            target=self.lifecycle.run,
-            args=(self.stop, self.settings.completion_poll_seconds),
-            name="study-lifecycle",
-            daemon=True,
-        )
-        self.thread.start()
+        for name, target in (("study-lifecycle", self._lifecycle), ("delivery", self._deliver)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self.threads.append(thread)
         self.analysis.start(self.stop)
 
+    def _lifecycle(self) -> None:
+        self.lifecycle.run(self.stop, self.settings.completion_poll_seconds)
+
+    def _deliver(self) -> None:
+        """Retries of deliveries (first attempts are made by the worker that analysed)."""
+        while not self.stop.wait(max(1.0, self.settings.completion_poll_seconds * 5)):
+            try:
+                self.dispatcher.deliver_due()
+            except Exception:
+                log.exception("delivery sweep error")
+
     def shutdown(self) -> None:
+        """Graceful: the SCP stops accepting associations and lets the open ones finish,
+        the completion and delivery loops stop, running analyses get 30 s to finish and
+        are otherwise returned to the queue."""
         if self.scp is not None:
-            self.scp.shutdown()  # stop accepting; in-flight associations finish their PDU
+            self.scp.shutdown()
         self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout=10)
-        self.analysis.join(timeout=30)  # a running job finishes or is requeued at start-up
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.analysis.join(timeout=30)
         self.engine.dispose()
+
+    def readiness(self) -> dict[str, str]:
+        """What the service needs to do its work, each 'ok' or why not."""
+        checks: dict[str, str] = {}
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable ({type(exc).__name__})"
+        checks["storage"] = "ok" if os.access(self.store.root, os.W_OK) else "not writable"
+        checks["dicom"] = "ok" if self.scp is not None else "not listening"
+        if self.broker is not None:
+            try:
+                with self.broker.connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=1, timeout=2)
+                checks["queue"] = "ok"
+            except Exception as exc:
+                checks["queue"] = f"broker unreachable ({type(exc).__name__})"
+        return checks
+
+    def refresh_gauges(self) -> None:
+        counts = self.analysis.jobs.counts()
+        for state in JobState:
+            QUEUE_DEPTH.labels(state=state.value).set(counts.get(str(state), 0))
 
     @property
     def dicom_port(self) -> int:
@@ -155,5 +212,17 @@ def create_app(settings: ImagingSettings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["Operations"])
+    def readyz(request: Request) -> JSONResponse:
+        """Readiness: database, storage, DICOM listener and (Celery engine) the broker."""
+        checks = request.app.state.runtime.readiness()
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    install_metrics(app, lambda: app.state.runtime.refresh_gauges())
 
     return app

@@ -84,3 +84,9 @@ class UnsupportedMediaType(ImagingError):
 
 class PacsError(ImagingError):
     http_status = 502
+
+
+class DeliveryError(ImagingError):
+    """A destination (the PACS, the FHIR store) refused or was unreachable; retried later."""
+
+    http_status = 502

@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from services.common.db import session_scope
 from services.imaging.completeness import SliceGeometry, check_study
+from services.imaging.metrics import STUDIES_COMPLETED
 from services.imaging.models import Instance, Study, StudyEvent, StudyState
 from services.imaging.store import utcnow
 
@@ -135,6 +136,7 @@ class StudyLifecycle:
                     created_at=now,
                 )
             )
+        STUDIES_COMPLETED.inc()
         log.info(
             "study complete",
             extra={"study_instance_uid": uid, "series": len(by_series), "forced": force},

@@ -156,6 +156,7 @@ class AnalysisJob(ImagingModel, table=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     last_error: str | None = Field(default=None, max_length=512)
+    published_at: datetime | None = None  # handed to the broker (Celery engine only)
 
     __table_args__ = (
         UniqueConstraint(
@@ -180,6 +181,31 @@ class MeasurementSet(ImagingModel, table=True):
     key_images_dir: str | None = Field(default=None, max_length=512)
     created_at: datetime
     is_current: bool = True
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"  # attempts exhausted; an operator may retry it
+
+
+class ResultDelivery(ImagingModel, table=True):
+    """The outbox of one measurement set to one destination (the PACS, the FHIR store)."""
+
+    __tablename__ = "result_delivery"
+
+    id: int | None = Field(default=None, primary_key=True)
+    measurement_set_id: int = Field(foreign_key="measurement_set.id", index=True)
+    study_instance_uid: str = Field(max_length=64, index=True)
+    target: str = Field(max_length=16)  # "pacs" | "fhir"
+    state: DeliveryState = Field(default=DeliveryState.PENDING, max_length=16, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None = None
+    last_error: str | None = Field(default=None, max_length=512)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
 
 
 class ManualMeasurement(ImagingModel, table=True):

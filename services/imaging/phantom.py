@@ -915,6 +915,7 @@ def write_phantom(spec: PhantomSpec, folder: Path) -> dict[str, Any]:
         series_instance_uid=series_uid,
         study_date=spec.study_date,
         modality=spec.modality,
+        study_description=f"{spec.modality} LUMBAR SPINE" + (" POST-OP" if spec.postop else ""),
         series_description=description
         if spec.orientation == "axial" or spec.modality == "CT"
         else description.replace("AX", spec.orientation.upper()[:3]),

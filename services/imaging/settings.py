@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.auth import AuthSettings
 from services.common.db import sqlite_url_for
+from services.common.fhir import codes
 
 
 class ImagingSettings(BaseSettings):
@@ -61,6 +63,29 @@ class ImagingSettings(BaseSettings):
     prior_lookback_days: int = 3 * 365
     prior_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
 
+    # Where analysis jobs run: in-process threads (embedded) or Celery workers (celery).
+    queue: Literal["embedded", "celery"] = "embedded"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Longer than the slowest analysis, or Redis hands a running job to a second worker.
+    broker_visibility_timeout_seconds: int = Field(default=3600, ge=10)
+    retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    worker_concurrency: int = Field(default=1, ge=1, le=64)
+    worker_metrics_port: int | None = None  # a worker's own Prometheus endpoint
+
+    # Results going out: the SR (and key images) to the PACS, the metrics to the FHIR store.
+    results_destination: Literal["none", "stow", "cstore"] = "none"
+    results_stow_url: str | None = None  # default: pacs_dicomweb_url
+    results_dicom_host: str | None = None
+    results_dicom_port: int = 104
+    results_called_aet: str = "PACS"
+    results_key_images: bool = False  # key images as Secondary Capture too
+    fhir_url: str | None = None  # the outcomes service's FHIR base; unset = not posted
+    fhir_token: SecretStr | None = None  # else minted with the shared key
+    fhir_timeout_seconds: float = 30.0
+    mrn_system: str = codes.MRN_SYSTEM_DEFAULT  # FHIR identifier system of PatientID
+    delivery_max_attempts: int = Field(default=8, ge=1, le=50)
+    delivery_backoff_seconds: float = Field(default=10.0, ge=0)
+
     log_level: str = "INFO"
 
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -72,6 +97,10 @@ class ImagingSettings(BaseSettings):
     @property
     def key_images_dir(self) -> Path:
         return self.data_dir / "key-images"
+
+    @property
+    def stow_url(self) -> str | None:
+        return self.results_stow_url or self.pacs_dicomweb_url
 
     @property
     def resolved_database_url(self) -> str:

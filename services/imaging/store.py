@@ -30,7 +30,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.imaging.dicom_io import InstanceHeader, read_part10
-from services.imaging.errors import InstanceTooLarge, OutOfResources, StudyMismatch
+from services.imaging.errors import ImagingError, InstanceTooLarge, OutOfResources, StudyMismatch
+from services.imaging.metrics import INSTANCES_RECEIVED
 from services.imaging.models import (
     ImagingModel,
     Instance,
@@ -128,6 +129,16 @@ class InstanceStore:
         ImagingError
             The instance is refused (see ``services.imaging.errors``); nothing is kept.
         """
+        protocol = source.split(":")[0]
+        try:
+            result = self._put(data, source=source, expected_study=expected_study)
+        except ImagingError:
+            INSTANCES_RECEIVED.labels(protocol=protocol, outcome="refused").inc()
+            raise
+        INSTANCES_RECEIVED.labels(protocol=protocol, outcome=result.outcome).inc()
+        return result
+
+    def _put(self, data: bytes, *, source: str, expected_study: str | None) -> StoreResult:
         if len(data) > self.max_instance_bytes:
             raise InstanceTooLarge(
                 f"instance of {len(data)} bytes exceeds the limit of {self.max_instance_bytes}"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from services.common.fhir import builders, codes
 from services.gateway.cases import ClinicalRecord, View, build_case, interval_label
 from services.gateway.cohort import summarize
 from services.gateway.privacy import Pseudonymizer
-from services.outcomes.fhir import builders, codes
 
 VIEW = View(True, None, codes.MRN_SYSTEM_DEFAULT, lambda c, s, n: f"/{c}/{s}/{n}")
 RESEARCH = View(False, Pseudonymizer(b"k" * 32), codes.MRN_SYSTEM_DEFAULT, VIEW.key_image_url)

@@ -150,6 +150,12 @@ class OrthancServer:
         result: dict[str, Any] = response.json()
         return result
 
+    def study_id(self, study_instance_uid: str) -> str:
+        """Orthanc's identifier of a study, by its Study Instance UID."""
+        response = httpx.post(self.url + "/tools/lookup", content=study_instance_uid, timeout=30)
+        response.raise_for_status()
+        return str(next(r["ID"] for r in response.json() if r["Type"] == "Study"))
+
     def statistics(self) -> dict[str, Any]:
         result: dict[str, Any] = self.get("/statistics")
         return result

@@ -95,8 +95,9 @@ def test_c_store_to_measurements_sr_and_key_images(
 def test_jobs_survive_a_restart_and_failures_are_bounded(
     imaging_factory: Callable[..., ImagingServer], tmp_path: Path
 ) -> None:
-    from services.imaging.jobs import AnalysisQueue
-    from services.imaging.models import AnalysisJob, JobState
+    from services.imaging.analysis.pipeline import Analysis
+    from services.imaging.jobs import AnalysisQueue, Claim
+    from services.imaging.models import AnalysisJob
 
     spec = PhantomSpec(modality="CT", pixel_spacing=1.5, slice_spacing=2.0, seed=12)
     folder = tmp_path / "phantom"
@@ -107,8 +108,8 @@ def test_jobs_survive_a_restart_and_failures_are_bounded(
     assert storescu(first.dicom_port, first.ae_title, sorted(folder.glob("*.dcm"))).returncode == 0
     assert wait_until(lambda: _measurements(first, study)[0] == 202, timeout=60, interval=0.3)
     queue: AnalysisQueue = first.app.state.analysis
-    job = queue.claim()
-    assert job is not None and job.state == JobState.QUEUED  # the row object before the update
+    claim = queue.claim()
+    assert claim is not None and claim.attempt == 1
     first.stop()
     # Restart on the same data: the job is recovered and completes.
     second = imaging_factory("svc", analysis_workers=1)
@@ -124,18 +125,19 @@ def test_jobs_survive_a_restart_and_failures_are_bounded(
     with Session(queue.engine) as session:
         row = session.get(AnalysisJob, jobs[0]["id"])
         assert row is not None
-    original = queue._analyse
+    assert queue.runner is not None
+    original = queue.runner.analyse
 
-    def broken(job: AnalysisJob) -> None:
+    def broken(claim: Claim) -> Analysis:
         raise RuntimeError("simulated crash")
 
-    queue._analyse = broken  # type: ignore[method-assign]
+    queue.runner.analyse = broken  # type: ignore[method-assign]
     try:
         with second.client() as client:
             assert client.post(f"/api/studies/{study}/analyze").status_code == 202
         assert wait_until(lambda: _job_state(second, study) == "failed", timeout=30)
     finally:
-        queue._analyse = original  # type: ignore[method-assign]
+        queue.runner.analyse = original  # type: ignore[method-assign]
     with second.client() as client:
         jobs = client.get(f"/api/studies/{study}/analysis-jobs").json()
         assert jobs[0]["attempts"] == second.settings.analysis_max_attempts

@@ -38,14 +38,22 @@ def test_orthanc_auto_routes_a_stable_study_to_our_scp(
         autoroute=True,
         stable_age=1,
     )
-    spec = SeriesSpec(slices=15)
+    spec = SeriesSpec(slices=15, description="LUMBAR SPINE POST-OP")
     files = write_series(make_series(spec), tmp_path / "postop")
+    other = SeriesSpec(slices=5, description="LUMBAR SPINE")  # not post-operative
+    write_series(make_series(other), tmp_path / "preop")
+    sent = storescu(orthanc.dicom_port, orthanc.aet, sorted((tmp_path / "preop").glob("*")))
+    assert sent.returncode == 0, sent.stderr
     sent = storescu(orthanc.dicom_port, orthanc.aet, files)
     assert sent.returncode == 0, sent.stderr
     assert wait_until(_complete(imaging, spec.study_uid, 15), timeout=60, interval=0.5)
     with imaging.client() as client:
         events = client.get("/api/events").json()
     assert [(e["study_instance_uid"], e["study_version"]) for e in events] == [(spec.study_uid, 1)]
+    assert _study_state(imaging, other.study_uid) is None  # the site rule routes post-op only
+    # The routed series is marked, so the study becoming stable again does not resend it.
+    series = orthanc.get(f"/studies/{orthanc.study_id(spec.study_uid)}/series")
+    assert all("SpineRouted" in orthanc.get(f"/series/{s['ID']}/metadata") for s in series)
 
 
 def test_orthanc_pushes_a_study_to_our_stow_rs_and_reports_success(

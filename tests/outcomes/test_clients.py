@@ -8,8 +8,8 @@ from fhirclient.models.observation import Observation as FcObservation
 from fhirclient.models.patient import Patient as FcPatient
 from fhirpy import SyncFHIRClient
 
-from services.outcomes.fhir import builders as b
-from services.outcomes.fhir import codes
+from services.common.fhir import builders as b
+from services.common.fhir import codes
 from tests.harness.outcomes import OutcomesServer
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.outcomes.fhir.builders import odi_response
+from services.common.fhir.builders import odi_response
 from services.outcomes.fhir.odi import OdiError, score_odi
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.outcomes.fhir import builders as b
-from services.outcomes.fhir import codes
+from services.common.fhir import builders as b
+from services.common.fhir import codes
 from tests.harness.outcomes import OutcomesServer
 from tests.harness.postgres import PostgresServer
 

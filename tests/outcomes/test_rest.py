@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from services.common.fhir import builders as b
+from services.common.fhir import codes
 from services.common.logging import JsonFormatter
-from services.outcomes.fhir import builders as b
-from services.outcomes.fhir import codes
 from tests.harness.outcomes import OutcomesServer
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from services.outcomes.fhir import builders as b
-from services.outcomes.fhir import codes
+from services.common.fhir import builders as b
+from services.common.fhir import codes
 from tests.harness.outcomes import OutcomesServer
 
 

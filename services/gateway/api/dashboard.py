@@ -19,12 +19,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
 from services.common.auth import Authenticator, Principal, current_principal
+from services.common.fhir import codes
 from services.gateway.access import READ_SCOPE, Viewer, viewer_for
 from services.gateway.api.cases import FilterDep, list_cases, source_of
 from services.gateway.cases import GROUP_IMAGING, LEVELS, PROMS
 from services.gateway.cohort import summarize
 from services.gateway.errors import Forbidden
-from services.outcomes.fhir import codes
 
 router = APIRouter(prefix="/dashboard", tags=["Dashboard"], include_in_schema=True)
 TEMPLATES = jinja2.Environment(

@@ -67,8 +67,15 @@ def _header(ds: Dataset) -> Dataset:
     return out
 
 
-def build_sr(result: AnalysisResult, evidence: Sequence[Dataset]) -> Dataset:
-    """The SR of ``result``; ``evidence`` are the measured series' data sets."""
+def build_sr(
+    result: AnalysisResult,
+    evidence: Sequence[Dataset],
+    *,
+    previous_versions: Sequence[Dataset] = (),
+) -> Dataset:
+    """The SR of ``result``; ``evidence`` are the measured series' data sets. An SR that
+    replaces earlier ones (a re-analysis) names them in its Predecessor Documents
+    Sequence, the DICOM way of superseding a report."""
     evidence = [_header(ds) for ds in evidence]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in evidence}
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=ALGORITHM_VERSION)
@@ -123,6 +130,7 @@ def build_sr(result: AnalysisResult, evidence: Sequence[Dataset]) -> Dataset:
         manufacturer="spine-outcomes",
         series_description=f"{ALGORITHM_NAME} {ALGORITHM_VERSION} measurements",
         is_complete=True,
+        previous_versions=list(previous_versions) or None,
     )
 
 

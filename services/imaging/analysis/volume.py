@@ -111,6 +111,7 @@ class SeriesHeader:
     study_date: str
     modality: str = "CT"
     series_description: str = ""
+    study_description: str = ""
     series_number: int = 1
     issuer_of_patient_id: str | None = None
     extra: dict[str, object] | None = None
@@ -151,6 +152,8 @@ def write_series(
         ds.StudyTime = "090000"
         ds.Modality = header.modality
         ds.SeriesDescription = header.series_description
+        if header.study_description:
+            ds.StudyDescription = header.study_description
         ds.SeriesNumber = header.series_number
         ds.InstanceNumber = k + 1
         ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row, *col)]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.outcomes.fhir import codes, odi
+from services.common.fhir import codes
+from services.outcomes.fhir import odi
 from services.outcomes.fhir import search_params as sp
 from services.outcomes.fhir.validation import SUPPORTED_TYPES
 

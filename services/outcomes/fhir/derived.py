@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.outcomes.fhir import codes
+from services.common.fhir import codes
 from services.outcomes.fhir.odi import score_odi
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from services.outcomes.fhir import codes
+from services.common.fhir import codes
 
 SUPPORTED_TYPES = (
     "Patient",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.outcomes.fhir import codes
+from services.common.fhir import codes
 
 
 def coding(code: str, system: str = codes.PROJECT) -> dict[str, Any]:
@@ -193,7 +193,9 @@ def imaging_study(
     resource: dict[str, Any] = {
         "resourceType": "ImagingStudy",
         "status": "available",
-        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_instance_uid}"}],
+        "identifier": [
+            {"system": codes.DICOM_UID_SYSTEM, "value": f"urn:oid:{study_instance_uid}"}
+        ],
         "subject": {"reference": patient_ref},
         "started": started,
         "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": modality}],

@@ -18,6 +18,10 @@ PROJECT_CODESYSTEM_ID = "spine-outcomes"
 MRN_SYSTEM_DEFAULT = "urn:oid:1.2.3.4.5.6.7.8"  # the hospital's MRN system; configurable
 TIME_POINT_EXTENSION = "http://spine-outcomes.example.org/fhir/StructureDefinition/time-point"
 ODI_QUESTIONNAIRE = "http://spine-outcomes.example.org/fhir/Questionnaire/odi"
+IMAGING_METRIC_IDENTIFIER = (
+    "http://spine-outcomes.example.org/fhir/imaging-metric"  # study/level/side/quantity
+)
+DICOM_UID_SYSTEM = "urn:dicom:uid"
 
 
 @dataclass(frozen=True)

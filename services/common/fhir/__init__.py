@@ -1,0 +1,1 @@
+"""The study's FHIR vocabulary and resource builders, shared by the three services."""

@@ -1,0 +1,207 @@
+"""Posting a study's metrics to the outcomes FHIR store.
+
+One FHIR transaction per measurement set, built so that re-running it changes nothing:
+
+* the Patient is found or created by its MRN (conditional create, identifier only: the
+  EHR owns the demographics);
+* the ImagingStudy is found or created by its Study Instance UID (conditional create);
+* each metric is an Observation identified by study/level/side/quantity and
+  ``derivedFrom`` the ImagingStudy. A new one is created ``final``; one whose value
+  changed (a new study version or algorithm version) is updated to ``amended``; one the
+  new analysis no longer stands behind is ``amended`` with a ``dataAbsentReason``.
+  Unchanged ones are not touched, so their version history stays meaningful.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from services.common.fhir import builders, codes
+from services.imaging.errors import DeliveryError
+from services.imaging.metrics import FHIR_REQUESTS
+
+FHIR_JSON = "application/fhir+json"
+VALUE_TOLERANCE = 0.005  # values are reported to 2 decimals
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What the ImagingStudy and the Observations say about the DICOM study."""
+
+    study_instance_uid: str
+    patient_id: str
+    study_date: str | None
+    study_time: str | None
+    modality: str
+    description: str | None
+    series: int
+    instances: int
+
+    @property
+    def started(self) -> str:
+        d = self.study_date or "19000101"
+        t = (self.study_time or "000000").split(".")[0].ljust(6, "0")
+        return f"{d[:4]}-{d[4:6]}-{d[6:8]}T{t[:2]}:{t[2:4]}:{t[4:6]}Z"
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    imaging_study: str
+    created: int
+    amended: int
+    unchanged: int
+    withdrawn: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "imaging_study": self.imaging_study,
+            "created": self.created,
+            "amended": self.amended,
+            "unchanged": self.unchanged,
+            "withdrawn": self.withdrawn,
+        }
+
+
+def metric_identifier(study_uid: str, level: str, side: str | None, quantity: str) -> str:
+    return f"{study_uid}/{level}/{side or '-'}/{quantity}"
+
+
+class FhirPublisher:
+    """Posts measurement sets; ``client`` has the base URL, auth and timeouts."""
+
+    def __init__(self, client: httpx.Client, *, mrn_system: str) -> None:
+        self.http = client
+        self.mrn_system = mrn_system
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            FHIR_REQUESTS.labels(status="error").inc()
+            raise DeliveryError(f"FHIR store unreachable ({type(exc).__name__})") from None
+        FHIR_REQUESTS.labels(status=str(response.status_code)).inc()
+        if response.status_code >= 400:
+            raise DeliveryError(f"FHIR store answered {response.status_code} to {method}")
+        return response
+
+    def _conditional_create(self, resource: dict[str, Any], criteria: str) -> str:
+        response = self._call(
+            "POST",
+            resource["resourceType"],
+            json=resource,
+            headers={"If-None-Exist": criteria, "Content-Type": FHIR_JSON},
+        )
+        body = response.json() if response.content else {}
+        logical_id = body.get("id")
+        if not logical_id:  # Prefer: return=minimal: the id is in the Location
+            location = response.headers.get("Location", "")
+            logical_id = location.split("/_history")[0].rsplit("/", 1)[-1]
+        return f"{resource['resourceType']}/{logical_id}"
+
+    def publish(self, study: StudyFacts, result: dict[str, Any]) -> PublishReport:
+        patient = builders.patient(study.patient_id, system=self.mrn_system)
+        del patient["name"], patient["gender"], patient["birthDate"]
+        patient_ref = self._conditional_create(
+            patient, f"identifier={self.mrn_system}|{study.patient_id}"
+        )
+        imaging_study = builders.imaging_study(
+            patient_ref,
+            study.study_instance_uid,
+            started=study.started,
+            modality=study.modality,
+            description=study.description,
+            series=study.series,
+            instances=study.instances,
+        )
+        study_ref = self._conditional_create(
+            imaging_study,
+            f"identifier={codes.DICOM_UID_SYSTEM}|urn:oid:{study.study_instance_uid}",
+        )
+        existing = self._existing(study_ref)
+        algorithm = "{name} {version}".format(**result.get("algorithm", {}))
+        entries: list[dict[str, Any]] = []
+        created = amended = unchanged = 0
+        wanted: set[str] = set()
+        for m in result.get("measurements", []):
+            if m.get("value") is None or not m.get("level"):
+                continue  # needs review, or a level the analysis could not name
+            ident = metric_identifier(
+                study.study_instance_uid, m["level"], m.get("side"), m["quantity"]
+            )
+            wanted.add(ident)
+            observation = builders.imaging_metric(
+                patient_ref,
+                m["quantity"].replace("_", "-"),
+                float(m["value"]),
+                level=m["level"],
+                side=m.get("side"),
+                imaging_study_ref=study_ref,
+                effective=study.started,
+                algorithm=algorithm,
+            )
+            observation["identifier"] = [
+                {"system": codes.IMAGING_METRIC_IDENTIFIER, "value": ident}
+            ]
+            old = existing.get(ident)
+            if old is None:
+                entries.append(_entry("POST", "Observation", observation, ident))
+                created += 1
+            elif _same(old, observation):
+                unchanged += 1
+            else:
+                observation["status"], observation["id"] = "amended", old["id"]
+                entries.append(_entry("PUT", f"Observation/{old['id']}", observation))
+                amended += 1
+        withdrawn = 0
+        for ident, old in existing.items():
+            if ident in wanted or "valueQuantity" not in old:
+                continue
+            old = dict(old)
+            old.pop("valueQuantity")
+            old.pop("meta", None)
+            old["status"] = "amended"
+            old["dataAbsentReason"] = {"text": "not confirmed by the newest analysis"}
+            entries.append(_entry("PUT", f"Observation/{old['id']}", old))
+            withdrawn += 1
+        if entries:
+            bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+            self._call("POST", "", json=bundle, headers={"Content-Type": FHIR_JSON})
+        return PublishReport(study_ref, created, amended, unchanged, withdrawn)
+
+    def _existing(self, study_ref: str) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        url: str | None = "Observation"
+        params: dict[str, Any] | None = {"derived-from": study_ref, "_count": 1000}
+        while url:
+            bundle = self._call("GET", url, params=params).json()
+            for entry in bundle.get("entry", []):
+                resource = entry.get("resource", {})
+                for ident in resource.get("identifier", []):
+                    if ident.get("system") == codes.IMAGING_METRIC_IDENTIFIER:
+                        found[ident["value"]] = resource
+            url = next((x["url"] for x in bundle.get("link", []) if x["relation"] == "next"), None)
+            params = None
+        return found
+
+
+def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    value = old.get("valueQuantity", {}).get("value")
+    return (
+        value is not None
+        and abs(float(value) - new["valueQuantity"]["value"]) < VALUE_TOLERANCE
+        and old.get("method") == new.get("method")
+        and old.get("status") in ("final", "amended")
+    )
+
+
+def _entry(
+    method: str, url: str, resource: dict[str, Any], ident: str | None = None
+) -> dict[str, Any]:
+    request: dict[str, Any] = {"method": method, "url": url}
+    if ident is not None:  # a concurrent publisher of the same set never duplicates
+        request["ifNoneExist"] = f"identifier={codes.IMAGING_METRIC_IDENTIFIER}|{ident}"
+    return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource, "request": request}
