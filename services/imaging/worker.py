@@ -7,9 +7,11 @@ truth (see :mod:`services.imaging.jobs`). Reliability settings:
 * ``acks_late`` + ``reject_on_worker_lost``: a message is acknowledged after the task
   ends, so a worker process killed mid-analysis puts it back on the queue, and another
   worker takes the job over (the dead attempt is fenced out);
-* the Redis visibility timeout (``IMAGING_BROKER_VISIBILITY_TIMEOUT_SECONDS``) is longer
-  than the slowest analysis, or a running job would be handed out twice (harmless thanks
-  to the fence, but wasted work);
+* a worker process killed alone (out of memory) is noticed by its parent at once; a whole
+  worker (machine) that dies leaves its message unacknowledged, and a live worker puts it
+  back after the Redis visibility timeout (``IMAGING_BROKER_VISIBILITY_TIMEOUT_SECONDS``)
+  plus at most 10 s. The timeout must be longer than the slowest analysis, or a running
+  job would be handed out twice (harmless thanks to the fence, but wasted work);
 * a failing analysis is retried with exponential backoff up to ``analysis_max_attempts``,
   then the job is ``failed``; ``prefetch_multiplier=1`` so a long job never holds others.
 
@@ -51,7 +53,12 @@ def make_celery(settings: ImagingSettings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            # Sweep for messages of dead workers every 10 s (kombu's default is ~100 s).
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        },
         worker_hijack_root_logger=False,
         task_ignore_result=True,
     )
