@@ -1,12 +1,16 @@
-# One image for every service; the command picks the service (see docker-compose.yml).
+# One image for the three services and the analysis workers; the command picks the role:
+#   python -m services.imaging serve | worker | backfill
+#   python -m services.outcomes serve
+#   python -m services.gateway serve
 FROM python:3.11-slim-bookworm
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY services ./services
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 spine \
+RUN pip install . && useradd --system --uid 10001 --home /data spine \
     && mkdir -p /data && chown spine /data
 USER spine
-ENV IMAGING_DATA_DIR=/data/imaging
-EXPOSE 8001 11112
-CMD ["python", "-m", "services.imaging", "serve"]
+WORKDIR /data
+EXPOSE 8000 8001 8002 11112
+CMD ["python", "-m", "services.gateway", "serve"]

@@ -1,1 +1,2 @@
 CREATE DATABASE outcomes OWNER spine;
+CREATE DATABASE gateway OWNER spine;

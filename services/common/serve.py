@@ -28,6 +28,8 @@ def serve(
         "port": settings.http_port,
         "log_config": None,
         "access_log": False,  # the services log requests without query strings
+        # SIGTERM: stop accepting, finish open requests, then the lifespan shutdown.
+        "timeout_graceful_shutdown": 30,
     }
     if workers > 1 and factory_path:
         uvicorn.run(factory_path, factory=True, workers=workers, **options)

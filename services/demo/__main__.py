@@ -8,6 +8,12 @@ others) and the outcomes through FHIR (fhirpy), waits for the analyses, prints t
 summary and writes an HTML report. Then it serves the dashboard until Ctrl-C; with
 ``--no-serve`` (or without a terminal) it stops after the report.
 
+When Orthanc is installed it plays the hospital PACS, as in production: the images are
+stored into Orthanc, whose Lua rule (``deploy/orthanc``) routes the post-operative studies
+to the imaging service, which fetches the pre-operative ones from Orthanc over DICOMweb and
+sends its SRs back to it. Without Orthanc (or with ``--no-orthanc``) the images go to the
+imaging service directly. Either way the metrics are posted to the outcomes FHIR server.
+
 Every run starts from an empty ``--data-dir`` (default ``var/demo``), so it is re-runnable.
 """
 
@@ -33,6 +39,7 @@ from services.common.auth import Authenticator, AuthSettings, BasicUser, hash_pa
 from services.common.threads import UvicornThread
 from services.demo.cohort import PatientPlan, phantom_specs, plan_patient, surgeon_resources
 from services.demo.cohort import transaction as fhir_transaction
+from services.demo.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
 from services.demo.report import html_report, summary_text
 from services.demo.send import c_store, stow
 from services.gateway.app import create_app as gateway_app
@@ -92,6 +99,15 @@ class Demo:
         self.auth = AuthSettings(secret_key=key, basic_users=users)
         self.authenticator = Authenticator(self.auth)
         base = args.base_port
+        self.pacs: OrthancServer | None = None
+        pacs_options: dict[str, Any] = {}
+        if not args.no_orthanc and orthanc_binary() and dicomweb_plugin():
+            self.pacs = OrthancServer(self.data / "orthanc", autoroute=True, stable_age=2)
+            pacs_options = {
+                "pacs_dicomweb_url": self.pacs.dicomweb_url,
+                "prior_fetch_enabled": True,
+                "results_destination": "stow",
+            }
         self.imaging = ImagingSettings(
             data_dir=self.data / "imaging",
             http_port=base + 1,
@@ -100,7 +116,9 @@ class Demo:
             study_quiet_seconds=2.0,
             completion_poll_seconds=0.5,
             analysis_workers=max(1, min(2, os.cpu_count() or 1)),
+            fhir_url=f"http://127.0.0.1:{base + 2}/fhir",
             auth=self.auth,
+            **pacs_options,
         )
         self.outcomes = OutcomesSettings(
             data_dir=self.data / "outcomes", http_port=base + 2, auth=self.auth
@@ -127,6 +145,21 @@ class Demo:
         for thread in reversed(self.threads):
             thread.stop()
         self.threads.clear()
+        if self.pacs is not None:
+            self.pacs.stop()
+
+    def _send(self, plan: PatientPlan, files: list[Path]) -> None:
+        """C-STORE for even patients, STOW-RS for odd ones: to the PACS, or to us."""
+        if self.pacs is not None:
+            if plan.index % 2 == 0:
+                c_store("127.0.0.1", self.pacs.dicom_port, self.pacs.aet, files)
+            else:
+                stow(self.pacs.dicomweb_url, None, files)
+        elif plan.index % 2 == 0:
+            c_store("127.0.0.1", self.imaging.dicom_port, self.imaging.ae_title, files)
+        else:
+            token = self.token("imaging.read imaging.write")
+            stow(f"http://127.0.0.1:{self.imaging.http_port}/dicomweb", token, files)
 
     def send_images(self, plans: list[PatientPlan]) -> None:
         folders: dict[Path, PatientPlan] = {}
@@ -142,19 +175,29 @@ class Demo:
                 folders[folder] = plan
                 jobs.append((spec, folder))
         total = len(jobs)
-        imaging_token = self.token("imaging.read imaging.write")
         sent = 0
+        held: dict[str, list[Path]] = {}  # post-op studies waiting for their pre-op one
+        pre_sent: set[str] = set()
         _bar("rendering + sending", 0, total)
         with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
             futures = [pool.submit(_render, spec, folder) for spec, folder in jobs]
             for future in as_completed(futures):
                 folder = future.result()
+                plan = folders[folder]
                 files = sorted(folder.glob("*.dcm"))
-                if folders[folder].index % 2 == 0:
-                    c_store("127.0.0.1", self.imaging.dicom_port, self.imaging.ae_title, files)
-                else:
-                    stow(f"http://127.0.0.1:{self.imaging.http_port}", imaging_token, files)
+                # Through the PACS, the pre-op study must be there when the post-op one
+                # arrives: its arrival is what fetches the comparison.
+                waiting = plan.mrn not in pre_sent and folder.name.endswith("-post")
+                if self.pacs is not None and waiting:
+                    held[plan.mrn] = files
+                    continue
+                self._send(plan, files)
                 sent += 1
+                if folder.name.endswith("-pre"):
+                    pre_sent.add(plan.mrn)
+                    if plan.mrn in held:
+                        self._send(plan, held.pop(plan.mrn))
+                        sent += 1
                 _bar("rendering + sending", sent, total)
 
     def post_outcomes(self, plans: list[PatientPlan]) -> None:
@@ -184,6 +227,20 @@ class Demo:
                 return
             time.sleep(1.0)
         raise SystemExit(f"the analyses did not finish in {self.args.timeout} s ({done}/{studies})")
+
+    def results_line(self) -> str:
+        """Where the results went: Observations in the FHIR store, SRs in the PACS."""
+        fhir = httpx.get(
+            f"http://127.0.0.1:{self.outcomes.http_port}/fhir/Observation",
+            params={"category": "imaging-metric", "_summary": "count"},
+            headers={"Authorization": f"Bearer {self.token('system/*.rs')}"},
+            timeout=60,
+        ).json()
+        line = f"results: {fhir.get('total', 0)} imaging Observations in the FHIR store"
+        if self.pacs is not None:
+            srs = self.pacs.post("/tools/find", {"Level": "Series", "Query": {"Modality": "SR"}})
+            line += f", {len(srs)} SRs back in the PACS"
+        return line
 
     def report(self) -> Path:
         gateway = f"http://127.0.0.1:{self.gateway.http_port}"
@@ -230,6 +287,15 @@ class Demo:
         self.data.mkdir(parents=True)
         plans = [plan_patient(i) for i in range(self.args.patients)]
         try:
+            if self.pacs is not None:
+                self.pacs.modalities = {
+                    "spineimg": [self.imaging.ae_title, "127.0.0.1", self.imaging.dicom_port]
+                }
+                self.pacs.start()
+                print(
+                    f"PACS     {self.pacs.url} (Orthanc)  DICOM "
+                    f"{self.pacs.aet}@127.0.0.1:{self.pacs.dicom_port}"
+                )
             self.start(imaging_app(self.imaging), self.imaging.http_port)
             self.start(outcomes_app(self.outcomes), self.outcomes.http_port)
             print(
@@ -237,9 +303,10 @@ class Demo:
                 f"{self.imaging.ae_title}@127.0.0.1:{self.imaging.dicom_port}"
             )
             print(f"outcomes http://127.0.0.1:{self.outcomes.http_port}/fhir")
+            self.post_outcomes(plans)  # the EHR first, as in the hospital
             self.send_images(plans)
-            self.post_outcomes(plans)
             self.wait_for_analysis(2 * len(plans))
+            print(self.results_line())
             self.start(gateway_app(self.gateway), self.gateway.http_port)
             report = self.report()
             dashboard = f"http://127.0.0.1:{self.gateway.http_port}/dashboard/"
@@ -271,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dicom-port", type=int, default=11112)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for analyses")
     parser.add_argument("--no-serve", action="store_true", help="exit after writing the report")
+    parser.add_argument(
+        "--no-orthanc", action="store_true", help="send to the imaging service, not via Orthanc"
+    )
     args = parser.parse_args(argv)
     if args.patients < 2:
         parser.error("--patients must be at least 2 (one per group)")

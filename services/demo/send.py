@@ -36,11 +36,12 @@ def c_store(host: str, port: int, called_aet: str, files: Sequence[Path]) -> int
     return stored
 
 
-def stow(base_url: str, token: str, files: Sequence[Path]) -> int:
-    """Send files in one STOW-RS request; returns how many were sent."""
+def stow(dicomweb_url: str, token: str | None, files: Sequence[Path]) -> int:
+    """Send files in one STOW-RS request to a DICOMweb root; returns how many were sent."""
     session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
-    client = DICOMwebClient(url=f"{base_url.rstrip('/')}/dicomweb", session=session)
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    client = DICOMwebClient(url=dicomweb_url.rstrip("/"), session=session)
     datasets = [dcmread(path) for path in files]
     client.store_instances(datasets)
     return len(datasets)

@@ -18,13 +18,14 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
 from services.common.auth import Authenticator, ServiceBearer, secret_key
 from services.common.db import make_engine, upgrade_schema
 from services.common.logging import AccessLogMiddleware, recording_status
+from services.common.operations import database_status, install_operations
 from services.gateway import audit
 from services.gateway.access import Auditor
 from services.gateway.api import cases, cohort, dashboard, exports
@@ -157,15 +158,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse("/dashboard/", status_code=303)
 
-    @app.get("/healthz", tags=["Operations"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["Operations"])
-    async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the audit database and both upstreams answer (503 otherwise)."""
-        source: CaseSource = request.app.state.source
+    async def readiness() -> dict[str, str]:
+        """The audit database and both upstreams."""
+        source: CaseSource = app.state.source
         checks: dict[str, str] = {}
         for name, ping in (("imaging", source.imaging.ping), ("outcomes", source.outcomes.ping)):
             try:
@@ -173,13 +168,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 checks[name] = "ok"
             except UpstreamError as exc:
                 checks[name] = exc.reason
-        try:
-            await run_in_threadpool(_ping_database, request.app.state.engine)
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = type(exc).__name__
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        checks["database"] = await run_in_threadpool(database_status, app.state.engine)
+        return checks
+
+    install_operations(app, "gateway", readiness)
 
     @app.get("/api/audit", tags=["Operations"], response_model=list[AccessRecordPublic])
     def audit_trail(
@@ -197,8 +189,3 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return list(session.exec(query.order_by(col(AccessRecord.id)).limit(limit)).all())
 
     return app
-
-
-def _ping_database(engine: Any) -> None:
-    with engine.connect() as conn:
-        conn.exec_driver_sql("SELECT 1")

@@ -21,16 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from services.common.auth import Authenticator
 from services.common.db import make_engine, upgrade_schema
 from services.common.logging import AccessLogMiddleware
-from services.common.metrics import install_metrics
+from services.common.operations import database_status, install_operations
 from services.imaging import pacs
 from services.imaging.api import dicomweb, measurements, studies
 from services.imaging.api.errors import install_error_handlers
@@ -144,13 +143,7 @@ class ImagingRuntime:
 
     def readiness(self) -> dict[str, str]:
         """What the service needs to do its work, each 'ok' or why not."""
-        checks: dict[str, str] = {}
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"unreachable ({type(exc).__name__})"
+        checks = {"database": database_status(self.engine)}
         checks["storage"] = "ok" if os.access(self.store.root, os.W_OK) else "not writable"
         checks["dicom"] = "ok" if self.scp is not None else "not listening"
         if self.broker is not None:
@@ -208,21 +201,13 @@ def create_app(settings: ImagingSettings | None = None) -> FastAPI:
     app.include_router(measurements.router)
     app.include_router(measurements.results_router)
 
-    @app.get("/healthz", tags=["Operations"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    async def readiness() -> dict[str, str]:
+        """Database, storage, the DICOM listener and (Celery engine) the broker."""
+        checks: dict[str, str] = await run_in_threadpool(app.state.runtime.readiness)
+        return checks
 
-    @app.get("/readyz", tags=["Operations"])
-    def readyz(request: Request) -> JSONResponse:
-        """Readiness: database, storage, DICOM listener and (Celery engine) the broker."""
-        checks = request.app.state.runtime.readiness()
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status_code=200 if ready else 503,
-        )
-
-    install_metrics(app, lambda: app.state.runtime.refresh_gauges())
+    install_operations(
+        app, "imaging", readiness, before_scrape=lambda: app.state.runtime.refresh_gauges()
+    )
 
     return app

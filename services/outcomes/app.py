@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from services.common.auth import Authenticator
 from services.common.db import make_engine, upgrade_schema
 from services.common.logging import AccessLogMiddleware, recording_status
+from services.common.operations import database_status, install_operations
 from services.outcomes import audit
 from services.outcomes.api import fhir
 from services.outcomes.api.errors import install_error_handlers
@@ -80,9 +81,9 @@ def create_app(settings: OutcomesSettings | None = None) -> FastAPI:
     app.add_middleware(AccessLogMiddleware, logger_name="services.outcomes.access")
     app.include_router(fhir.router)
 
-    @app.get("/healthz", tags=["Operations"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    async def readiness() -> dict[str, str]:
+        return {"database": await run_in_threadpool(database_status, app.state.engine)}
+
+    install_operations(app, "outcomes", readiness)
 
     return app

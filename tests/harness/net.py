@@ -1,23 +1,5 @@
-"""Loopback helpers for the test harness."""
+"""Loopback helpers (shared with the demo)."""
 
-from __future__ import annotations
+from services.common.net import free_port, wait_until
 
-import socket
-import time
-from collections.abc import Callable
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+__all__ = ["free_port", "wait_until"]
