@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -177,13 +178,17 @@ class JobTable:
                 .values(published_at=utcnow())
             )
 
-    def unpublished(self, limit: int = 100) -> list[int]:
+    def unpublished(self, limit: int = 100, grace_seconds: float = 10.0) -> list[int]:
+        """Queued jobs never handed to the broker (it was down), older than ``grace_seconds``
+        so that a publication in progress is not doubled."""
+        cutoff = utcnow() - timedelta(seconds=grace_seconds)
         with Session(self.engine) as session:
             rows = session.exec(
                 select(AnalysisJob.id)
                 .where(
                     AnalysisJob.state == JobState.QUEUED,
                     col(AnalysisJob.published_at).is_(None),
+                    col(AnalysisJob.created_at) <= cutoff,
                 )
                 .order_by(col(AnalysisJob.id))
                 .limit(limit)

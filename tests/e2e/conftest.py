@@ -22,12 +22,12 @@ from services.demo.cohort import PatientPlan
 from tests.conftest import _require
 from tests.harness.dcmtk import have_dcmtk
 from tests.harness.gateway import GatewayServer
-from tests.harness.imaging import TEST_KEY, ImagingServer
+from tests.harness.imaging import ImagingServer
 from tests.harness.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
 from tests.harness.outcomes import OutcomesServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.redis import RedisServer, redis_binary
-from tests.harness.workers import CeleryWorker
+from tests.harness.workers import CeleryWorker, worker_env
 
 
 @dataclass
@@ -45,27 +45,6 @@ class Hospital:
         worker = CeleryWorker(name, self.worker_env, self.root / "logs").start()
         self.workers.append(worker)
         return worker
-
-
-def _worker_env(imaging: ImagingServer, redis: RedisServer, visibility: int) -> dict[str, str]:
-    s = imaging.settings
-    return {
-        "IMAGING_QUEUE": "celery",
-        "IMAGING_BROKER_URL": redis.url,
-        "IMAGING_BROKER_VISIBILITY_TIMEOUT_SECONDS": str(visibility),
-        "IMAGING_RETRY_BACKOFF_SECONDS": "1",
-        "IMAGING_DATABASE_URL": s.resolved_database_url,
-        "IMAGING_DATA_DIR": str(s.data_dir),
-        "IMAGING_RESULTS_DESTINATION": s.results_destination,
-        "IMAGING_RESULTS_DICOM_HOST": s.results_dicom_host or "",
-        "IMAGING_RESULTS_DICOM_PORT": str(s.results_dicom_port),
-        "IMAGING_RESULTS_CALLED_AET": s.results_called_aet,
-        "IMAGING_RESULTS_STOW_URL": s.results_stow_url or "",
-        "IMAGING_PACS_DICOMWEB_URL": s.pacs_dicomweb_url or "",
-        "IMAGING_FHIR_URL": s.fhir_url or "",
-        "AUTH_SECRET_KEY": TEST_KEY,
-        "IMAGING_LOG_LEVEL": "INFO",
-    }
 
 
 @pytest.fixture
@@ -107,6 +86,7 @@ def hospital_factory(
                 "broker_visibility_timeout_seconds": visibility,
                 "database_url": pg.fresh_database("e2e_imaging"),
                 "results_destination": "cstore",
+                "results_key_images": True,
                 "results_dicom_host": "127.0.0.1",
                 "results_dicom_port": orthanc.dicom_port,
                 "results_called_aet": orthanc.aet,
@@ -130,7 +110,7 @@ def hospital_factory(
         hospital = Hospital(orthanc, imaging, outcomes, gateway, tmp_path)
         if mode == "celery":
             assert redis is not None
-            hospital.worker_env = _worker_env(imaging, redis, visibility)
+            hospital.worker_env = worker_env(imaging.settings, redis.url, visibility)
             for n in range(workers):
                 hospital.add_worker(f"w{n + 1}")
             stops.append(lambda: [w.stop() for w in hospital.workers])

@@ -47,6 +47,11 @@ def _results(hospital: Hospital, mrn: str) -> list[dict[str, Any]]:
         return list(client.get("/api/results", params={"PatientID": mrn}).json()["items"])
 
 
+def _post_uid(hospital: Hospital, mrn: str) -> str:
+    latest = max(_results(hospital, mrn), key=lambda r: r["study_date"])
+    return str(latest["study_instance_uid"])
+
+
 def _analysed(hospital: Hospital, mrn: str, count: int) -> Callable[[], bool]:
     def check() -> bool:
         items = _results(hospital, mrn)
@@ -190,8 +195,7 @@ def test_embedded_flow_and_reanalysis(hospital_factory: Callable[..., Hospital])
 
     # Re-analysis: the SR is replaced (a successor naming its predecessor), the
     # Observations are updated in place, nothing is duplicated.
-    post_uid = _results(hospital, plan.mrn)[-1]["study_instance_uid"]
-    posts = [r for r in _results(hospital, plan.mrn) if r["study_instance_uid"] == post_uid]
+    post_uid = _post_uid(hospital, plan.mrn)
     old_sr = _pacs_srs(hospital, post_uid)[0]["SOPInstanceUID"]
     fhir = SyncFHIRClient(
         hospital.outcomes.fhir_url, authorization=f"Bearer {hospital.outcomes.token()}"
@@ -207,7 +211,6 @@ def test_embedded_flow_and_reanalysis(hospital_factory: Callable[..., Hospital])
     assert wait_until(lambda: _deliveries_done(hospital), 60, 0.5), _deliveries(hospital)
     after = len(fhir.resources("Observation").search(category="imaging-metric").fetch_all())
     assert after == before  # the same values: unchanged, not duplicated
-    assert posts
 
 
 def test_celery_postgres_flow_with_two_workers(hospital_factory: Callable[..., Hospital]) -> None:
@@ -219,6 +222,14 @@ def test_celery_postgres_flow_with_two_workers(hospital_factory: Callable[..., H
         ready = client.get("/readyz")
         metrics = httpx.get(f"{hospital.imaging.url}/metrics").text
     assert ready.status_code == 200 and ready.json()["checks"]["queue"] == "ok"
+    # Key images went to the PACS too, as Secondary Capture, in the post-op study.
+    post_uid = _post_uid(hospital, plan.mrn)
+    orthanc = hospital.orthanc
+    series = orthanc.get(f"/studies/{orthanc.study_id(post_uid)}/series")
+    captures = [s for s in series if s["MainDicomTags"].get("Modality") == "OT"]
+    assert len(captures) == 1 and captures[0]["Instances"]
+    tags = orthanc.get(f"/instances/{captures[0]['Instances'][0]}/tags?simplify")
+    assert tags["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.7" and tags["PatientID"] == plan.mrn
     assert 'imaging_queue_depth{state="done"} 2.0' in metrics
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services.imaging.settings import ImagingSettings
+from tests.harness.imaging import TEST_KEY
 from tests.harness.net import wait_until
 
 
@@ -53,3 +55,25 @@ class CeleryWorker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def worker_env(s: ImagingSettings, broker_url: str, visibility: int) -> dict[str, str]:
+    """The environment a deployment gives a worker of this imaging service."""
+    return {
+        "IMAGING_QUEUE": "celery",
+        "IMAGING_BROKER_URL": broker_url,
+        "IMAGING_BROKER_VISIBILITY_TIMEOUT_SECONDS": str(visibility),
+        "IMAGING_RETRY_BACKOFF_SECONDS": "1",
+        "IMAGING_DATABASE_URL": s.resolved_database_url,
+        "IMAGING_DATA_DIR": str(s.data_dir),
+        "IMAGING_RESULTS_DESTINATION": s.results_destination,
+        "IMAGING_RESULTS_DICOM_HOST": s.results_dicom_host or "",
+        "IMAGING_RESULTS_DICOM_PORT": str(s.results_dicom_port),
+        "IMAGING_RESULTS_CALLED_AET": s.results_called_aet,
+        "IMAGING_RESULTS_STOW_URL": s.results_stow_url or "",
+        "IMAGING_RESULTS_KEY_IMAGES": str(s.results_key_images).lower(),
+        "IMAGING_PACS_DICOMWEB_URL": s.pacs_dicomweb_url or "",
+        "IMAGING_FHIR_URL": s.fhir_url or "",
+        "AUTH_SECRET_KEY": TEST_KEY,
+        "IMAGING_LOG_LEVEL": "INFO",
+    }

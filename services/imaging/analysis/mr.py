@@ -171,7 +171,9 @@ def build_model(image: sitk.Image) -> MrModel:
         centre = line.point(z_) - BODY_OFFSET_MM * posterior
         uu, vv = np.meshgrid(u, v, indexing="ij")
         pts = centre + uu[..., None] * left + vv[..., None] * posterior
-        profile[n] = np.nanmedian(sampler(pts))
+        samples = sampler(pts)
+        if not np.all(np.isnan(samples)):  # outside the field of view: left as NaN
+            profile[n] = np.nanmedian(samples)
     good = ~np.isnan(profile)
     zz, profile = zz[good], profile[good]
     marrow = float(np.median(profile))
