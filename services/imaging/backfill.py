@@ -20,7 +20,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from services.imaging.jobs import AnalysisQueue
-from services.imaging.models import AnalysisJob, JobState, MeasurementSet, Study, StudyState
+from services.imaging.models import (
+    AnalysisJob,
+    JobState,
+    Study,
+    StudyState,
+    current_measurement_set,
+)
 
 TOLERANCE = 0.005
 
@@ -100,6 +106,11 @@ def _differences(before: str | None, after: str | None) -> list[str]:
     return changes
 
 
+def _result(session: Session, study_instance_uid: str) -> str | None:
+    current = current_measurement_set(session, study_instance_uid)
+    return current.result if current is not None else None
+
+
 def select_studies(
     engine: Engine, *, patient_id: str | None = None, since: str | None = None
 ) -> list[tuple[str, int]]:
@@ -129,13 +140,7 @@ def run_backfill(
     jobs: dict[str, int] = {}
     with Session(engine) as session:
         for uid, _ in studies:
-            current = session.exec(
-                select(MeasurementSet.result).where(
-                    MeasurementSet.study_instance_uid == uid,
-                    col(MeasurementSet.is_current).is_(True),
-                )
-            ).first()
-            before[uid] = current
+            before[uid] = _result(session, uid)
     for uid, version in studies:
         jobs[uid] = queue.rerun(uid, version)
     states: dict[str, str] = {}
@@ -155,13 +160,8 @@ def run_backfill(
     changes = []
     with Session(engine) as session:
         for uid, _ in studies:
-            after = session.exec(
-                select(MeasurementSet.result).where(
-                    MeasurementSet.study_instance_uid == uid,
-                    col(MeasurementSet.is_current).is_(True),
-                )
-            ).first()
             state = states.get(uid, "unknown")
+            after = _result(session, uid)
             diff = _differences(before[uid], after) if state == JobState.DONE else []
             changes.append(StudyChange(uid, state, diff))
     return BackfillReport(changes, time.monotonic() - started)

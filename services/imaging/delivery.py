@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 from pydicom import Dataset, dcmread
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, func, select
 
 from services.common.auth import Authenticator, ServiceBearer
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SR_FILE = "sr.dcm"
 LEASE = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(hours=1)
+OPEN = (DeliveryState.PENDING, DeliveryState.SENDING)  # SENDING: open again once the lease ends
 FHIR_SCOPE = "system/Patient.crs system/ImagingStudy.crs system/Observation.crus"
 
 
@@ -98,7 +99,7 @@ class Dispatcher:
             due = session.exec(
                 select(ResultDelivery.id)
                 .where(
-                    col(ResultDelivery.state).in_([DeliveryState.PENDING, DeliveryState.SENDING]),
+                    col(ResultDelivery.state).in_(OPEN),
                     col(ResultDelivery.next_attempt_at) <= utcnow(),
                 )
                 .order_by(col(ResultDelivery.id))
@@ -116,10 +117,7 @@ class Dispatcher:
                 update(ResultDelivery)
                 .where(
                     col(ResultDelivery.id) == delivery_id,
-                    or_(
-                        col(ResultDelivery.state) == DeliveryState.PENDING,
-                        col(ResultDelivery.state) == DeliveryState.SENDING,
-                    ),
+                    col(ResultDelivery.state).in_(OPEN),
                     col(ResultDelivery.next_attempt_at) <= now,
                 )
                 .values(
@@ -228,14 +226,6 @@ class Dispatcher:
             instances=int(counts[1]),
         )
         return self.fhir.publish(facts, result).as_json()
-
-    # -- status ---------------------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        with Session(self.engine) as session:
-            rows = session.exec(
-                select(ResultDelivery.state, func.count()).group_by(ResultDelivery.state)
-            ).all()
-        return {str(state): int(n) for state, n in rows}
 
 
 def build_dispatcher(settings: ImagingSettings, engine: Engine) -> Dispatcher:

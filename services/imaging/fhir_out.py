@@ -103,8 +103,7 @@ class FhirPublisher:
         return f"{resource['resourceType']}/{logical_id}"
 
     def publish(self, study: StudyFacts, result: dict[str, Any]) -> PublishReport:
-        patient = builders.patient(study.patient_id, system=self.mrn_system)
-        del patient["name"], patient["gender"], patient["birthDate"]
+        patient = builders.placeholder_patient(study.patient_id, system=self.mrn_system)
         patient_ref = self._conditional_create(
             patient, f"identifier={self.mrn_system}|{study.patient_id}"
         )

@@ -41,7 +41,13 @@ from services.imaging.analysis.sr import build_sr, to_bytes
 from services.imaging.delivery import SR_FILE, Dispatcher
 from services.imaging.lifecycle import StudyCompleted
 from services.imaging.metrics import ANALYSES, ANALYSIS_SECONDS
-from services.imaging.models import AnalysisJob, Instance, JobState, MeasurementSet
+from services.imaging.models import (
+    AnalysisJob,
+    Instance,
+    JobState,
+    MeasurementSet,
+    current_measurement_set,
+)
 from services.imaging.store import DERIVED_SOURCE, InstanceStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -159,6 +165,18 @@ class JobTable:
                 .values(state=state, finished_at=utcnow(), last_error=error)
             )
         return state if released.rowcount == 1 else None
+
+    def fail(self, claim: Claim, exc: Exception, max_attempts: int) -> JobState | None:
+        """After an analysis raised: back to the queue, or ``failed`` on the last attempt
+        (both engines). Called from the ``except`` block, so the traceback is logged."""
+        reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+        state = self.release(claim, reason, final=claim.attempt >= max_attempts)
+        ANALYSES.labels(outcome="error").inc()
+        log.exception(
+            "analysis failed",
+            extra={"job": claim.job_id, "attempt": claim.attempt, "state": str(state)},
+        )
+        return state
 
     def recover(self) -> int:
         """Jobs a previous process left running go back to the queue (embedded only)."""
@@ -299,12 +317,7 @@ class AnalysisRunner:
 
     def _current(self, study_instance_uid: str) -> MeasurementSet | None:
         with Session(self.engine) as session:
-            return session.exec(
-                select(MeasurementSet).where(
-                    MeasurementSet.study_instance_uid == study_instance_uid,
-                    col(MeasurementSet.is_current).is_(True),
-                )
-            ).first()
+            return current_measurement_set(session, study_instance_uid)
 
     def _sr(self, analysis: Analysis, previous: MeasurementSet | None) -> Dataset | None:
         if not any(m.value is not None for m in analysis.result.measurements):
@@ -315,10 +328,6 @@ class AnalysisRunner:
             if old.exists():
                 predecessors.append(dcmread(old))
         return build_sr(analysis.result, analysis.evidence, previous_versions=predecessors)
-
-
-def failure_reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 class AnalysisQueue:
@@ -411,13 +420,7 @@ class AnalysisQueue:
         try:
             self.runner.run(claim)
         except Exception as exc:
-            final = claim.attempt >= self.max_attempts
-            state = self.jobs.release(claim, failure_reason(exc), final=final)
-            ANALYSES.labels(outcome="error").inc()
-            log.exception(
-                "analysis failed",
-                extra={"job": claim.job_id, "attempt": claim.attempt, "state": str(state)},
-            )
+            self.jobs.fail(claim, exc, self.max_attempts)
         finally:
             with self._lock:
                 self._inflight.pop(key, None)

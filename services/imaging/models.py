@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlalchemy.orm import registry
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, Session, SQLModel, col, select
 
 
 class ImagingModel(SQLModel, registry=registry()):
@@ -181,6 +181,16 @@ class MeasurementSet(ImagingModel, table=True):
     key_images_dir: str | None = Field(default=None, max_length=512)
     created_at: datetime
     is_current: bool = True
+
+
+def current_measurement_set(session: Session, study_instance_uid: str) -> MeasurementSet | None:
+    """The study's current result (the newest analysis), if any."""
+    return session.exec(
+        select(MeasurementSet).where(
+            MeasurementSet.study_instance_uid == study_instance_uid,
+            col(MeasurementSet.is_current).is_(True),
+        )
+    ).first()
 
 
 class DeliveryState(StrEnum):

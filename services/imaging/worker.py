@@ -31,8 +31,7 @@ from celery.signals import worker_process_init
 
 from services.common.db import make_engine
 from services.imaging.delivery import build_dispatcher
-from services.imaging.jobs import AnalysisRunner, JobTable, failure_reason
-from services.imaging.metrics import ANALYSES
+from services.imaging.jobs import AnalysisRunner, JobTable
 from services.imaging.models import JobState
 from services.imaging.settings import ImagingSettings
 from services.imaging.store import InstanceStore
@@ -104,10 +103,7 @@ def analyse(task: Task, job_id: int) -> str:
     try:
         committed = ctx.runner.run(claim)
     except Exception as exc:
-        final = claim.attempt >= ctx.settings.analysis_max_attempts
-        state = ctx.jobs.release(claim, failure_reason(exc), final=final)
-        ANALYSES.labels(outcome="error").inc()
-        log.exception("analysis failed", extra={"job": job_id, "attempt": claim.attempt})
+        state = ctx.jobs.fail(claim, exc, ctx.settings.analysis_max_attempts)
         if state == JobState.QUEUED:
             countdown = ctx.settings.retry_backoff_seconds * 2 ** (claim.attempt - 1)
             raise task.retry(countdown=countdown, max_retries=None) from None

@@ -29,6 +29,16 @@ def patient(
     gender: str = "female",
     birth_date: str = "1960-01-01",
 ) -> dict[str, Any]:
+    return placeholder_patient(mrn, system=system) | {
+        "name": [{"family": family, "given": [given]}],
+        "gender": gender,
+        "birthDate": birth_date,
+    }
+
+
+def placeholder_patient(mrn: str, *, system: str = codes.MRN_SYSTEM_DEFAULT) -> dict[str, Any]:
+    """A Patient known only by its MRN: what a service that does not own the demographics
+    (the imaging service) creates when the EHR has not registered the patient yet."""
     return {
         "resourceType": "Patient",
         "identifier": [
@@ -42,9 +52,6 @@ def patient(
                 },
             }
         ],
-        "name": [{"family": family, "given": [given]}],
-        "gender": gender,
-        "birthDate": birth_date,
     }
 
 

@@ -23,6 +23,7 @@ from services.imaging.models import (
     MeasurementSet,
     Series,
     Study,
+    current_measurement_set,
 )
 from services.imaging.store import utcnow
 
@@ -86,14 +87,6 @@ def _study(session: Session, study: str) -> Study:
     return row
 
 
-def _current(session: Session, study: str) -> MeasurementSet | None:
-    return session.exec(
-        select(MeasurementSet).where(
-            MeasurementSet.study_instance_uid == study, col(MeasurementSet.is_current).is_(True)
-        )
-    ).first()
-
-
 def _manual(session: Session, study: str) -> list[ManualPublic]:
     rows = session.exec(
         select(ManualMeasurement)
@@ -131,7 +124,7 @@ def get_measurements(study: str, request: Request, _: Reader) -> Any:
     """The current automatic measurements (the CLI's schema), SR, key images, manual values."""
     with Session(request.app.state.engine) as session:
         _study(session, study)
-        current = _current(session, study)
+        current = current_measurement_set(session, study)
         manual = _manual(session, study)
         if current is None:
             job = session.exec(
@@ -173,7 +166,7 @@ def get_key_image(study: str, name: str, request: Request, _: Reader) -> Respons
     if not KEY_IMAGE_NAME.match(name):
         raise NotFound("no such key image")
     with Session(request.app.state.engine) as session:
-        current = _current(session, study)
+        current = current_measurement_set(session, study)
     if current is None or current.key_images_dir is None:
         raise NotFound(f"study {study} has no key images")
     path = Path(current.key_images_dir) / f"{name}.png"
