@@ -43,8 +43,8 @@ from services.common.db import make_engine, sqlite_url_for, upgrade_schema  # no
 from services.common.fhir import codes  # noqa: E402
 from services.demo.cohort import PatientPlan, plan_patient, surgeon_resources, transaction  # noqa: E402
 from services.imaging.analysis.report import ALGORITHM_NAME, ALGORITHM_VERSION  # noqa: E402
-from services.imaging.app import MIGRATIONS as IMAGING_MIGRATIONS  # noqa: E402
 from services.imaging.models import MeasurementSet, Series, Study  # noqa: E402
+from services.imaging.runtime import MIGRATIONS as IMAGING_MIGRATIONS  # noqa: E402
 from tests.harness.net import free_port, wait_until  # noqa: E402
 
 KEY = "bench-signing-key-" + "0123456789abcdef" * 2

@@ -109,9 +109,9 @@ def run_engine(
                 CeleryWorker(f"{label}-{n}", env, workdir / "logs").start() for n in range(workers)
             )
         elif drain:
-            queue = imaging.app.state.analysis
-            queue.workers = 1
-            queue.start(imaging.app.state.runtime.stop)
+            runtime = imaging.app.state.runtime
+            runtime.queue_engine.workers = 1
+            runtime.queue_engine.start(runtime.stop)
 
     def finished() -> bool:
         states = [j.state for j in _jobs(imaging)]

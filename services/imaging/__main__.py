@@ -22,41 +22,30 @@ def _analyze(args: argparse.Namespace) -> int:
     except AnalysisInputError as exc:
         print(f"analyze: {exc}", file=sys.stderr)
         return 2
-    result = analysis.result.as_json()
+    result = analysis.result.to_contract()
     if args.key_images:
         args.key_images.mkdir(parents=True, exist_ok=True)
         for image in analysis.key_images:
             (args.key_images / f"{image.name}.png").write_bytes(image.png)
     if args.json:
-        print(json.dumps(result))
+        print(result.to_json())
         return 0
-    print(f"study {result['study_instance_uid']} ({result['modality']}): {result['status']}")
-    for warning in result["warnings"]:
+    print(f"study {result.study_instance_uid} ({result.modality}): {result.status}")
+    for warning in result.warnings:
         print(f"  warning: {warning}")
-    for m in result["measurements"]:
-        where = m["level"] or f"level #{m['level_index']}"
-        value = f"{m['value']:.1f} {m['unit']}" if m["value"] is not None else m["reason"]
-        print(f"  {where:8} {m['side'] or '':6} {m['quantity']:18} {value}")
+    for m in result.measurements:
+        where = m.level or f"level #{m.level_index}"
+        value = f"{m.value:.1f} {m.unit}" if m.value is not None else m.reason
+        print(f"  {where:8} {m.side or '':6} {m.quantity:18} {value}")
     return 0
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from services.common.db import make_engine
-    from services.imaging.backfill import run_backfill, select_studies
-    from services.imaging.jobs import AnalysisQueue, JobTable
+    from services.imaging.jobs.backfill import run_backfill, select_studies
+    from services.imaging.runtime import build_producer
     from services.imaging.settings import ImagingSettings
 
-    settings = ImagingSettings()
-    engine = make_engine(settings.resolved_database_url)
-    publish = None
-    if settings.queue == "celery":
-        from services.imaging.worker import make_celery, publisher
-
-        publish = publisher(make_celery(settings))
-    # A producer only: the running service's (or the Celery) workers do the analyses.
-    queue = AnalysisQueue(
-        JobTable(engine), None, workers=0, max_attempts=1, poll_seconds=1, publish=publish
-    )
+    engine, queue = build_producer(ImagingSettings())
     studies = select_studies(engine, patient_id=args.patient_id, since=args.since)
     report = run_backfill(engine, queue, studies, wait=not args.no_wait, timeout=args.timeout)
     print(json.dumps(report.as_json(), indent=2) if args.json else report.text())
@@ -85,10 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "backfill":
         return _backfill(args)
     if args.command == "worker":
+        from services.imaging.runtime import build_producer
         from services.imaging.settings import ImagingSettings
-        from services.imaging.worker import run_worker
 
-        run_worker(ImagingSettings(), concurrency=args.concurrency)
+        # The engine's worker processes build their own parts (runtime.build_worker).
+        _, queue = build_producer(ImagingSettings())
+        try:
+            queue.engine.run_worker(args.concurrency)
+        except ValueError as exc:
+            print(f"worker: {exc}", file=sys.stderr)
+            return 2
         return 0
     from services.common.serve import serve
     from services.imaging.app import create_app

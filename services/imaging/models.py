@@ -6,12 +6,17 @@ the files on disk stay the source of truth for everything else.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, select
+
+
+def utcnow() -> datetime:
+    """The time stamps of the index: aware UTC."""
+    return datetime.now(UTC)
 
 
 class ImagingModel(SQLModel, registry=registry()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.auth import AuthSettings
@@ -63,8 +63,9 @@ class ImagingSettings(BaseSettings):
     prior_lookback_days: int = 3 * 365
     prior_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
 
-    # Where analysis jobs run: in-process threads (embedded) or Celery workers (celery).
-    queue: Literal["embedded", "celery"] = "embedded"
+    # Where analysis jobs run: a queue engine of services.imaging.jobs.queue.ENGINES,
+    # in-process threads (embedded) or Celery workers (celery).
+    queue: str = "embedded"
     broker_url: str = "redis://127.0.0.1:6379/0"
     # Longer than the slowest analysis, or Redis hands a running job to a second worker.
     broker_visibility_timeout_seconds: int = Field(default=3600, ge=10)
@@ -89,6 +90,15 @@ class ImagingSettings(BaseSettings):
     log_level: str = "INFO"
 
     auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @field_validator("queue")
+    @classmethod
+    def _known_engine(cls, name: str) -> str:
+        from services.imaging.jobs.queue import ENGINES
+
+        if name not in ENGINES:
+            raise ValueError(f"unknown queue engine '{name}' (known: {', '.join(ENGINES)})")
+        return name
 
     @property
     def storage_dir(self) -> Path:

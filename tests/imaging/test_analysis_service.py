@@ -96,8 +96,9 @@ def test_jobs_survive_a_restart_and_failures_are_bounded(
     imaging_factory: Callable[..., ImagingServer], tmp_path: Path
 ) -> None:
     from services.imaging.analysis.pipeline import Analysis
-    from services.imaging.jobs import AnalysisQueue, Claim
+    from services.imaging.jobs.table import Claim
     from services.imaging.models import AnalysisJob
+    from services.imaging.runtime import ImagingRuntime
 
     spec = PhantomSpec(modality="CT", pixel_spacing=1.5, slice_spacing=2.0, seed=12)
     folder = tmp_path / "phantom"
@@ -107,8 +108,8 @@ def test_jobs_survive_a_restart_and_failures_are_bounded(
     first = imaging_factory("svc", analysis_workers=0)
     assert storescu(first.dicom_port, first.ae_title, sorted(folder.glob("*.dcm"))).returncode == 0
     assert wait_until(lambda: _measurements(first, study)[0] == 202, timeout=60, interval=0.3)
-    queue: AnalysisQueue = first.app.state.analysis
-    claim = queue.claim()
+    runtime: ImagingRuntime = first.app.state.runtime
+    claim = runtime.jobs.claim_next()
     assert claim is not None and claim.attempt == 1
     first.stop()
     # Restart on the same data: the job is recovered and completes.
@@ -119,25 +120,24 @@ def test_jobs_survive_a_restart_and_failures_are_bounded(
     assert jobs[0]["state"] == "done" and jobs[0]["attempts"] == 2
     # A failing analysis is retried a bounded number of times, then marked failed; the
     # study stays as it was.
-    queue = second.app.state.analysis
+    runtime = second.app.state.runtime
     from sqlmodel import Session
 
-    with Session(queue.engine) as session:
+    with Session(runtime.engine) as session:
         row = session.get(AnalysisJob, jobs[0]["id"])
         assert row is not None
-    assert queue.runner is not None
-    original = queue.runner.analyse
+    original = runtime.runner.analyse
 
     def broken(claim: Claim) -> Analysis:
         raise RuntimeError("simulated crash")
 
-    queue.runner.analyse = broken  # type: ignore[method-assign]
+    runtime.runner.analyse = broken  # type: ignore[method-assign]
     try:
         with second.client() as client:
             assert client.post(f"/api/studies/{study}/analyze").status_code == 202
         assert wait_until(lambda: _job_state(second, study) == "failed", timeout=30)
     finally:
-        queue.runner.analyse = original  # type: ignore[method-assign]
+        runtime.runner.analyse = original  # type: ignore[method-assign]
     with second.client() as client:
         jobs = client.get(f"/api/studies/{study}/analysis-jobs").json()
         assert jobs[0]["attempts"] == second.settings.analysis_max_attempts

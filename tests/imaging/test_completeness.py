@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.imaging.completeness import SliceGeometry, check_series
+from services.imaging.completion.completeness import SliceGeometry, check_series
 
 
 def _slices(

@@ -11,10 +11,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from services.common.db import make_engine, upgrade_schema
-from services.imaging.app import MIGRATIONS
-from services.imaging.lifecycle import StudyLifecycle
+from services.imaging.completion.lifecycle import StudyLifecycle
+from services.imaging.intake.store import InstanceStore
 from services.imaging.models import ImagingModel
-from services.imaging.store import InstanceStore
+from services.imaging.runtime import MIGRATIONS
 from tests.harness.postgres import PostgresServer
 from tests.harness.series import SeriesSpec, make_series, to_bytes
 

@@ -10,16 +10,17 @@ import httpx
 from fhirpy import SyncFHIRClient
 
 from services.common.auth import Authenticator, ServiceBearer
+from services.common.contracts import AnalysisResult
 from services.common.fhir import builders, codes
-from services.imaging.delivery import FHIR_SCOPE
-from services.imaging.fhir_out import FhirPublisher, StudyFacts
+from services.imaging.results.to_fhir import FhirPublisher, StudyFacts
+from services.imaging.runtime import FHIR_SCOPE
 from tests.harness.outcomes import OutcomesServer
 
 UID = "1.2.826.0.1.3680043.8.498.1234"
 FACTS = StudyFacts(UID, "MRN777", "20260105", "101500", "CT", "CT LUMBAR SPINE", 1, 120)
 
 
-def _result(fh_left: float, fh_right: float | None) -> dict[str, Any]:
+def _result(fh_left: float, fh_right: float | None) -> AnalysisResult:
     def m(side: str, value: float | None) -> dict[str, Any]:
         return {
             "quantity": "foraminal_height",
@@ -28,17 +29,23 @@ def _result(fh_left: float, fh_right: float | None) -> dict[str, Any]:
             "side": side,
             "value": value,
             "unit": "mm",
+            "series_instance_uid": "1.2.3",
+            "status": "ok" if value is not None else "needs_review",
         }
 
-    return {
-        "modality": "CT",
-        "algorithm": {"name": "spine-decompression", "version": "1.0.0"},
-        "measurements": [
-            m("left", fh_left),
-            m("right", fh_right),
-            {**m("left", 11.0), "level": None},  # an unnamed level is never posted
-        ],
-    }
+    return AnalysisResult.model_validate(
+        {
+            "study_instance_uid": UID,
+            "modality": "CT",
+            "status": "needs_review",
+            "algorithm": {"name": "spine-decompression", "version": "1.0.0"},
+            "measurements": [
+                m("left", fh_left),
+                m("right", fh_right),
+                {**m("left", 11.0), "level": None},  # an unnamed level is never posted
+            ],
+        }
+    )
 
 
 def _publisher(outcomes: OutcomesServer) -> FhirPublisher:

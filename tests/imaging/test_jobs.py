@@ -8,28 +8,31 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from services.common.db import make_engine, sqlite_url_for, upgrade_schema
+from services.common.vocabulary import QuantityName
 from services.imaging.analysis.pipeline import Analysis
 from services.imaging.analysis.report import AnalysisResult, Measurement
-from services.imaging.app import MIGRATIONS
-from services.imaging.delivery import Dispatcher
-from services.imaging.jobs import AnalysisRunner, Claim, JobTable
+from services.imaging.intake.store import InstanceStore
+from services.imaging.jobs.runner import AnalysisRunner
+from services.imaging.jobs.table import Claim, JobTable
 from services.imaging.models import AnalysisJob, JobState, MeasurementSet
-from services.imaging.store import InstanceStore
+from services.imaging.results.folder import ResultsFolder
+from services.imaging.results.outbox import Dispatcher
+from services.imaging.runtime import MIGRATIONS
 
 
 def _runner(tmp_path: Path) -> tuple[JobTable, AnalysisRunner]:
     engine = make_engine(sqlite_url_for(tmp_path / "imaging.db"))
     upgrade_schema(engine, MIGRATIONS)
     store = InstanceStore(engine, tmp_path / "storage", max_instance_bytes=1 << 20)
-    dispatcher = Dispatcher(
-        engine, pacs_sender=None, fhir=None, key_images=False, max_attempts=3, backoff_seconds=1
-    )
-    runner = AnalysisRunner(engine, store, tmp_path / "results", dispatcher)
+    dispatcher = Dispatcher(engine, [], max_attempts=3, backoff_seconds=1)
+    runner = AnalysisRunner(engine, store, ResultsFolder(tmp_path / "results"), dispatcher)
 
     def analyse(claim: Claim) -> Analysis:  # the fence is under test, not the analysis
         result = AnalysisResult(claim.study_instance_uid, "CT", status="failed")
         result.measurements.append(
-            Measurement("disc_height", "L4-L5", 3, None, None, "1.2.3.4", status="needs_review")
+            Measurement(
+                QuantityName.DISC_HEIGHT, "L4-L5", 3, None, None, "1.2.3.4", status="needs_review"
+            )
         )
         return Analysis(result=result)
 

@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 from sqlmodel import Session, select
 
 from services.common.db import make_engine, upgrade_schema
-from services.imaging.app import MIGRATIONS
+from services.imaging.completion.lifecycle import StudyCompleted, StudyLifecycle
 from services.imaging.errors import (
     InstanceTooLarge,
     InvalidInstance,
@@ -19,9 +19,9 @@ from services.imaging.errors import (
     StudyMismatch,
     UnsupportedSOPClass,
 )
-from services.imaging.lifecycle import StudyCompleted, StudyLifecycle
+from services.imaging.intake.store import InstanceStore
 from services.imaging.models import Instance, InstanceVersion, Study, StudyEvent, StudyState
-from services.imaging.store import InstanceStore
+from services.imaging.runtime import MIGRATIONS
 from tests.harness.series import SeriesSpec, make_series, to_bytes
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from services.common.vocabulary import QuantityName
 from services.imaging.analysis.report import Measurement
 from services.imaging.analysis.sampling import FloatArray, Sampler, edge, resample_world, runs
 from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
@@ -198,7 +199,7 @@ def _is_sacrum(
 
 def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: str) -> Measurement:
     """Endplate to endplate along the local axis at the disc's middle (mid-sagittal plane)."""
-    m = Measurement("disc_height", level.name, level.index, None, None, series_uid)
+    m = Measurement(QuantityName.DISC_HEIGHT, level.name, level.index, None, None, series_uid)
     zc = level.disc.middle
     t, left, posterior = line.frame(zc)
     step = 0.2
@@ -288,7 +289,7 @@ def foraminal_height(
     lower_lr: dict[str, float],
 ) -> tuple[Measurement, bool]:
     """Lowest point of the upper pedicle to highest point of the lower, along the level's axis."""
-    m = Measurement("foraminal_height", level.name, level.index, side, None, series_uid)
+    m = Measurement(QuantityName.FORAMINAL_HEIGHT, level.name, level.index, side, None, series_uid)
     if side not in upper_lr or side not in lower_lr:
         m.review("pedicle not found")
         return m, False

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
+from services.common.vocabulary import QuantityName
 from services.imaging.analysis.report import Measurement
 from services.imaging.analysis.sampling import FloatArray, Sampler
 from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
@@ -237,8 +238,8 @@ def measure(
         t, _, posterior = line.frame(disc.middle)
         anterior = -BODY_OFFSET_MM * posterior
         z_mid = _crossing(line, line.point(disc.middle) + anterior, t, disc.middle)
-        area = Measurement("dural_sac_area", name, index, None, None, series_uid)
-        volume = Measurement("dural_sac_volume", name, index, None, None, series_uid)
+        area = Measurement(QuantityName.DURAL_SAC_AREA, name, index, None, None, series_uid)
+        volume = Measurement(QuantityName.DURAL_SAC_VOLUME, name, index, None, None, series_uid)
         if not z.min() <= z_mid <= z.max():
             area.review("the sac is not seen at the disc's middle")
         else:

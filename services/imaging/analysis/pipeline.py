@@ -18,6 +18,7 @@ import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
+from services.common.vocabulary import QUANTITIES
 from services.imaging.analysis import ct, mr
 from services.imaging.analysis.overlays import KeyImage, area_image, height_image
 from services.imaging.analysis.report import AnalysisResult
@@ -132,11 +133,12 @@ def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) ->
         for m in measurements:
             if not m.points:
                 continue
-            if m.quantity in ("foraminal_height", "disc_height"):
+            geometry = QUANTITIES[m.quantity].geometry
+            if geometry == "line":
                 axis = np.array(m.points[1]) - np.array(m.points[0])
                 if np.linalg.norm(axis) > 0:
                     images.append(height_image(sampler, m, axis, volume.modality))
-            elif m.quantity == "dural_sac_area":
+            elif geometry == "contour":
                 images.append(area_image(sampler, m, normal, volume.modality))
         result.timings["key_images"] = time.perf_counter() - drawn
     result.timings["total"] = time.perf_counter() - started

@@ -1,4 +1,6 @@
-"""The analysis result: the CLI's JSON schema, also served by ``/studies/{study}/measurements``.
+"""The analysis result while it is being built; :meth:`AnalysisResult.to_contract` turns
+it into the result contract (:class:`services.common.contracts.AnalysisResult`) that the
+CLI prints, the job runner stores and every consumer reads.
 
 A measurement that could not be taken reliably has ``status: needs_review``, a ``reason``
 and ``value: null`` — never a number that looks trustworthy and is not.
@@ -7,29 +9,17 @@ and ``value: null`` — never a number that looks trustworthy and is not.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from services.common import contracts
+from services.common.vocabulary import QUANTITIES, QuantityName
 
 ALGORITHM_NAME = "spine-decompression"
 ALGORITHM_VERSION = "1.0.0"
 
-QUANTITIES = {
-    "foraminal_height": ("mm", "Foraminal height"),
-    "disc_height": ("mm", "Disc height"),
-    "dural_sac_area": ("mm2", "Dural sac cross-sectional area"),
-    "dural_sac_volume": ("mm3", "Dural sac volume"),
-}
-# Values outside these are physiologically implausible and flagged (the issue's limits).
-PLAUSIBLE = {
-    "foraminal_height": (3.0, 30.0),
-    "disc_height": (1.0, 20.0),
-    "dural_sac_area": (10.0, 400.0),
-    "dural_sac_volume": (200.0, 20000.0),
-}
-
 
 @dataclass
 class Measurement:
-    quantity: str
+    quantity: QuantityName
     level: str | None
     level_index: int
     side: str | None
@@ -44,31 +34,33 @@ class Measurement:
 
     @property
     def unit(self) -> str:
-        return QUANTITIES[self.quantity][0]
+        return QUANTITIES[self.quantity].unit
 
     def review(self, reason: str) -> None:
         self.status, self.reason, self.value = "needs_review", reason, None
 
     def check_plausible(self) -> None:
-        lo, hi = PLAUSIBLE[self.quantity]
+        lo, hi = QUANTITIES[self.quantity].plausible
         if self.value is not None and not lo <= self.value <= hi:
             self.review(
                 f"implausible {self.quantity} {self.value:.1f} {self.unit} (expected {lo:g}-{hi:g})"
             )
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "quantity": self.quantity,
-            "level": self.level,
-            "level_index": self.level_index,
-            "side": self.side,
-            "value": None if self.value is None else round(self.value, 2),
-            "unit": self.unit,
-            "series_instance_uid": self.series_instance_uid,
-            "status": self.status,
-            "reason": self.reason,
-            "sop_instance_uid": self.sop_instance_uid,
-        }
+    def to_contract(self) -> contracts.Measurement:
+        return contracts.Measurement.model_validate(
+            {
+                "quantity": self.quantity,
+                "level": self.level,
+                "level_index": self.level_index,
+                "side": self.side,
+                "value": None if self.value is None else round(self.value, 2),
+                "unit": self.unit,
+                "series_instance_uid": self.series_instance_uid,
+                "status": self.status,
+                "reason": self.reason,
+                "sop_instance_uid": self.sop_instance_uid,
+            }
+        )
 
 
 @dataclass
@@ -90,14 +82,16 @@ class AnalysisResult:
         else:
             self.status = "ok"
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "study_instance_uid": self.study_instance_uid,
-            "modality": self.modality,
-            "status": self.status,
-            "warnings": self.warnings,
-            "algorithm": {"name": ALGORITHM_NAME, "version": ALGORITHM_VERSION},
-            "measurements": [m.as_json() for m in self.measurements],
-            "selection": self.selection,
-            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-        }
+    def to_contract(self) -> contracts.AnalysisResult:
+        return contracts.AnalysisResult.model_validate(
+            {
+                "study_instance_uid": self.study_instance_uid,
+                "modality": self.modality,
+                "status": self.status,
+                "warnings": self.warnings,
+                "algorithm": {"name": ALGORITHM_NAME, "version": ALGORITHM_VERSION},
+                "measurements": [m.to_contract() for m in self.measurements],
+                "selection": self.selection,
+                "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            }
+        )

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import find_peaks
 
+from services.common.vocabulary import LEVELS
 from services.imaging.analysis.sampling import FloatArray, unit
 
-LUMBAR_LEVELS = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
+LUMBAR_LEVELS = LEVELS
 
 
 @dataclass(frozen=True)

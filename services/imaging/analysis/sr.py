@@ -17,20 +17,10 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from services.imaging.analysis.report import (
-    ALGORITHM_NAME,
-    ALGORITHM_VERSION,
-    QUANTITIES,
-    AnalysisResult,
-)
+from services.common.vocabulary import QUANTITIES, SR_SCHEME
+from services.imaging.analysis.report import ALGORITHM_NAME, ALGORITHM_VERSION, AnalysisResult
 
-SCHEME = "99SPINEOUT"  # the project's private coding scheme for the study's quantities
-PROCEDURE = Code("SPINE-DECOMP", SCHEME, "Lumbar decompression measurement")
-UNITS = {
-    "mm": Code("mm", "UCUM", "millimeter"),
-    "mm2": Code("mm2", "UCUM", "square millimeter"),
-    "mm3": Code("mm3", "UCUM", "cubic millimeter"),
-}
+PROCEDURE = Code("SPINE-DECOMP", SR_SCHEME, "Lumbar decompression measurement")
 SR_SERIES_NUMBER = 9001
 
 
@@ -97,10 +87,11 @@ def build_sr(
             refs.append(
                 hd.sr.SourceImageForMeasurement(str(source.SOPClassUID), str(source.SOPInstanceUID))
             )
+        quantity = QUANTITIES[m.quantity]
         measurement = hd.sr.Measurement(
-            name=Code(m.quantity, SCHEME, QUANTITIES[m.quantity][1]),
+            name=Code(*quantity.sr_concept),
             value=round(m.value, 2),
-            unit=UNITS[m.unit],
+            unit=Code(quantity.unit, "UCUM", quantity.unit_display),
             algorithm_id=algorithm,
             referenced_images=refs or None,
         )

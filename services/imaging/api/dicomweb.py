@@ -16,7 +16,6 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from sqlalchemy.engine import Engine
 
 from services.common.auth import Principal, require_scope
-from services.imaging import catalog
 from services.imaging.errors import (
     ImagingError,
     InstanceTooLarge,
@@ -24,8 +23,8 @@ from services.imaging.errors import (
     NotFound,
     UnsupportedMediaType,
 )
-from services.imaging.models import Instance, Series, Study
-from services.imaging.multipart import (
+from services.imaging.intake import catalog
+from services.imaging.intake.multipart import (
     MultipartError,
     SpooledBody,
     encode_parts,
@@ -33,7 +32,8 @@ from services.imaging.multipart import (
     new_boundary,
     parse_content_type,
 )
-from services.imaging.store import InstanceStore, StoreResult
+from services.imaging.intake.store import InstanceStore, StoreResult
+from services.imaging.models import Instance, Series, Study
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import re
 from datetime import datetime
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,7 +11,18 @@ from pydantic import BaseModel, Field, model_validator
 from sqlmodel import Session, col, select
 
 from services.common.auth import Principal, require_scope
-from services.imaging.analysis.report import QUANTITIES
+from services.common.contracts import (
+    AnalysisResult,
+    KeyImageLink,
+    ResultsPage,
+    SrLink,
+    StudyMeasurements,
+    StudyResult,
+)
+from services.common.contracts import (
+    ManualMeasurement as ManualPublic,
+)
+from services.common.vocabulary import QUANTITIES, Level, QuantityName, Side
 from services.imaging.api.dicomweb import public_base_url
 from services.imaging.errors import NotFound
 from services.imaging.models import (
@@ -24,13 +32,12 @@ from services.imaging.models import (
     Series,
     Study,
     current_measurement_set,
+    utcnow,
 )
-from services.imaging.store import utcnow
 
 router = APIRouter(prefix="/api/studies/{study}", tags=["Measurements"])
 Reader = Annotated[Principal, require_scope("imaging.read")]
 Writer = Annotated[Principal, require_scope("imaging.write")]
-KEY_IMAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
 
 
 class JobPublic(BaseModel):
@@ -49,35 +56,29 @@ class ManualIn(BaseModel):
     reader_id: str | None = Field(
         default=None, max_length=64, description="defaults to the caller's identity"
     )
-    level: Literal["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
-    side: Literal["left", "right"] | None = None
-    quantity: Literal["foraminal_height", "disc_height", "dural_sac_area", "dural_sac_volume"]
-    value: float = Field(gt=0, lt=1e6)
+    level: Level
+    side: Side | None = None
+    quantity: QuantityName
+    value: float = Field(gt=0, lt=1e6, description="within the quantity's accepted range")
     unit: str | None = None
     note: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="after")
     def _consistent(self) -> ManualIn:
-        unit = QUANTITIES[self.quantity][0]
-        if self.unit is not None and self.unit != unit:
-            raise ValueError(f"{self.quantity} is measured in {unit}, not {self.unit}")
-        if (self.quantity == "foraminal_height") != (self.side is not None):
-            raise ValueError("side is required for foraminal_height and only for it")
-        self.unit = unit
+        quantity = QUANTITIES[self.quantity]
+        if self.unit is not None and self.unit != quantity.unit:
+            raise ValueError(f"{self.quantity} is measured in {quantity.unit}, not {self.unit}")
+        if quantity.per_side != (self.side is not None):
+            raise ValueError(
+                f"side is required for {self.quantity} and only for it"
+                if quantity.per_side
+                else f"{self.quantity} has no side"
+            )
+        low, high = quantity.accepted
+        if not low <= self.value <= high:
+            raise ValueError(f"{self.quantity} must be within {low:g}-{high:g} {quantity.unit}")
+        self.unit = quantity.unit
         return self
-
-
-class ManualPublic(BaseModel):
-    id: int
-    study_instance_uid: str
-    reader_id: str
-    level: str
-    side: str | None
-    quantity: str
-    value: float
-    unit: str
-    note: str | None
-    created_at: datetime
 
 
 def _study(session: Session, study: str) -> Study:
@@ -98,28 +99,35 @@ def _manual(session: Session, study: str) -> list[ManualPublic]:
 
 def _present(
     request: Request, current: MeasurementSet, manual: list[ManualPublic]
-) -> dict[str, Any]:
+) -> StudyMeasurements:
     """The stored result with its version, SR, key-image links and readers' values."""
     study = current.study_instance_uid
-    result: dict[str, Any] = json.loads(current.result)
+    result = AnalysisResult.from_json(current.result)
     base = f"{public_base_url(request)}/api/studies/{study}"
-    names = sorted(p.stem for p in Path(current.key_images_dir or "/nonexistent").glob("*.png"))
-    result |= {
-        "study_version": current.study_version,
-        "computed_at": current.created_at.isoformat(),
-        "sr": None
+    names = request.app.state.runtime.results.key_image_names(current)
+    return StudyMeasurements(
+        **dict(result),
+        study_version=current.study_version,
+        computed_at=current.created_at,
+        sr=None
         if current.sr_sop_instance_uid is None
-        else {
-            "sop_instance_uid": current.sr_sop_instance_uid,
-            "wado": f"{public_base_url(request)}/dicomweb/studies/{study}",
-        },
-        "key_images": [{"name": n, "url": f"{base}/key-images/{n}.png"} for n in names],
-        "manual_measurements": [m.model_dump(mode="json") for m in manual],
-    }
-    return result
+        else SrLink(
+            sop_instance_uid=current.sr_sop_instance_uid,
+            wado=f"{public_base_url(request)}/dicomweb/studies/{study}",
+        ),
+        key_images=[KeyImageLink(name=n, url=f"{base}/key-images/{n}.png") for n in names],
+        manual_measurements=manual,
+    )
 
 
-@router.get("/measurements", responses={202: {"description": "analysis queued or running"}})
+@router.get(
+    "/measurements",
+    response_model=StudyMeasurements,
+    responses={
+        202: {"description": "analysis queued or running"},
+        422: {"description": "the analysis failed"},
+    },
+)
 def get_measurements(study: str, request: Request, _: Reader) -> Any:
     """The current automatic measurements (the CLI's schema), SR, key images, manual values."""
     with Session(request.app.state.engine) as session:
@@ -163,16 +171,14 @@ def get_measurements(study: str, request: Request, _: Reader) -> Any:
 )
 def get_key_image(study: str, name: str, request: Request, _: Reader) -> Response:
     """One key image (PNG overlay) of the current analysis."""
-    if not KEY_IMAGE_NAME.match(name):
-        raise NotFound("no such key image")
     with Session(request.app.state.engine) as session:
         current = current_measurement_set(session, study)
     if current is None or current.key_images_dir is None:
         raise NotFound(f"study {study} has no key images")
-    path = Path(current.key_images_dir) / f"{name}.png"
-    if not path.is_file():
+    png = request.app.state.runtime.results.key_image(current, name)
+    if png is None:
         raise NotFound("no such key image")
-    return Response(path.read_bytes(), media_type="image/png")
+    return Response(png, media_type="image/png")
 
 
 @router.post("/manual-measurements", status_code=201, response_model=ManualPublic)
@@ -223,33 +229,13 @@ def analyze(study: str, request: Request, _: Writer) -> JobPublic:
     with Session(request.app.state.engine) as session:
         row = _study(session, study)
         version = row.version
-    job_id = request.app.state.analysis.rerun(study, version)
+    job_id = request.app.state.runtime.analysis.rerun(study, version)
     with Session(request.app.state.engine) as session:
         job = session.get(AnalysisJob, job_id)
         return JobPublic.model_validate(job, from_attributes=True)
 
 
 results_router = APIRouter(prefix="/api", tags=["Measurements"])
-
-
-class StudyResult(BaseModel):
-    study_instance_uid: str
-    patient_id: str | None
-    issuer_of_patient_id: str | None
-    study_date: str | None
-    study_time: str | None
-    modalities: list[str]
-    state: str
-    version: int
-    analysis_state: Literal["none", "queued", "running", "done", "failed"]
-    analysis_error: str | None
-    result: dict[str, Any] | None  # as GET /api/studies/{study}/measurements
-    manual_measurements: list[ManualPublic]
-
-
-class ResultsPage(BaseModel):
-    items: list[StudyResult]
-    next_after: str | None  # pass as ``after`` for the next page; null on the last
 
 
 @results_router.get("/results", response_model=ResultsPage)

@@ -12,8 +12,8 @@ from sqlalchemy import case
 from sqlmodel import Session, col, func, select
 
 from services.common.auth import Principal, require_scope
-from services.imaging import pacs
 from services.imaging.errors import NotFound, PacsError
+from services.imaging.intake import pacs
 from services.imaging.models import Instance, InstanceVersion, Series, Study, StudyEvent
 
 router = APIRouter(prefix="/api", tags=["Studies"])
@@ -132,7 +132,7 @@ def get_study(request: Request, study: str, _principal: Reader) -> StudyStatus:
 @router.post("/studies/{study}/complete", response_model=StudyStatus)
 def force_complete(request: Request, study: str, _principal: Admin) -> StudyStatus:
     """Declare a study complete now, overriding the quiet period and the content check."""
-    request.app.state.lifecycle.force_complete(study)
+    request.app.state.runtime.lifecycle.force_complete(study)
     return get_study(request, study, _principal)
 
 
@@ -167,7 +167,7 @@ def list_events(
 
 
 def _pacs(request: Request) -> pacs.Pacs:
-    client: pacs.Pacs | None = request.app.state.pacs
+    client: pacs.Pacs | None = request.app.state.runtime.pacs
     if client is None:
         raise PacsError("no PACS is configured (IMAGING_PACS_DICOMWEB_URL)")
     return client

@@ -21,6 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE
 
 from services.imaging.errors import DeliveryError
+from services.imaging.models import MeasurementSet
+from services.imaging.results.folder import ResultsFolder
 
 KEY_IMAGE_SERIES_NUMBER = 9002
 
@@ -108,3 +110,29 @@ def secondary_captures(
         )
         out.append(sc)
     return out
+
+
+class PacsTarget:
+    """The outbox target ``pacs``: the SR, and optionally the key images as Secondary
+    Capture, sent back to the PACS."""
+
+    name = "pacs"
+
+    def __init__(
+        self, sender: PacsSender, results: ResultsFolder, *, key_images: bool, manufacturer: str
+    ) -> None:
+        self.sender = sender
+        self.results = results
+        self.key_images = key_images
+        self.manufacturer = manufacturer
+
+    def deliver(self, measurement_set: MeasurementSet) -> dict[str, str | int]:
+        sr = self.results.sr(measurement_set)
+        if sr is None:
+            return {"skipped": "no measured value, so no SR"}
+        datasets: list[Dataset] = [sr]
+        if self.key_images:
+            pngs = self.results.key_images(measurement_set)
+            datasets += secondary_captures(pngs, sr, manufacturer=self.manufacturer)
+        how = self.sender.send(datasets)
+        return {"sent": how, "sr": str(sr.SOPInstanceUID), "instances": len(datasets)}

@@ -11,7 +11,6 @@ themselves.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from services.imaging.jobs import AnalysisQueue
+from services.common.contracts import AnalysisResult
+from services.imaging.jobs.queue import AnalysisQueue
 from services.imaging.models import (
     AnalysisJob,
     JobState,
@@ -87,9 +87,9 @@ def _values(result_json: str | None) -> dict[tuple[str, str, str], float | None]
     if result_json is None:
         return {}
     out: dict[tuple[str, str, str], float | None] = {}
-    for m in json.loads(result_json).get("measurements", []):
-        where = m.get("level") or f"#{m.get('level_index')}"
-        out[(where, m.get("side") or "", m["quantity"])] = m.get("value")
+    for m in AnalysisResult.from_json(result_json).measurements:
+        where = m.level or f"#{m.level_index}"
+        out[(where, m.side or "", m.quantity.value)] = m.value
     return out
 
 

@@ -20,10 +20,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from services.common.db import session_scope
-from services.imaging.completeness import SliceGeometry, check_study
+from services.imaging.completion.completeness import SliceGeometry, check_study
 from services.imaging.metrics import STUDIES_COMPLETED
-from services.imaging.models import Instance, Study, StudyEvent, StudyState
-from services.imaging.store import utcnow
+from services.imaging.models import Instance, Study, StudyEvent, StudyState, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy import Engine
+from sqlmodel import Session, col, func, select
 
+from services.common.contracts import AnalysisResult
 from services.common.fhir import builders, codes
+from services.common.vocabulary import QUANTITIES
 from services.imaging.errors import DeliveryError
 from services.imaging.metrics import FHIR_REQUESTS
+from services.imaging.models import Instance, MeasurementSet, Series, Study
 
 FHIR_JSON = "application/fhir+json"
 VALUE_TOLERANCE = 0.005  # values are reported to 2 decimals
@@ -56,7 +61,7 @@ class PublishReport:
     unchanged: int
     withdrawn: int
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, str | int]:
         return {
             "imaging_study": self.imaging_study,
             "created": self.created,
@@ -102,7 +107,7 @@ class FhirPublisher:
             logical_id = location.split("/_history")[0].rsplit("/", 1)[-1]
         return f"{resource['resourceType']}/{logical_id}"
 
-    def publish(self, study: StudyFacts, result: dict[str, Any]) -> PublishReport:
+    def publish(self, study: StudyFacts, result: AnalysisResult) -> PublishReport:
         patient = builders.placeholder_patient(study.patient_id, system=self.mrn_system)
         patient_ref = self._conditional_create(
             patient, f"identifier={self.mrn_system}|{study.patient_id}"
@@ -121,23 +126,20 @@ class FhirPublisher:
             f"identifier={codes.DICOM_UID_SYSTEM}|urn:oid:{study.study_instance_uid}",
         )
         existing = self._existing(study_ref)
-        algorithm = "{name} {version}".format(**result.get("algorithm", {}))
+        algorithm = f"{result.algorithm.name} {result.algorithm.version}"
         entries: list[dict[str, Any]] = []
         created = amended = unchanged = 0
         wanted: set[str] = set()
-        for m in result.get("measurements", []):
-            if m.get("value") is None or not m.get("level"):
-                continue  # needs review, or a level the analysis could not name
-            ident = metric_identifier(
-                study.study_instance_uid, m["level"], m.get("side"), m["quantity"]
-            )
+        for m in result.measured():  # not those needing review, nor unnamed levels
+            assert m.value is not None and m.level is not None
+            ident = metric_identifier(study.study_instance_uid, m.level, m.side, m.quantity)
             wanted.add(ident)
             observation = builders.imaging_metric(
                 patient_ref,
-                m["quantity"].replace("_", "-"),
-                float(m["value"]),
-                level=m["level"],
-                side=m.get("side"),
+                QUANTITIES[m.quantity].code,
+                m.value,
+                level=m.level,
+                side=m.side,
                 imaging_study_ref=study_ref,
                 effective=study.started,
                 algorithm=algorithm,
@@ -204,3 +206,38 @@ def _entry(
     if ident is not None:  # a concurrent publisher of the same set never duplicates
         request["ifNoneExist"] = f"identifier={codes.IMAGING_METRIC_IDENTIFIER}|{ident}"
     return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource, "request": request}
+
+
+class FhirTarget:
+    """The outbox target ``fhir``: a measurement set's values as Observations."""
+
+    name = "fhir"
+
+    def __init__(self, engine: Engine, publisher: FhirPublisher) -> None:
+        self.engine = engine
+        self.publisher = publisher
+
+    def deliver(self, measurement_set: MeasurementSet) -> dict[str, str | int]:
+        uid = measurement_set.study_instance_uid
+        with Session(self.engine) as session:
+            study = session.get(Study, uid)
+            if study is None or not study.patient_id:
+                return {"skipped": "the study has no PatientID"}
+            counts = session.exec(
+                select(func.count(func.distinct(Instance.series_instance_uid)), func.count())
+                .select_from(Instance)
+                .join(Series, col(Series.series_instance_uid) == col(Instance.series_instance_uid))
+                .where(Instance.study_instance_uid == uid, col(Series.modality).in_(["CT", "MR"]))
+            ).one()
+        result = AnalysisResult.from_json(measurement_set.result)
+        facts = StudyFacts(
+            study_instance_uid=uid,
+            patient_id=study.patient_id,
+            study_date=study.study_date,
+            study_time=study.study_time,
+            modality=result.modality,
+            description=study.study_description,
+            series=int(counts[0]),
+            instances=int(counts[1]),
+        )
+        return self.publisher.publish(facts, result).as_json()

@@ -1,5 +1,8 @@
 """The results outbox: each committed measurement set is delivered to every configured
-destination (the PACS gets the SR and key images, the FHIR store gets the metrics).
+target (:mod:`~services.imaging.results.to_pacs`: the SR and key images to the PACS;
+:mod:`~services.imaging.results.to_fhir`: the metrics to the FHIR store). A target is a
+class with a ``name`` and a ``deliver(measurement_set)``; the composition root
+(:mod:`services.imaging.runtime`) builds the ones the settings ask for.
 
 A ``result_delivery`` row is written in the same transaction as the measurement set, so a
 crash never loses a delivery. Whoever has time delivers it (the worker that produced the
@@ -15,63 +18,43 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
-from pydicom import Dataset, dcmread
 from sqlalchemy import Engine, update
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
-from services.common.auth import Authenticator, ServiceBearer
-from services.imaging import pacs
 from services.imaging.errors import DeliveryError
-from services.imaging.fhir_out import FhirPublisher, StudyFacts
 from services.imaging.metrics import DELIVERIES
-from services.imaging.models import (
-    DeliveryState,
-    Instance,
-    MeasurementSet,
-    ResultDelivery,
-    Series,
-    Study,
-)
-from services.imaging.outbound import CStoreSender, PacsSender, StowSender, secondary_captures
-from services.imaging.settings import ImagingSettings
-from services.imaging.store import utcnow
+from services.imaging.models import DeliveryState, MeasurementSet, ResultDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
-SR_FILE = "sr.dcm"
 LEASE = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(hours=1)
 OPEN = (DeliveryState.PENDING, DeliveryState.SENDING)  # SENDING: open again once the lease ends
-FHIR_SCOPE = "system/Patient.crs system/ImagingStudy.crs system/Observation.crus"
+
+
+class DeliveryTarget(Protocol):
+    """Where committed results go; ``deliver`` raises :class:`DeliveryError` to retry."""
+
+    name: str
+
+    def deliver(self, measurement_set: MeasurementSet) -> dict[str, str | int]: ...
 
 
 class Dispatcher:
     def __init__(
         self,
         engine: Engine,
+        targets: list[DeliveryTarget],
         *,
-        pacs_sender: PacsSender | None,
-        fhir: FhirPublisher | None,
-        key_images: bool,
         max_attempts: int,
         backoff_seconds: float,
-        manufacturer: str = "spine-outcomes",
     ) -> None:
         self.engine = engine
-        self.pacs_sender = pacs_sender
-        self.fhir = fhir
-        self.key_images = key_images
+        self.targets = {target.name: target for target in targets}
         self.max_attempts = max_attempts
         self.backoff = timedelta(seconds=backoff_seconds)
-        self.manufacturer = manufacturer
-
-    @property
-    def targets(self) -> list[str]:
-        return [name for name, on in (("pacs", self.pacs_sender), ("fhir", self.fhir)) if on]
 
     def plan(self, session: Session, measurement_set: MeasurementSet) -> list[ResultDelivery]:
         """Add the set's deliveries to the caller's transaction."""
@@ -135,11 +118,11 @@ class Dispatcher:
             measurement_set = session.get(MeasurementSet, row.measurement_set_id)
         try:
             if measurement_set is None or not measurement_set.is_current:
-                detail: dict[str, Any] = {"skipped": "superseded by a newer analysis"}
-            elif target == "pacs":
-                detail = self._to_pacs(measurement_set)
+                detail: dict[str, str | int] = {"skipped": "superseded by a newer analysis"}
+            elif target not in self.targets:
+                raise DeliveryError(f"target '{target}' is not configured here")
             else:
-                detail = self._to_fhir(measurement_set)
+                detail = self.targets[target].deliver(measurement_set)
         except Exception as exc:
             reason = exc.reason if isinstance(exc, DeliveryError) else type(exc).__name__
             if not isinstance(exc, DeliveryError):
@@ -174,7 +157,7 @@ class Dispatcher:
         state: DeliveryState,
         *,
         error: str | None = None,
-        detail: dict[str, Any] | None = None,
+        detail: dict[str, str | int] | None = None,
         next_attempt: Any = None,
     ) -> None:
         values: dict[str, Any] = {"state": state, "last_error": error}
@@ -187,80 +170,3 @@ class Dispatcher:
             conn.execute(
                 update(ResultDelivery).where(col(ResultDelivery.id) == delivery_id).values(**values)
             )
-
-    def _to_pacs(self, measurement_set: MeasurementSet) -> dict[str, Any]:
-        assert self.pacs_sender is not None
-        folder = Path(measurement_set.key_images_dir or "/nonexistent")
-        if not (folder / SR_FILE).exists():
-            return {"skipped": "no measured value, so no SR"}
-        sr = dcmread(folder / SR_FILE)
-        datasets: list[Dataset] = [sr]
-        if self.key_images:
-            pngs = [p.read_bytes() for p in sorted(folder.glob("*.png"))]
-            datasets += secondary_captures(pngs, sr, manufacturer=self.manufacturer)
-        how = self.pacs_sender.send(datasets)
-        return {"sent": how, "sr": str(sr.SOPInstanceUID), "instances": len(datasets)}
-
-    def _to_fhir(self, measurement_set: MeasurementSet) -> dict[str, Any]:
-        assert self.fhir is not None
-        uid = measurement_set.study_instance_uid
-        with Session(self.engine) as session:
-            study = session.get(Study, uid)
-            if study is None or not study.patient_id:
-                return {"skipped": "the study has no PatientID"}
-            counts = session.exec(
-                select(func.count(func.distinct(Instance.series_instance_uid)), func.count())
-                .select_from(Instance)
-                .join(Series, col(Series.series_instance_uid) == col(Instance.series_instance_uid))
-                .where(Instance.study_instance_uid == uid, col(Series.modality).in_(["CT", "MR"]))
-            ).one()
-        result = json.loads(measurement_set.result)
-        facts = StudyFacts(
-            study_instance_uid=uid,
-            patient_id=study.patient_id,
-            study_date=study.study_date,
-            study_time=study.study_time,
-            modality=result.get("modality") or "OT",
-            description=study.study_description,
-            series=int(counts[0]),
-            instances=int(counts[1]),
-        )
-        return self.fhir.publish(facts, result).as_json()
-
-
-def build_dispatcher(settings: ImagingSettings, engine: Engine) -> Dispatcher:
-    """The destinations the settings name (none by default)."""
-    sender: PacsSender | None = None
-    if settings.results_destination == "stow":
-        if not settings.stow_url:
-            raise ValueError("IMAGING_RESULTS_DESTINATION=stow needs IMAGING_RESULTS_STOW_URL")
-        sender = StowSender(settings.stow_url, pacs.make_session(settings))
-    elif settings.results_destination == "cstore":
-        if not settings.results_dicom_host:
-            raise ValueError("IMAGING_RESULTS_DESTINATION=cstore needs IMAGING_RESULTS_DICOM_HOST")
-        sender = CStoreSender(
-            settings.results_dicom_host,
-            settings.results_dicom_port,
-            settings.results_called_aet,
-            settings.ae_title,
-            settings.pacs_timeout_seconds,
-        )
-    fhir: FhirPublisher | None = None
-    if settings.fhir_url:
-        client = httpx.Client(
-            base_url=settings.fhir_url.rstrip("/") + "/",
-            auth=ServiceBearer(
-                Authenticator(settings.auth), "imaging", FHIR_SCOPE, settings.fhir_token
-            ),
-            timeout=settings.fhir_timeout_seconds,
-            headers={"Accept": "application/fhir+json"},
-        )
-        fhir = FhirPublisher(client, mrn_system=settings.mrn_system)
-    return Dispatcher(
-        engine,
-        pacs_sender=sender,
-        fhir=fhir,
-        key_images=settings.results_key_images,
-        max_attempts=settings.delivery_max_attempts,
-        backoff_seconds=settings.delivery_backoff_seconds,
-    )

@@ -26,14 +26,14 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, acse, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.imaging.errors import ImagingError
+from services.imaging.intake.store import InstanceStore, StoreResult
 from services.imaging.settings import ImagingSettings
-from services.imaging.store import InstanceStore, StoreResult
 
 log = logging.getLogger(__name__)
 
@@ -62,40 +62,37 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 OnStored = Callable[[StoreResult], None]
 
 
-def _negotiate_in_requestor_order(
-    rq_contexts: list[PresentationContext],
-    ac_contexts: list[PresentationContext],
-    roles: dict[Any, Any] | None = None,
-) -> tuple[list[PresentationContext], list[Any]]:
-    """Accept, per proposed context, the first transfer syntax *the sender* lists.
+def keep_senders_encoding(event: Any) -> None:
+    """EVT_REQUESTED: accept, per proposed context, the first transfer syntax *the sender*
+    lists.
 
     pynetdicom picks in the acceptor's order, so a sender proposing [JPEG Baseline,
     Explicit VR LE] for a JPEG image would be made to decompress it, which most cannot.
     Like DCMTK's storescp with ``+xa`` and dcm4chee, we keep the sender's own encoding:
-    the stored instance is then byte-identical to the sender's.
+    the stored instance is then byte-identical to the sender's. The request has arrived
+    and negotiation has not begun, so this association's supported contexts (a copy of
+    the AE's) are reordered to the sender's preference, abstract syntax by abstract
+    syntax; no library code is patched.
     """
-    supported = {cx.abstract_syntax: cx for cx in ac_contexts}
-    results: list[PresentationContext] = []
-    all_roles: list[Any] = []
-    for rq in rq_contexts:
-        ac = supported.get(rq.abstract_syntax)
-        candidates: list[PresentationContext] = []
-        if ac is not None:
-            ordered = PresentationContext()
-            ordered.abstract_syntax = ac.abstract_syntax
-            ordered.scu_role, ordered.scp_role = ac.scu_role, ac.scp_role
-            ordered.transfer_syntax = [
-                ts for ts in rq.transfer_syntax if ts in ac.transfer_syntax
-            ] or list(ac.transfer_syntax)
-            candidates = [ordered]
-        result, result_roles = _pynetdicom_negotiate([rq], candidates, roles or {})
-        results.extend(result)
-        all_roles.extend(r for r in result_roles if r not in all_roles)
-    return results, all_roles
-
-
-_pynetdicom_negotiate = getattr(acse, "negotiate_as_acceptor")  # noqa: B009
-setattr(acse, "negotiate_as_acceptor", _negotiate_in_requestor_order)  # noqa: B010
+    acceptor = event.assoc.acceptor
+    proposed = event.assoc.requestor.primitive.presentation_context_definition_list
+    preference: dict[str, list[str]] = {}
+    for rq in proposed:
+        order = preference.setdefault(str(rq.abstract_syntax), [])
+        order.extend(ts for ts in rq.transfer_syntax if ts not in order)
+    contexts: list[PresentationContext] = []
+    for ac in acceptor.supported_contexts:
+        wanted = preference.get(str(ac.abstract_syntax))
+        if wanted is None:
+            continue  # not proposed: irrelevant to this association
+        ordered = PresentationContext()
+        ordered.abstract_syntax = ac.abstract_syntax
+        ordered.scu_role, ordered.scp_role = ac.scu_role, ac.scp_role
+        ordered.transfer_syntax = [ts for ts in wanted if ts in ac.transfer_syntax] + [
+            ts for ts in ac.transfer_syntax if ts not in wanted
+        ]
+        contexts.append(ordered)
+    acceptor.supported_contexts = contexts
 
 
 def build_ae(settings: ImagingSettings) -> AE:
@@ -151,6 +148,7 @@ def start_scp(
     """Start the SCP in background threads; the caller shuts it down."""
     ae = build_ae(settings)
     handlers: list[Any] = [
+        (evt.EVT_REQUESTED, keep_senders_encoding),
         (evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS),
         (evt.EVT_C_STORE, handle_store, [store, on_stored]),
     ]

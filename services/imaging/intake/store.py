@@ -20,7 +20,6 @@ import os
 import threading
 import zlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -29,8 +28,8 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from services.imaging.dicom_io import InstanceHeader, read_part10
 from services.imaging.errors import ImagingError, InstanceTooLarge, OutOfResources, StudyMismatch
+from services.imaging.intake.dicom_io import InstanceHeader, read_part10
 from services.imaging.metrics import INSTANCES_RECEIVED
 from services.imaging.models import (
     ImagingModel,
@@ -39,6 +38,7 @@ from services.imaging.models import (
     Series,
     Study,
     StudyState,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,6 @@ class StoreResult:
 
 
 DERIVED_SOURCE = "analysis"  # instances we made from a study: they never reopen it
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _fsync_dir(path: Path) -> None:

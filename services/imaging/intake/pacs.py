@@ -17,11 +17,11 @@ from pydicom import Dataset, dcmwrite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from services.imaging.completion.lifecycle import StudyCompleted
 from services.imaging.errors import ImagingError, PacsError
-from services.imaging.lifecycle import StudyCompleted
+from services.imaging.intake.store import InstanceStore
 from services.imaging.models import Study
 from services.imaging.settings import ImagingSettings
-from services.imaging.store import InstanceStore
 
 log = logging.getLogger(__name__)
 

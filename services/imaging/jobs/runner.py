@@ -1,0 +1,139 @@
+"""One claimed job → measurements, key images, an SR, committed with the deliveries of
+those results. Every engine runs jobs through :class:`AnalysisRunner`; the claim's
+attempt number fences the commit (see :mod:`services.imaging.jobs.table`), and a
+failing analysis never touches the study or its files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pydicom import Dataset
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+
+from services.imaging.analysis.pipeline import Analysis, analyze_paths
+from services.imaging.analysis.report import ALGORITHM_NAME, ALGORITHM_VERSION
+from services.imaging.analysis.sr import build_sr, to_bytes
+from services.imaging.intake.store import DERIVED_SOURCE, InstanceStore
+from services.imaging.jobs.table import Claim
+from services.imaging.metrics import ANALYSES, ANALYSIS_SECONDS
+from services.imaging.models import (
+    AnalysisJob,
+    Instance,
+    JobState,
+    MeasurementSet,
+    current_measurement_set,
+    utcnow,
+)
+from services.imaging.results.folder import ResultsFolder
+from services.imaging.results.outbox import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+class AnalysisRunner:
+    """One claimed job → a committed result and its deliveries (every engine uses this)."""
+
+    def __init__(
+        self, engine: Engine, store: InstanceStore, results: ResultsFolder, dispatcher: Dispatcher
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.results = results
+        self.dispatcher = dispatcher
+
+    def analyse(self, claim: Claim) -> Analysis:
+        with Session(self.engine) as session:
+            instances = session.exec(
+                select(Instance).where(Instance.study_instance_uid == claim.study_instance_uid)
+            ).all()
+        return analyze_paths([self.store.path_of(i) for i in instances])
+
+    def run(self, claim: Claim) -> bool:
+        """Analyse and commit under the claim's fence; False when the attempt lost the job
+        (nothing of it is kept)."""
+        started = time.perf_counter()
+        analysis = self.analyse(claim)
+        result = analysis.result.to_contract()
+        sr = self._sr(analysis, self._current(claim.study_instance_uid))
+        folder = self.results.write(
+            claim.study_instance_uid,
+            claim.study_version,
+            claim.job_id,
+            claim.attempt,
+            analysis.key_images,
+            sr,
+        )
+        with Session(self.engine) as session:
+            fenced = session.connection().execute(
+                update(AnalysisJob)
+                .where(
+                    col(AnalysisJob.id) == claim.job_id,
+                    col(AnalysisJob.attempts) == claim.attempt,
+                    col(AnalysisJob.state) == JobState.RUNNING,
+                )
+                .values(state=JobState.DONE, finished_at=utcnow(), last_error=None)
+            )
+            if fenced.rowcount != 1:
+                session.rollback()
+                log.warning(
+                    "analysis result discarded: the job was taken over",
+                    extra={"job": claim.job_id, "attempt": claim.attempt},
+                )
+                ANALYSES.labels(outcome="superseded").inc()
+                return False
+            for old in session.exec(
+                select(MeasurementSet).where(
+                    MeasurementSet.study_instance_uid == claim.study_instance_uid,
+                    col(MeasurementSet.is_current).is_(True),
+                )
+            ).all():
+                old.is_current = False
+                session.add(old)
+            measurement_set = MeasurementSet(
+                study_instance_uid=claim.study_instance_uid,
+                study_version=claim.study_version,
+                algorithm_name=ALGORITHM_NAME,
+                algorithm_version=ALGORITHM_VERSION,
+                status=result.status,
+                result=result.to_json(),
+                sr_sop_instance_uid=str(sr.SOPInstanceUID) if sr is not None else None,
+                key_images_dir=str(folder),
+                created_at=utcnow(),
+            )
+            session.add(measurement_set)
+            session.flush()
+            deliveries = self.dispatcher.plan(session, measurement_set)
+            session.commit()
+            delivery_ids = [d.id for d in deliveries if d.id is not None]
+        if sr is not None:  # our copy, for WADO and the next version's predecessor
+            self.store.put(to_bytes(sr), source=DERIVED_SOURCE)
+        ANALYSIS_SECONDS.observe(time.perf_counter() - started)
+        ANALYSES.labels(outcome=result.status).inc()
+        log.info(
+            "analysis stored",
+            extra={
+                "job": claim.job_id,
+                "status": result.status,
+                "measurements": len(result.measurements),
+            },
+        )
+        for delivery_id in delivery_ids:
+            self.dispatcher.deliver(delivery_id)
+        return True
+
+    def _current(self, study_instance_uid: str) -> MeasurementSet | None:
+        with Session(self.engine) as session:
+            return current_measurement_set(session, study_instance_uid)
+
+    def _sr(self, analysis: Analysis, previous: MeasurementSet | None) -> Dataset | None:
+        if not any(m.value is not None for m in analysis.result.measurements):
+            return None
+        predecessor = self.results.sr(previous) if previous is not None else None
+        return build_sr(
+            analysis.result,
+            analysis.evidence,
+            previous_versions=[predecessor] if predecessor is not None else [],
+        )

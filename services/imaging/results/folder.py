@@ -1,0 +1,76 @@
+"""The results folder, and its only owner: where an analysis's key images and SR are
+written, and where the API, the outbox and the next re-analysis read them back.
+
+Layout: ``<root>/<StudyInstanceUID>/v<version>/job<id>-a<attempt>/`` holding ``sr.dcm``
+and one ``<name>.png`` per key image. A folder belongs to one attempt of one job, so a
+fenced-out attempt never overwrites the committed one; the measurement set records its
+folder (``key_images_dir``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+
+from services.imaging.analysis.overlays import KeyImage
+from services.imaging.analysis.sr import to_bytes
+from services.imaging.models import MeasurementSet
+
+SR_FILE = "sr.dcm"
+KEY_IMAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
+
+
+class ResultsFolder:
+    """Writes and reads the files of analysis results under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def write(
+        self,
+        study_instance_uid: str,
+        study_version: int,
+        job_id: int,
+        attempt: int,
+        key_images: Sequence[KeyImage],
+        sr: Dataset | None,
+    ) -> Path:
+        """Write one attempt's files; returns the folder to record with the result."""
+        folder = self.root / study_instance_uid / f"v{study_version}" / f"job{job_id}-a{attempt}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for image in key_images:
+            (folder / f"{image.name}.png").write_bytes(image.png)
+        if sr is not None:
+            (folder / SR_FILE).write_bytes(to_bytes(sr))
+        return folder
+
+    @staticmethod
+    def _folder(measurement_set: MeasurementSet) -> Path | None:
+        return Path(measurement_set.key_images_dir) if measurement_set.key_images_dir else None
+
+    def sr(self, measurement_set: MeasurementSet) -> Dataset | None:
+        """The SR of a stored result (None when nothing was measured)."""
+        folder = self._folder(measurement_set)
+        if folder is None or not (folder / SR_FILE).is_file():
+            return None
+        return dcmread(folder / SR_FILE)
+
+    def key_image_names(self, measurement_set: MeasurementSet) -> list[str]:
+        folder = self._folder(measurement_set)
+        return sorted(p.stem for p in folder.glob("*.png")) if folder else []
+
+    def key_image(self, measurement_set: MeasurementSet, name: str) -> bytes | None:
+        """One key image's PNG; None for an unknown or malformed name."""
+        folder = self._folder(measurement_set)
+        if folder is None or not KEY_IMAGE_NAME.match(name):
+            return None
+        path = folder / f"{name}.png"
+        return path.read_bytes() if path.is_file() else None
+
+    def key_images(self, measurement_set: MeasurementSet) -> list[bytes]:
+        """Every key image's PNG, in name order."""
+        folder = self._folder(measurement_set)
+        return [p.read_bytes() for p in sorted(folder.glob("*.png"))] if folder else []
