@@ -21,11 +21,11 @@ system-deps:
 	./scripts/install-system-deps.sh
 
 demo: install
-	$(PY) -m services.demo
+	$(PY) -m tools.demo
 
 lint: install
-	$(VENV)/bin/ruff check services tests bench
-	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/ruff check services tools tests bench
+	$(VENV)/bin/ruff format --check services tools tests bench
 
 typecheck: install
 	$(VENV)/bin/mypy

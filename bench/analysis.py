@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from services.imaging.analysis import ct, mr  # noqa: E402
 from services.imaging.analysis.pipeline import analyze_datasets, read_folder  # noqa: E402
 from services.imaging.analysis.volume import SeriesHeader, load_files, write_series  # noqa: E402
-from services.imaging.phantom import PhantomSpec, ground_truth, render, write_phantom  # noqa: E402
+from tools.phantom import PhantomSpec, ground_truth, render, write_phantom  # noqa: E402
 
 
 def specs(quick: bool) -> list[tuple[str, PhantomSpec]]:

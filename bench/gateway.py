@@ -38,17 +38,17 @@ from sqlmodel import Session
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.common import vocabulary  # noqa: E402
 from services.common.auth import Authenticator, AuthSettings  # noqa: E402
 from services.common.db import make_engine, sqlite_url_for, upgrade_schema  # noqa: E402
-from services.common.fhir import codes  # noqa: E402
-from services.demo.cohort import PatientPlan, plan_patient, surgeon_resources, transaction  # noqa: E402
 from services.imaging.analysis.report import ALGORITHM_NAME, ALGORITHM_VERSION  # noqa: E402
 from services.imaging.models import MeasurementSet, Series, Study  # noqa: E402
 from services.imaging.runtime import MIGRATIONS as IMAGING_MIGRATIONS  # noqa: E402
 from tests.harness.net import free_port, wait_until  # noqa: E402
+from tools.demo.cohort import PatientPlan, plan_patient, surgeon_resources, transaction  # noqa: E402
 
 KEY = "bench-signing-key-" + "0123456789abcdef" * 2
-LEVELS = codes.LEVELS
+LEVELS = vocabulary.LEVELS
 
 
 def start(module: str, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -266,7 +266,7 @@ def main() -> None:
                             "/api/cohort/summary", params={"group": g}
                         ).raise_for_status()
                     )[0]
-                    for g in codes.STUDY_GROUPS
+                    for g in vocabulary.GROUP_CODES
                 ]
                 csv_seconds, csv_response = timed(lambda: c.get("/api/export/cases.csv"))
                 plot_seconds, _ = timed(

@@ -32,9 +32,7 @@ sys.path[0] = str(ROOT)  # not bench/: its fhir.py would shadow the fhir package
 
 from sqlmodel import Session, select  # noqa: E402
 
-from services.demo.cohort import phantom_specs, plan_patient  # noqa: E402
 from services.imaging.models import AnalysisJob  # noqa: E402
-from services.imaging.phantom import write_phantom  # noqa: E402
 from tests.harness.dcmtk import storescu  # noqa: E402
 from tests.harness.imaging import ImagingServer  # noqa: E402
 from tests.harness.net import wait_until  # noqa: E402
@@ -42,6 +40,8 @@ from tests.harness.orthanc import OrthancServer  # noqa: E402
 from tests.harness.postgres import PostgresServer  # noqa: E402
 from tests.harness.redis import RedisServer  # noqa: E402
 from tests.harness.workers import CeleryWorker, worker_env  # noqa: E402
+from tools.demo.cohort import phantom_specs, plan_patient  # noqa: E402
+from tools.phantom import write_phantom  # noqa: E402
 
 
 def render(folder: Path, patients: int) -> list[list[Path]]:

@@ -210,11 +210,22 @@ EARLY_LIMIT_DAYS = 30  # complications within 30 days are early (Clavien-Dindo c
 
 
 # -- patient-reported outcomes -----------------------------------------------------------
+class PromCode(StrEnum):
+    """The patient-reported outcomes (their project code)."""
+
+    ODI = "odi"
+    BACK_PAIN_NRS = "back-pain-nrs"
+    LEG_PAIN_NRS = "leg-pain-nrs"
+    BACK_PAIN_VAS = "back-pain-vas"
+    LEG_PAIN_VAS = "leg-pain-vas"
+    EQ5D_INDEX = "eq5d-index"
+
+
 @dataclass(frozen=True)
 class Prom:
     """A patient-reported outcome: range, direction, MCID and how it is obtained."""
 
-    code: str
+    code: PromCode
     display: str
     definition: str
     unit: str  # Observation.valueQuantity.unit
@@ -230,11 +241,33 @@ class Prom:
 
 
 QUESTIONNAIRE_BASE = "http://spine-outcomes.example.org/fhir/Questionnaire"
-PROMS: dict[str, Prom] = {
+
+
+def _pain(
+    code: PromCode, display: str, definition: str, aliases: tuple[tuple[str, str], ...] = ()
+) -> Prom:
+    """A pain score on a 0-10 scale; MCID 2 points (Ostelo et al. 2008)."""
+    return Prom(
+        code,
+        display,
+        definition,
+        "{score}",
+        "{score}",
+        "0-10",
+        0,
+        10,
+        "lower",
+        2.0,
+        "Ostelo et al. 2008",
+        aliases=aliases,
+    )
+
+
+PROMS: dict[PromCode, Prom] = {
     p.code: p
     for p in (
         Prom(
-            "odi",
+            PromCode.ODI,
             "Oswestry Disability Index",
             "ODI v2.1a score, 0 (none) to 100 (maximal).",
             "%",
@@ -247,61 +280,17 @@ PROMS: dict[str, Prom] = {
             "Copay et al. 2008",
             questionnaire=f"{QUESTIONNAIRE_BASE}/odi",
         ),
-        Prom(
-            "back-pain-nrs",
+        _pain(
+            PromCode.BACK_PAIN_NRS,
             "Back pain NRS",
             "Back pain, numeric rating scale 0-10.",
-            "{score}",
-            "{score}",
-            "0-10",
-            0,
-            10,
-            "lower",
-            2.0,
-            "Ostelo et al. 2008",
             aliases=((LOINC, "72514-3"),),
         ),
+        _pain(PromCode.LEG_PAIN_NRS, "Leg pain NRS", "Leg pain, numeric rating scale 0-10."),
+        _pain(PromCode.BACK_PAIN_VAS, "Back pain VAS", "Back pain, visual analogue scale 0-10."),
+        _pain(PromCode.LEG_PAIN_VAS, "Leg pain VAS", "Leg pain, visual analogue scale 0-10."),
         Prom(
-            "leg-pain-nrs",
-            "Leg pain NRS",
-            "Leg pain, numeric rating scale 0-10.",
-            "{score}",
-            "{score}",
-            "0-10",
-            0,
-            10,
-            "lower",
-            2.0,
-            "Ostelo et al. 2008",
-        ),
-        Prom(
-            "back-pain-vas",
-            "Back pain VAS",
-            "Back pain, visual analogue scale 0-10.",
-            "{score}",
-            "{score}",
-            "0-10",
-            0,
-            10,
-            "lower",
-            2.0,
-            "Ostelo et al. 2008",
-        ),
-        Prom(
-            "leg-pain-vas",
-            "Leg pain VAS",
-            "Leg pain, visual analogue scale 0-10.",
-            "{score}",
-            "{score}",
-            "0-10",
-            0,
-            10,
-            "lower",
-            2.0,
-            "Ostelo et al. 2008",
-        ),
-        Prom(
-            "eq5d-index",
+            PromCode.EQ5D_INDEX,
             "EQ-5D index",
             "EQ-5D utility index value (-0.594 to 1).",
             "{index}",
@@ -400,3 +389,6 @@ COMPLICATION_TIMINGS: tuple[Concept, ...] = (
     Concept("early", "Early (<= 30 days)", "Onset within 30 days of surgery."),
     Concept("late", "Late (> 30 days)", "Onset more than 30 days after surgery."),
 )
+GROUP_CODES: tuple[str, ...] = tuple(GROUPS)
+COMPLICATION_CODES: tuple[str, ...] = tuple(c.code for c in COMPLICATIONS)
+CLAVIEN_DINDO_GRADES: tuple[str, ...] = tuple(c.code for c in CLAVIEN_DINDO)

@@ -15,8 +15,8 @@ Rules a researcher needs to know (also in the README):
   status is ``ok``; ``needs_review`` values have no number.
 - **PROMs.** Baseline is the ``baseline`` time point, else the latest value before
   surgery. Change = value - baseline. The MCID is reached when the improvement is at
-  least the threshold in :data:`PROMS` (lower is better for ODI and pain, higher for
-  EQ-5D).
+  least the PROM's MCID in :data:`services.common.vocabulary.PROMS` (lower is better for
+  ODI and pain, higher for EQ-5D).
 """
 
 from __future__ import annotations
@@ -29,55 +29,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from services.common import vocabulary
+from services.common.contracts import StudyResult
 from services.common.fhir import codes
 from services.gateway.privacy import Pseudonymizer, age_at
 
-LEVELS = codes.LEVELS
-SIDES = ("left", "right")
-GROUPS = codes.STUDY_GROUPS
-
-# The imaging service's quantities (its API contract): unit, display, per-side or not.
-QUANTITIES: dict[str, tuple[str, str, bool]] = {
-    "foraminal_height": ("mm", "Foraminal height", True),
-    "disc_height": ("mm", "Disc height", False),
-    "dural_sac_area": ("mm2", "Dural sac area", False),
-    "dural_sac_volume": ("mm3", "Dural sac volume", False),
-}
-# Group → (modality, quantities measured on it, the primary quantity).
-GROUP_IMAGING: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "foraminal-stenosis": ("CT", ("foraminal_height", "disc_height"), "foraminal_height"),
-    "central-stenosis": ("MR", ("dural_sac_area", "dural_sac_volume"), "dural_sac_area"),
-}
-TIME_POINT_ORDER = {tp: i for i, tp in enumerate(codes.TIME_POINTS)}
-EARLY_TIME_POINTS = ("day-1", "day-2", "day-3")
-EARLY_LIMIT_DAYS = 30  # complications within 30 days are early (Clavien-Dindo convention)
-
-
-@dataclass(frozen=True)
-class Prom:
-    """A patient-reported outcome: direction and minimal clinically important difference."""
-
-    code: str
-    display: str
-    unit: str
-    better: Literal["lower", "higher"]
-    mcid: float
-    source: str
-
-
-PROMS: dict[str, Prom] = {
-    p.code: p
-    for p in (
-        Prom("odi", "Oswestry Disability Index", "%", "lower", 12.8, "Copay et al. 2008"),
-        Prom("back-pain-nrs", "Back pain NRS", "0-10", "lower", 2.0, "Ostelo et al. 2008"),
-        Prom("leg-pain-nrs", "Leg pain NRS", "0-10", "lower", 2.0, "Ostelo et al. 2008"),
-        Prom("back-pain-vas", "Back pain VAS", "0-10", "lower", 2.0, "Ostelo et al. 2008"),
-        Prom("leg-pain-vas", "Leg pain VAS", "0-10", "lower", 2.0, "Ostelo et al. 2008"),
-        Prom("eq5d-index", "EQ-5D index", "index", "higher", 0.08, "Walters & Brazier 2005"),
-    )
-}
+TIME_POINT_ORDER = {tp: i for i, tp in enumerate(vocabulary.TIME_POINT_CODES)}
 # Codes of other systems that mean one of ours.
-ALIASES = {(codes.LOINC, "72514-3"): "back-pain-nrs", (codes.LOINC, "59770-8"): "blood-loss"}
+ALIASES: dict[tuple[str, str], str] = {
+    **{alias: p.code.value for p in vocabulary.PROMS.values() for alias in p.aliases},
+    **{e.coding: e.code for e in vocabulary.EARLY_RESULTS.values() if e.system != codes.PROJECT},
+}
 INACTIVE_STATUSES = {"entered-in-error", "cancelled"}
 
 
@@ -212,9 +174,10 @@ class Case(BaseModel):
 
     def primary_pair(self) -> tuple[str, str | None]:
         """(quantity, reason): reason is None when pre and first post exist for it."""
-        if self.surgery.group not in GROUP_IMAGING:
+        group = vocabulary.GROUPS.get(self.surgery.group or "")
+        if group is None:
             return "", "the surgery has no study group"
-        modality, _, primary = GROUP_IMAGING[self.surgery.group]
+        modality, primary = group.modality, group.primary
         if self.imaging.pre is None:
             return primary, f"no pre-operative {modality}"
         if not self.imaging.post:
@@ -305,7 +268,7 @@ def interval_label(days: int) -> str:
     """The protocol time point nearest to ``days`` after surgery (log scale)."""
     if days <= 0:
         return "baseline"
-    nominal = codes.TIME_POINT_DAYS
+    nominal = vocabulary.TIME_POINT_DAYS
     return min(nominal, key=lambda tp: abs(math.log(days) - math.log(nominal[tp])))
 
 
@@ -359,7 +322,7 @@ def mrn_of(record: ClinicalRecord, mrn_system: str) -> str | None:
 
 
 class _Builder:
-    def __init__(self, record: ClinicalRecord, studies: list[dict[str, Any]], view: View) -> None:
+    def __init__(self, record: ClinicalRecord, studies: list[StudyResult], view: View) -> None:
         self.record, self.studies, self.view = record, studies, view
         self.case_id = str(record.procedure.get("id"))
         self.warnings: list[str] = []
@@ -413,11 +376,14 @@ class _Builder:
 
     def surgery(self) -> Surgery:
         procedure = self.record.procedure
-        group = next((c for c in _codes(procedure.get("reasonCode", [])) if c in GROUPS), None)
+        group = next(
+            (c for c in _codes(procedure.get("reasonCode", [])) if c in vocabulary.GROUPS), None
+        )
         if group is None:
             self.warnings.append("the surgery has no study group (Procedure.reasonCode)")
         levels = sorted(
-            (c for c in _codes(procedure.get("bodySite", [])) if c in LEVELS), key=LEVELS.index
+            (c for c in _codes(procedure.get("bodySite", [])) if c in vocabulary.LEVELS),
+            key=vocabulary.LEVELS.index,
         )
         techniques = [
             str(coding.get("code"))
@@ -446,15 +412,15 @@ class _Builder:
             technique=techniques[0] if techniques else None,
         )
 
-    def _study_ref(self, study: dict[str, Any], slot: str) -> StudyRef:
-        day, _ = _dicom_datetime(study.get("study_date"), study.get("study_time"))
-        result = study.get("result") or {}
-        uid = str(study["study_instance_uid"])
+    def _study_ref(self, study: StudyResult, slot: str) -> StudyRef:
+        day, _ = _dicom_datetime(study.study_date, study.study_time)
+        result = study.result
+        uid = study.study_instance_uid
         days = self.days_after(day)
-        warnings = list(result.get("warnings") or [])
-        if study.get("analysis_state") == "failed":
+        warnings = list(result.warnings) if result else []
+        if study.analysis_state == "failed":
             warnings.append("the analysis failed")
-        names = [k["name"] for k in result.get("key_images") or []]
+        names = [k.name for k in result.key_images] if result else []
         if self.view.identified:
             shown = uid
         else:
@@ -464,39 +430,39 @@ class _Builder:
             slot=slot,
             study=shown,
             study_date=self.out_date(day),
-            modality=result.get("modality") or ",".join(study.get("modalities") or []) or None,
+            modality=(result.modality if result else None) or ",".join(study.modalities) or None,
             interval_days=days,
             label="baseline" if days is None or days <= 0 else interval_label(days),
-            analysis_state=str(study.get("analysis_state", "none")),
-            result_status=result.get("status"),
-            algorithm_version=(result.get("algorithm") or {}).get("version"),
+            analysis_state=study.analysis_state,
+            result_status=result.status if result else None,
+            algorithm_version=result.algorithm.version if result else None,
             key_images=[
                 KeyImage(name=n, url=self.view.key_image_url(self.case_id, slot, n)) for n in names
             ],
-            sr_sop_instance_uid=(result.get("sr") or {}).get("sop_instance_uid")
-            if self.view.identified
+            sr_sop_instance_uid=result.sr.sop_instance_uid
+            if self.view.identified and result and result.sr
             else None,
             warnings=warnings,
         )
 
     def pair_studies(
         self, modality: str | None
-    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    ) -> tuple[StudyResult | None, list[StudyResult], list[StudyResult]]:
         """(pre, posts, others) among the patient's studies."""
         if self.surgery_at is None or modality is None:
             return None, [], list(self.studies)
-        pre: list[tuple[datetime, dict[str, Any]]] = []
-        post: list[tuple[datetime, dict[str, Any]]] = []
-        other: list[dict[str, Any]] = []
+        pre: list[tuple[datetime, StudyResult]] = []
+        post: list[tuple[datetime, StudyResult]] = []
+        other: list[StudyResult] = []
         surgery_has_time = (
             len(self.record.procedure.get("performedDateTime") or "") > 10
             or self.surgery_at.time() != time()
         )
         for study in self.studies:
-            if modality not in (study.get("modalities") or []):
+            if modality not in study.modalities:
                 other.append(study)
                 continue
-            day, clock = _dicom_datetime(study.get("study_date"), study.get("study_time"))
+            day, clock = _dicom_datetime(study.study_date, study.study_time)
             if day is None:
                 self.warnings.append("a study without a StudyDate was left out of the pairing")
                 other.append(study)
@@ -521,33 +487,34 @@ class _Builder:
         return (pre[-1][1] if pre else None), [s for _, s in post], other
 
     @staticmethod
-    def _values(study: dict[str, Any] | None) -> dict[tuple[str, str, str | None], Value]:
+    def _values(study: StudyResult | None) -> dict[tuple[str, str, str | None], Value]:
         if study is None:
             return {}
         out: dict[tuple[str, str, str | None], Value] = {}
-        result = study.get("result") or {}
-        for m in result.get("measurements") or []:
-            if m.get("level") not in LEVELS or m.get("quantity") not in QUANTITIES:
+        for m in study.result.measurements if study.result else []:
+            if m.level is None:
                 continue
-            status = "ok" if m.get("status") == "ok" and m.get("value") is not None else None
-            out[(m["quantity"], m["level"], m.get("side"))] = Value(
-                value=m.get("value") if status else None,
-                status="ok" if status else "needs_review",
-                reason=m.get("reason"),
+            ok = m.status == "ok" and m.value is not None
+            out[(m.quantity.value, m.level, m.side)] = Value(
+                value=m.value if ok else None,
+                status="ok" if ok else "needs_review",
+                reason=m.reason,
             )
-        for manual in study.get("manual_measurements") or []:  # oldest first: latest wins
-            key = (manual["quantity"], manual["level"], manual.get("side"))
+        for manual in study.manual_measurements:  # oldest first: latest wins
+            key = (manual.quantity.value, manual.level, manual.side)
             automatic = out.get(key)
             out[key] = Value(
-                value=float(manual["value"]),
+                value=manual.value,
                 status="manual",
                 reason="manual measurement",  # the reader's identity stays in imaging
                 automatic=automatic.value if automatic else None,
             )
         return out
 
-    def imaging(self, group: str | None, levels: list[str]) -> ImagingSection:
-        modality, quantities, _ = GROUP_IMAGING.get(group or "", (None, (), ""))
+    def imaging(self, group_code: str | None, levels: list[str]) -> ImagingSection:
+        group = vocabulary.GROUPS.get(group_code or "")
+        modality = group.modality if group else None
+        quantities: tuple[str, ...] = group.quantities if group else ()
         pre, posts, others = self.pair_studies(modality)
         pre_ref = self._study_ref(pre, "pre") if pre else None
         post_refs = [self._study_ref(s, f"post-{i}") for i, s in enumerate(posts, start=1)]
@@ -559,14 +526,18 @@ class _Builder:
             keys |= {k for k in values if k[0] in quantities}
         for level in levels:
             for quantity in quantities:
-                per_side = QUANTITIES[quantity][2]
-                for side in SIDES if per_side else (None,):
+                per_side = vocabulary.QUANTITIES[vocabulary.QuantityName(quantity)].per_side
+                for side in vocabulary.SIDES if per_side else (None,):
                     keys.add((quantity, level, side))
         missing = Value(value=None, status="missing")
         rows = []
         for quantity, level, side in sorted(
             keys,
-            key=lambda k: (quantities.index(k[0]), LEVELS.index(k[1]), SIDES.index(k[2] or "left")),
+            key=lambda k: (
+                quantities.index(k[0]),
+                vocabulary.LEVELS.index(k[1]),
+                vocabulary.SIDES.index(k[2] or "left"),
+            ),
         ):
             before = pre_values.get((quantity, level, side), missing)
             after = []
@@ -589,7 +560,7 @@ class _Builder:
             rows.append(
                 MetricRow(
                     quantity=quantity,
-                    unit=QUANTITIES[quantity][0],
+                    unit=vocabulary.QUANTITIES[vocabulary.QuantityName(quantity)].unit,
                     level=level,
                     side=side,
                     operated=level in levels,
@@ -629,7 +600,11 @@ class _Builder:
             days = self.days_after(onset.date() if onset else None)
             timing = _component(obs, "complication-timing")
             if timing not in ("early", "late"):
-                timing = None if days is None else ("early" if days <= EARLY_LIMIT_DAYS else "late")
+                timing = (
+                    None
+                    if days is None
+                    else ("early" if days <= vocabulary.EARLY_LIMIT_DAYS else "late")
+                )
             grade = _component(obs, "clavien-dindo-grade")
             concept = codes.PROJECT_CODES.get(kind)
             out.append(
@@ -659,7 +634,7 @@ class _Builder:
         for obs in observations:
             code = _project_code(obs.get("code"))
             value = _quantity(obs)
-            if code not in PROMS or value is None:
+            if code not in vocabulary.PROMS or value is None:
                 continue
             tp, day = self._point_of(obs)
             if tp is None:
@@ -668,7 +643,8 @@ class _Builder:
             if key not in latest or (day or date.min) >= (latest[key][0] or date.min):
                 latest[key] = (day, value)
         series = []
-        for code, prom in PROMS.items():
+        for prom in vocabulary.PROMS.values():
+            code = prom.code.value
             points = sorted(
                 ((tp, d, v) for (c, tp), (d, v) in latest.items() if c == code),
                 key=lambda p: TIME_POINT_ORDER.get(p[0], 99),
@@ -696,7 +672,7 @@ class _Builder:
                 PromSeries(
                     code=code,
                     display=prom.display,
-                    unit=prom.unit,
+                    unit=prom.scale,
                     better=prom.better,
                     mcid=prom.mcid,
                     baseline=baseline,
@@ -715,7 +691,7 @@ class _Builder:
                 continue
             tp, _ = self._point_of(obs)
             if code in ("back-pain-nrs", "leg-pain-nrs", "back-pain-vas", "leg-pain-vas"):
-                if tp in EARLY_TIME_POINTS:
+                if tp in vocabulary.EARLY_TIME_POINTS:
                     pain.append(EarlyValue(code=code, time_point=tp, value=value))
             elif code == "analgesic-mme":
                 mme.append(EarlyValue(code=code, time_point=tp, value=value))
@@ -723,7 +699,7 @@ class _Builder:
                 los = value
             elif code == "blood-loss":
                 blood = value
-        order = {tp: i for i, tp in enumerate(EARLY_TIME_POINTS)}
+        order = {tp: i for i, tp in enumerate(vocabulary.EARLY_TIME_POINTS)}
         pain.sort(key=lambda e: (e.code, order.get(e.time_point or "", 9)))
         mme.sort(key=lambda e: order.get(e.time_point or "", 9))
         return EarlyResults(
@@ -748,7 +724,7 @@ class _Builder:
         )
 
 
-def build_case(record: ClinicalRecord, studies: list[dict[str, Any]], view: View) -> Case:
+def build_case(record: ClinicalRecord, studies: list[StudyResult], view: View) -> Case:
     """Assemble one case.
 
     Parameters

@@ -19,12 +19,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from statistics import fmean
 
+from services.common import vocabulary
 from services.common.fhir import codes
 from services.gateway.cases import (
-    EARLY_TIME_POINTS,
-    GROUP_IMAGING,
-    PROMS,
-    QUANTITIES,
     Case,
     MetricRow,
 )
@@ -154,11 +151,13 @@ def metric_summaries(cases: list[Case]) -> tuple[list[MetricSummary], list[Missi
         quantity, reason = case.primary_pair()
         if reason is not None:
             missing.append(MissingCase(case.case_id, case.patient.id, quantity, reason))
-    for quantity, (unit, display, _) in QUANTITIES.items():
+    for q in vocabulary.QUANTITIES.values():
+        quantity, unit, display = q.name.value, q.unit, q.display
         relevant = [
             c
             for c in cases
-            if c.surgery.group in GROUP_IMAGING and quantity in GROUP_IMAGING[c.surgery.group][1]
+            if c.surgery.group in vocabulary.GROUPS
+            and q.name in vocabulary.GROUPS[c.surgery.group].quantities
         ]
         if not relevant:
             continue
@@ -207,7 +206,7 @@ def complication_summary(cases: list[Case]) -> ComplicationSummary:
         late += any(c.timing == "late" for c in case.complications)
         by_type.update({c.type for c in case.complications})
         by_grade.update({c.grade for c in case.complications if c.grade})
-    grade_order = [g[3:] for g in codes.CLAVIEN_DINDO]
+    grade_order = [g[3:] for g in vocabulary.CLAVIEN_DINDO_GRADES]
     return ComplicationSummary(
         any=wilson(anyone, n),
         early=wilson(early, n),
@@ -233,7 +232,7 @@ def early_summary(cases: list[Case]) -> EarlySummary:
             mme[value.time_point or "unspecified"].append(value.value)
         for value in case.early.pain:
             pain[value.code][value.time_point or "unspecified"].append(value.value)
-    order = {tp: i for i, tp in enumerate(EARLY_TIME_POINTS)}
+    order = {tp: i for i, tp in enumerate(vocabulary.EARLY_TIME_POINTS)}
 
     def by_time(values: dict[str, list[float | None]]) -> dict[str, Descriptive]:
         return {
@@ -259,14 +258,17 @@ def early_summary(cases: list[Case]) -> EarlySummary:
 def prom_summaries(cases: list[Case]) -> list[PromSummary]:
     """Per PROM and time point: values, paired change from baseline, MCID rate."""
     out = []
-    for code, prom in PROMS.items():
+    for prom in vocabulary.PROMS.values():
+        code = prom.code.value
         series = [(c, next((s for s in c.proms if s.code == code), None)) for c in cases]
         present = [s for _, s in series if s is not None]
         if not present:
             continue
         time_points = sorted(
             {p.time_point for s in present for p in s.points},
-            key=lambda tp: codes.TIME_POINTS.index(tp) if tp in codes.TIME_POINTS else 99,
+            key=lambda tp: (
+                vocabulary.TIME_POINT_CODES.index(tp) if tp in vocabulary.TIME_POINT_CODES else 99
+            ),
         )
         points = []
         for tp in time_points:
@@ -298,7 +300,7 @@ def prom_summaries(cases: list[Case]) -> list[PromSummary]:
                 display=prom.display,
                 better=prom.better,
                 mcid_threshold=prom.mcid,
-                mcid_source=prom.source,
+                mcid_source=prom.mcid_source,
                 points=points,
             )
         )

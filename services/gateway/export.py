@@ -15,11 +15,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.fhir import builders, codes
+from services.common import vocabulary
+from services.common.fhir import builders
 from services.gateway.cases import (
-    LEVELS,
-    PROMS,
-    QUANTITIES,
     Case,
     ClinicalRecord,
     MetricRow,
@@ -39,7 +37,8 @@ class Column:
 
 def _metric_columns() -> list[Column]:
     out = []
-    for quantity, (unit, display, _) in QUANTITIES.items():
+    for q in vocabulary.QUANTITIES.values():
+        quantity, unit, display = q.name.value, q.unit, q.display
         out += [
             Column(f"{quantity}_pre", "number", unit, f"{display}, pre-operative study"),
             Column(f"{quantity}_pre_status", "string", "", "ok | manual | needs_review | missing"),
@@ -53,15 +52,16 @@ def _metric_columns() -> list[Column]:
 
 def _prom_columns() -> list[Column]:
     out = []
-    for code, prom in PROMS.items():
-        for tp in codes.TIME_POINTS:
-            out.append(Column(f"{code}_{tp}", "number", prom.unit, f"{prom.display} at {tp}"))
+    for prom in vocabulary.PROMS.values():
+        code = prom.code.value
+        for tp in vocabulary.TIME_POINT_CODES:
+            out.append(Column(f"{code}_{tp}", "number", prom.scale, f"{prom.display} at {tp}"))
         out.append(
             Column(
                 f"{code}_mcid_last",
                 "boolean",
                 "",
-                f"MCID ({prom.mcid:g}, {prom.source}) reached at the last time point",
+                f"MCID ({prom.mcid:g}, {prom.mcid_source}) reached at the last time point",
             )
         )
     return out
@@ -100,7 +100,7 @@ COLUMNS: tuple[Column, ...] = (
     *_prom_columns(),
 )
 HEADER = [c.name for c in COLUMNS]
-GRADE_ORDER = [g[3:] for g in codes.CLAVIEN_DINDO]
+GRADE_ORDER = [g[3:] for g in vocabulary.CLAVIEN_DINDO_GRADES]
 
 
 def data_dictionary_rows() -> Iterator[list[str]]:
@@ -186,7 +186,7 @@ def case_rows(case: Case) -> Iterator[list[str]]:
     order = {"left": 0, "right": 1, "midline": 2}
     first = True
     for (level, side), values in sorted(
-        sites.items(), key=lambda kv: (LEVELS.index(kv[0][0]), order[kv[0][1]])
+        sites.items(), key=lambda kv: (vocabulary.LEVELS.index(kv[0][0]), order[kv[0][1]])
     ):
         record = common | values | {"level": level, "side": side, "first_row_of_case": int(first)}
         first = False

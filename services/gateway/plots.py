@@ -10,8 +10,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from services.common.fhir import codes
-from services.gateway.cases import GROUP_IMAGING, PROMS, QUANTITIES, Case
+from services.common import vocabulary
+from services.common.vocabulary import GROUPS, PROMS, QUANTITIES, PromCode, QuantityName
+from services.gateway.cases import Case
 from services.gateway.cohort import ComplicationSummary, patient_pair
 from services.gateway.stats import mean_ci
 
@@ -37,7 +38,8 @@ def _empty(axes: Axes, text: str) -> None:
 
 def paired(cases: list[Case], quantity: str, fmt: Format) -> bytes:
     """One line per patient from pre to first post (mean at the operated levels)."""
-    unit, display, _ = QUANTITIES[quantity]
+    spec = QUANTITIES[QuantityName(quantity)]
+    unit, display = spec.unit, spec.display
     figure = Figure(figsize=(5.5, 4.5))
     axes = figure.add_subplot()
     pairs = [patient_pair(c, quantity) for c in cases]
@@ -61,7 +63,7 @@ def paired(cases: list[Case], quantity: str, fmt: Format) -> bytes:
 
 def changes(cases: list[Case], fmt: Format) -> bytes:
     """The distribution of the primary metric's change, one panel per group."""
-    groups = [g for g in GROUP_IMAGING if any(c.surgery.group == g for c in cases)]
+    groups = [g for g in GROUPS if any(c.surgery.group == g for c in cases)]
     figure = Figure(figsize=(4.2 * max(1, len(groups)), 4.5))
     if not groups:
         _empty(figure.add_subplot(), "No cases")
@@ -69,8 +71,9 @@ def changes(cases: list[Case], fmt: Format) -> bytes:
     rng = np.random.default_rng(0)  # fixed jitter: the same data draws the same figure
     for index, group in enumerate(groups, start=1):
         axes = figure.add_subplot(1, len(groups), index)
-        quantity = GROUP_IMAGING[group][2]
-        unit, display, _ = QUANTITIES[quantity]
+        quantity = GROUPS[group].primary
+        spec = QUANTITIES[QuantityName(quantity)]
+        unit, display = spec.unit, spec.display
         deltas = []
         for case in cases:
             if case.surgery.group == group:
@@ -121,11 +124,11 @@ def complications(summary: ComplicationSummary, n: int, fmt: Format) -> bytes:
 
 def proms(cases: list[Case], code: str, fmt: Format) -> bytes:
     """Mean PROM per time point with a 95 % confidence band, one line per group."""
-    prom = PROMS[code]
+    prom = PROMS[PromCode(code)]
     figure = Figure(figsize=(6.5, 4.5))
     axes = figure.add_subplot()
     drawn = False
-    for group in (*GROUP_IMAGING, None):
+    for group in (*GROUPS, None):
         members = [c for c in cases if c.surgery.group == group]
         by_tp: dict[str, list[float | None]] = {}
         for case in members:
@@ -133,11 +136,13 @@ def proms(cases: list[Case], code: str, fmt: Format) -> bytes:
                 if series.code == code:
                     for point in series.points:
                         by_tp.setdefault(point.time_point, []).append(point.value)
-        tps = [tp for tp in codes.TIME_POINTS if tp in by_tp]
+        tps = [tp for tp in vocabulary.TIME_POINT_CODES if tp in by_tp]
         if not tps:
             continue
         stats = [mean_ci(by_tp[tp]) for tp in tps]
-        x = np.arange(len(codes.TIME_POINTS))[[codes.TIME_POINTS.index(tp) for tp in tps]]
+        x = np.arange(len(vocabulary.TIME_POINT_CODES))[
+            [vocabulary.TIME_POINT_CODES.index(tp) for tp in tps]
+        ]
         mean = np.asarray([s[0] for s in stats], dtype=float)
         low = np.asarray([s[1] if s[1] is not None else s[0] for s in stats], dtype=float)
         high = np.asarray([s[2] if s[2] is not None else s[0] for s in stats], dtype=float)
@@ -149,8 +154,10 @@ def proms(cases: list[Case], code: str, fmt: Format) -> bytes:
     if not drawn:
         _empty(axes, f"No {prom.display} values")
         return _render(figure, fmt)
-    axes.set_xticks(np.arange(len(codes.TIME_POINTS)), codes.TIME_POINTS, rotation=45)
-    axes.set_ylabel(f"{prom.display} ({prom.unit}); {prom.better} is better")
+    axes.set_xticks(
+        np.arange(len(vocabulary.TIME_POINT_CODES)), vocabulary.TIME_POINT_CODES, rotation=45
+    )
+    axes.set_ylabel(f"{prom.display} ({prom.scale}); {prom.better} is better")
     axes.set_title(f"{prom.display}: mean and 95 % CI by time point")
     axes.legend(loc="best")
     axes.grid(alpha=0.3)
@@ -160,7 +167,7 @@ def proms(cases: list[Case], code: str, fmt: Format) -> bytes:
 def case_metrics(case: Case, fmt: Format) -> bytes:
     """One case: each level (and side) of its group's metrics across its studies."""
     group = case.surgery.group
-    quantities = GROUP_IMAGING[group][1] if group in GROUP_IMAGING else ()
+    quantities = GROUPS[group].quantities if group in GROUPS else ()
     figure = Figure(figsize=(5.0 * max(1, len(quantities)), 4.5))
     if not quantities or (case.imaging.pre is None and not case.imaging.post):
         _empty(figure.add_subplot(), "No imaging to plot")
@@ -171,7 +178,8 @@ def case_metrics(case: Case, fmt: Format) -> bytes:
     labels = (["pre"] if case.imaging.pre else []) + [p.label for p in case.imaging.post]
     for index, quantity in enumerate(quantities, start=1):
         axes = figure.add_subplot(1, len(quantities), index)
-        unit, display, _ = QUANTITIES[quantity]
+        spec = QUANTITIES[QuantityName(quantity)]
+        unit, display = spec.unit, spec.display
         for row in case.imaging.metrics:
             if row.quantity != quantity:
                 continue
@@ -200,7 +208,7 @@ def case_proms(case: Case, fmt: Format) -> bytes:
         return _render(figure, fmt)
     for index, s in enumerate(series, start=1):
         axes = figure.add_subplot(1, len(series), index)
-        x = [codes.TIME_POINTS.index(p.time_point) for p in s.points]
+        x = [vocabulary.TIME_POINT_CODES.index(p.time_point) for p in s.points]
         axes.plot(x, [p.value for p in s.points], marker="o")
         if s.baseline is not None:
             target = s.baseline - s.mcid if s.better == "lower" else s.baseline + s.mcid

@@ -19,19 +19,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from services.common.contracts import StudyResult
 from services.gateway.cases import Case, ClinicalRecord, View, build_case, mrn_of
 from services.gateway.errors import NotFound, UpstreamError, UpstreamNotFound
 from services.gateway.upstream import ImagingClient, OutcomesClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _or_warn(service: str, result: list[T] | BaseException, warnings: list[str]) -> list[T]:
+    """An upstream's answer, or nothing with a warning when it could not answer."""
+    if isinstance(result, UpstreamError):
+        warnings.append(f"{service} unavailable ({result.reason}): no {service} shown")
+        return []
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 @dataclass
 class Snapshot:
     records: list[ClinicalRecord]
-    studies_by_patient: dict[str, list[dict[str, Any]]]
+    studies_by_patient: dict[str, list[StudyResult]]
     as_of: datetime
     load_seconds: float
     warnings: list[str] = field(default_factory=list)
@@ -50,16 +62,12 @@ class Snapshot:
         return self._built[key]
 
 
-async def _nothing() -> list[dict[str, Any]]:
-    return []
-
-
 @dataclass
 class Gathered:
     """One case's sources as fetched, and what could not be fetched."""
 
     record: ClinicalRecord
-    studies: list[dict[str, Any]]
+    studies: list[StudyResult]
     warnings: list[str]
 
     def build(self, view: View) -> Case:
@@ -113,25 +121,19 @@ class CaseSource:
         warnings: list[str] = []
         mrn = mrn_of(record, mrn_system)
         patient_ref = (record.procedure.get("subject") or {}).get("reference", "")
-        fetches: list[Any] = [
-            self.outcomes.observations(patient_ref) if observations else _nothing()
-        ]
-        if mrn:
-            fetches.append(self.imaging.results(mrn))
-        else:
-            warnings.append("the patient has no MRN: imaging cannot be matched")
-        results = await asyncio.gather(*fetches, return_exceptions=True)
-        parts: list[list[dict[str, Any]]] = []
-        for service, result in zip(("outcomes", "imaging"), results, strict=False):
-            if isinstance(result, UpstreamError):
-                warnings.append(f"{service} unavailable ({result.reason}): no {service} shown")
-                parts.append([])
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                parts.append(result)
-        record.observations = parts[0]
-        return Gathered(record, parts[1] if len(parts) > 1 else [], warnings)
+
+        async def clinical() -> list[dict[str, Any]]:
+            return await self.outcomes.observations(patient_ref) if observations else []
+
+        async def imaging() -> list[StudyResult]:
+            if not mrn:
+                warnings.append("the patient has no MRN: imaging cannot be matched")
+                return []
+            return await self.imaging.results(mrn)
+
+        found, studies = await asyncio.gather(clinical(), imaging(), return_exceptions=True)
+        record.observations = _or_warn("outcomes", found, warnings)
+        return Gathered(record, _or_warn("imaging", studies, warnings), warnings)
 
     async def case(self, case_id: str, view: View) -> Case:
         """One case, live, with a warning for each upstream that could not answer."""
@@ -152,10 +154,10 @@ class CaseSource:
         except UpstreamError as exc:
             warnings.append(f"imaging unavailable ({exc.reason}): no imaging in this snapshot")
             studies = []
-        by_patient: dict[str, list[dict[str, Any]]] = {}
+        by_patient: dict[str, list[StudyResult]] = {}
         for study in studies:
-            if study.get("patient_id"):
-                by_patient.setdefault(study["patient_id"], []).append(study)
+            if study.patient_id:
+                by_patient.setdefault(study.patient_id, []).append(study)
         for record in records:
             subject = (record.procedure.get("subject") or {}).get("reference", "")
             record.observations = observations.get(subject, [])

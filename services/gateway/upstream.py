@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from services.common.contracts import ContractError, ResultsPage, StudyResult
 from services.common.fhir import codes
 from services.gateway.cases import ClinicalRecord
 from services.gateway.errors import UpstreamNotFound, UpstreamRejected, UpstreamUnavailable
@@ -143,9 +144,10 @@ class ImagingClient:
     async def ping(self) -> None:
         await _get(self.http, self.service, "/healthz")
 
-    async def results(self, patient_id: str | None = None) -> list[dict[str, Any]]:
-        """Studies with their current measurements (all, or one patient's)."""
-        items: list[dict[str, Any]] = []
+    async def results(self, patient_id: str | None = None) -> list[StudyResult]:
+        """Studies with their current measurements (all, or one patient's), parsed into
+        the result contract."""
+        items: list[StudyResult] = []
         after: str | None = None
         while True:
             params = {"limit": str(PAGE)}
@@ -153,9 +155,14 @@ class ImagingClient:
                 params["PatientID"] = patient_id
             if after:
                 params["after"] = after
-            page = (await _get(self.http, self.service, "/api/results", params)).json()
-            items.extend(page["items"])
-            after = page.get("next_after")
+            response = await _get(self.http, self.service, "/api/results", params)
+            try:
+                page = ResultsPage.from_json(response.content)
+            except ContractError as exc:
+                reason = f"answered outside the result contract ({exc})"
+                raise UpstreamUnavailable(self.service, reason) from None
+            items.extend(page.items)
+            after = page.next_after
             if not after:
                 return items
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from services.outcomes import interactions
 from services.outcomes import repository as repo
-from services.outcomes.errors import FhirError, InvalidRequest, operation_outcome
+from services.outcomes.errors import FhirError, InvalidRequest, as_fhir_error, operation_outcome
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
@@ -54,7 +54,7 @@ def _parse_entry(index: int, entry: Any) -> EntryRequest:
         raise InvalidRequest(f"{where}.resource is required for {method}")
     if_match = None
     if request.get("ifMatch"):
-        if_match = repo.version_from_etag(str(request["ifMatch"]))
+        if_match = interactions.version_from_etag(str(request["ifMatch"]))
     return EntryRequest(
         index,
         method,
@@ -122,14 +122,15 @@ def _execute(
             )
         return _response(201 if result.created else 200, result.stored, base)
     if req.method == "DELETE":
-        logical_id = req.logical_id
-        if logical_id is None and req.query:
-            match = repo.find_one(conn, req.resource_type, req.query)
-            logical_id = match.logical_id if match else None
-        if logical_id is not None:
-            interactions.delete(conn, req.resource_type, logical_id)
+        if req.logical_id is not None:
+            interactions.delete(conn, req.resource_type, req.logical_id)
+        elif req.query:
+            interactions.conditional_delete(conn, req.resource_type, req.query)
+        else:
+            raise InvalidRequest(f"Bundle.entry[{req.index}]: DELETE needs an id or criteria")
         return _response(204, None, base)
     # GET: read or search
+    interactions.stored_type(req.resource_type)
     if req.logical_id is not None:
         return _response(200, repo.read(conn, req.resource_type, req.logical_id), base)
     found = repo.search(conn, req.resource_type, parse_qsl(req.query or "", keep_blank_values=True))
@@ -209,18 +210,23 @@ def _transaction(conn: Connection, requests: list[EntryRequest], base: str) -> l
                 req.if_match,
             )
         )
+        if req.method == "POST" and not req.if_none_exist:
+            assert resolved.resource is not None
+            if resolved.resource.get("resourceType") != req.resource_type:
+                raise InvalidRequest(
+                    f"Bundle.entry[{req.index}]: resourceType "
+                    f"'{resolved.resource.get('resourceType')}' does not match the request's "
+                    f"'{req.resource_type}'"
+                )
+            plain_posts.append((resolved, preassigned[req.index]))
+            continue
+        _flush(conn, plain_posts, responses, base)
         try:
-            if req.method == "POST" and not req.if_none_exist:
-                assert resolved.resource is not None
-                repo.check_type(req.resource_type)
-                repo.prepare(resolved.resource, req.resource_type)
-                plain_posts.append((resolved, preassigned[req.index]))
-                continue
-            _flush(conn, plain_posts, responses, base)
             responses[req.index] = _execute(conn, resolved, base, preassigned)
-        except FhirError as exc:
-            exc.diagnostics = f"Bundle.entry[{req.index}]: {exc.diagnostics}"
-            raise
+        except (FhirError, repo.RepositoryError) as exc:
+            error = as_fhir_error(exc)
+            error.diagnostics = f"Bundle.entry[{req.index}]: {error.diagnostics}"
+            raise error from None
     _flush(conn, plain_posts, responses, base)
     return [responses[i] for i in range(len(requests))]
 
@@ -231,10 +237,19 @@ def _flush(
     responses: dict[int, dict[str, Any]],
     base: str,
 ) -> None:
-    """Insert the validated plain creates collected so far, in bulk."""
-    stored = repo.insert_many(conn, [(req.resource or {}, new_id) for req, new_id in posts])
+    """Create the plain POSTs collected so far, in bulk, through the write door."""
+    try:
+        stored = interactions.create_many(
+            conn, [(req.resource or {}, new_id) for req, new_id in posts]
+        )
+    except (FhirError, repo.RepositoryError) as exc:
+        error = as_fhir_error(exc)
+        if error.position is not None:
+            error.diagnostics = (
+                f"Bundle.entry[{posts[error.position][0].index}]: {error.diagnostics}"
+            )
+        raise error from None
     for (req, _), item in zip(posts, stored, strict=True):
-        interactions.after_write(conn, item)
         responses[req.index] = _response(201, item, base)
     posts.clear()
 
@@ -247,5 +262,6 @@ def _batch_entry(engine: Engine, index: int, entry: Any, base: str) -> dict[str,
             return _execute(conn, req, base, {})
 
         return repo.run_in_transaction(engine, work)
-    except FhirError as exc:
-        return {"response": {"status": f"{exc.status}", "outcome": operation_outcome(exc)}}
+    except (FhirError, repo.RepositoryError) as exc:
+        error = as_fhir_error(exc)
+        return {"response": {"status": f"{error.status}", "outcome": operation_outcome(error)}}

@@ -13,11 +13,23 @@
     ├── PreconditionFailed   412  conflict     stale If-Match, ambiguous conditional create
     ├── UnsupportedMedia     415  not-supported
     └── Unprocessable        422  processing   a resource that fails validation
+
+The repository's persistence errors (:class:`services.outcomes.repository.RepositoryError`)
+become FhirErrors through :func:`from_repository`: not found 404, deleted 410, version
+conflict and ambiguous criteria 412, invalid query 400.
 """
 
 from __future__ import annotations
 
 from services.outcomes.fhir.validation import Issue
+from services.outcomes.repository import (
+    Deleted,
+    InvalidQuery,
+    MultipleMatches,
+    NotFound,
+    RepositoryError,
+    VersionConflict,
+)
 
 
 class FhirError(Exception):
@@ -28,6 +40,7 @@ class FhirError(Exception):
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
         self.issues = issues or []
+        self.position: int | None = None  # which item of a bulk write failed
 
 
 class InvalidRequest(FhirError):
@@ -89,3 +102,24 @@ def operation_outcome(error: FhirError) -> dict[str, object]:
     else:
         issues = [{"severity": "error", "code": error.code, "diagnostics": error.diagnostics}]
     return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+_FROM_REPOSITORY: dict[type[RepositoryError], type[FhirError]] = {
+    NotFound: ResourceNotFound,
+    Deleted: Gone,
+    VersionConflict: PreconditionFailed,
+    MultipleMatches: PreconditionFailed,
+    InvalidQuery: InvalidRequest,
+}
+
+
+def from_repository(error: RepositoryError) -> FhirError:
+    """The FHIR error of a persistence error (the edge's one mapping)."""
+    kind = next(
+        (fhir for repo, fhir in _FROM_REPOSITORY.items() if isinstance(error, repo)), FhirError
+    )
+    return kind(str(error))
+
+
+def as_fhir_error(error: FhirError | RepositoryError) -> FhirError:
+    return error if isinstance(error, FhirError) else from_repository(error)

@@ -1,6 +1,15 @@
 """The FHIR resource repository: versioned writes with their search index, reads,
 history and search, on one SQLAlchemy connection (so a transaction Bundle is one
-database transaction).
+database transaction). It persists what the write door
+(:mod:`services.outcomes.interactions`) has validated, and raises persistence errors,
+which the API maps to OperationOutcomes in one place (:mod:`services.outcomes.errors`)::
+
+    RepositoryError
+    ├── NotFound          no such resource (or version)
+    ├── Deleted           the resource (or version) is a deletion
+    ├── VersionConflict   a stale If-Match, or the resource changed meanwhile
+    ├── MultipleMatches   conditional criteria match several resources
+    └── InvalidQuery      an unknown parameter, modifier, sort or include; a bad value
 
 Conditional create is race-safe by construction: the normalised ``If-None-Exist``
 criteria are inserted into ``fhir_conditional_key`` (unique per type) in the same
@@ -12,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,16 +43,8 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from services.outcomes.errors import (
-    Gone,
-    InvalidRequest,
-    PreconditionFailed,
-    ResourceNotFound,
-    Unprocessable,
-    UnsupportedType,
-)
 from services.outcomes.fhir import search_params as sp
-from services.outcomes.fhir.validation import SUPPORTED_TYPES, validate
+from services.outcomes.fhir.resource_types import search_params
 from services.outcomes.models import (
     ConditionalKey,
     OutcomesModel,
@@ -68,9 +68,32 @@ _STRING: Table = OutcomesModel.metadata.tables[SearchString.__tablename__]
 _KEY: Table = OutcomesModel.metadata.tables[ConditionalKey.__tablename__]
 _INDEX_TABLES = (_TOKEN, _REF, _DATE, _STRING)
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 MAX_COUNT = 1000
 DEFAULT_COUNT = 20
+
+
+class RepositoryError(Exception):
+    """A persistence error (see the module docstring for the tree)."""
+
+
+class NotFound(RepositoryError):
+    pass
+
+
+class Deleted(RepositoryError):
+    pass
+
+
+class VersionConflict(RepositoryError):
+    pass
+
+
+class MultipleMatches(RepositoryError):
+    pass
+
+
+class InvalidQuery(RepositoryError):
+    pass
 
 
 def now_utc() -> datetime:
@@ -131,24 +154,6 @@ def run_in_transaction(engine: Engine, work: Callable[[Connection], T], *, attem
     raise AssertionError("unreachable")
 
 
-def version_from_etag(etag: str) -> int:
-    """The version of a weak ETag ``W/"3"`` (as sent in If-Match)."""
-    text = etag.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise InvalidRequest(f"If-Match '{etag}' is not a version ETag (W/\"n\")")
-    return int(text)
-
-
-def check_type(resource_type: str) -> None:
-    if resource_type not in SUPPORTED_TYPES:
-        raise UnsupportedType(f"resource type '{resource_type}' is not supported here")
-
-
-def check_id(logical_id: str) -> None:
-    if not ID_PATTERN.match(logical_id):
-        raise InvalidRequest(f"'{logical_id}' is not a valid resource id")
-
-
 def _row_to_stored(row: Any) -> Stored:
     return Stored(
         row.resource_type,
@@ -161,19 +166,6 @@ def _row_to_stored(row: Any) -> Stored:
 
 
 # -- writes --------------------------------------------------------------------------------
-def prepare(resource: dict[str, Any], resource_type: str) -> None:
-    """Check the body is a valid resource of the type; raise 400/422 otherwise."""
-    if not isinstance(resource, dict):
-        raise InvalidRequest("the body is not a JSON object")
-    if resource.get("resourceType") != resource_type:
-        raise InvalidRequest(
-            f"resourceType '{resource.get('resourceType')}' does not match '{resource_type}'"
-        )
-    issues = validate(resource)
-    if issues:
-        raise Unprocessable(f"{resource_type} failed validation", issues)
-
-
 def _stamp(resource: dict[str, Any], logical_id: str, version: int, when: datetime) -> str:
     resource["id"] = logical_id
     meta = dict(resource.get("meta") or {})
@@ -187,7 +179,7 @@ def _write_index(conn: Connection, items: Sequence[tuple[int, dict[str, Any]]]) 
     rows: dict[str, list[dict[str, Any]]] = {"token": [], "reference": [], "date": [], "string": []}
     for pk, resource in items:
         rtype = resource["resourceType"]
-        for entry in sp.extract(resource):
+        for entry in sp.extract(resource, search_params(rtype).values()):
             base = {"resource_pk": pk, "resource_type": rtype, "param": entry.param}
             if entry.type == "token":
                 rows["token"].append({**base, "system": entry.system, "code": entry.value})
@@ -277,24 +269,23 @@ def create(
     if_none_exist: str | None = None,
     logical_id: str | None = None,
 ) -> WriteResult:
-    """Create a resource (server-assigned id unless given), optionally conditionally.
+    """Store a validated resource (server-assigned id unless given), optionally
+    conditionally.
 
     Raises
     ------
-    PreconditionFailed
+    MultipleMatches
         ``If-None-Exist`` matches more than one resource.
-    Unprocessable
-        The resource fails validation.
+    InvalidQuery
+        ``If-None-Exist`` is not a search this server understands.
     """
     rtype = str(resource.get("resourceType"))
-    check_type(rtype)
-    prepare(resource, rtype)
     criteria: str | None = None
     if if_none_exist:
         criteria = normalize_criteria(if_none_exist)
         found = search(conn, rtype, parse_qsl(criteria, keep_blank_values=True), limit=2)
         if len(found.matches) > 1:
-            raise PreconditionFailed(
+            raise MultipleMatches(
                 f"If-None-Exist '{if_none_exist}' matches {len(found.matches)} resources"
             )
         if found.matches:
@@ -315,21 +306,17 @@ def update(
     *,
     if_match: int | None = None,
 ) -> WriteResult:
-    """Update (or create with the client's id); ``if_match`` guards against lost updates."""
-    check_type(resource_type)
-    check_id(logical_id)
-    if resource.get("id") not in (None, logical_id):
-        raise InvalidRequest(f"resource id '{resource.get('id')}' differs from the URL's")
-    prepare(resource, resource_type)
+    """Store a validated resource as the next version (or create it with the client's
+    id); ``if_match`` guards against lost updates (:class:`VersionConflict`)."""
     row = conn.execute(
         select(_R).where(_R.c.resource_type == resource_type, _R.c.logical_id == logical_id)
     ).first()
     if row is None:
         if if_match is not None:
-            raise PreconditionFailed("If-Match given for a resource that does not exist")
+            raise VersionConflict("If-Match given for a resource that does not exist")
         return WriteResult(_insert_new(conn, resource, logical_id), created=True)
     if if_match is not None and if_match != row.version_id:
-        raise PreconditionFailed(
+        raise VersionConflict(
             f"version {if_match} is stale; the current version is {row.version_id}"
         )
     version = row.version_id + 1
@@ -341,7 +328,7 @@ def update(
         .values(version_id=version, last_updated=naive_utc(when), deleted=False, content=content)
     )
     if result.rowcount != 1:
-        raise PreconditionFailed("the resource changed meanwhile; retry with its new version")
+        raise VersionConflict("the resource changed meanwhile; retry with its new version")
     conn.execute(
         insert(_V).values(
             resource_type=resource_type,
@@ -362,8 +349,6 @@ def update(
 
 def delete_resource(conn: Connection, resource_type: str, logical_id: str) -> int | None:
     """Delete (keeping history); returns the deletion's version, None if nothing to delete."""
-    check_type(resource_type)
-    check_id(logical_id)
     row = conn.execute(
         select(_R.c.pk, _R.c.version_id, _R.c.deleted).where(
             _R.c.resource_type == resource_type, _R.c.logical_id == logical_id
@@ -395,21 +380,17 @@ def delete_resource(conn: Connection, resource_type: str, logical_id: str) -> in
 
 # -- reads ---------------------------------------------------------------------------------
 def read(conn: Connection, resource_type: str, logical_id: str) -> Stored:
-    check_type(resource_type)
-    check_id(logical_id)
     row = conn.execute(
         select(_R).where(_R.c.resource_type == resource_type, _R.c.logical_id == logical_id)
     ).first()
     if row is None:
-        raise ResourceNotFound(f"{resource_type}/{logical_id} is not known")
+        raise NotFound(f"{resource_type}/{logical_id} is not known")
     if row.deleted:
-        raise Gone(f"{resource_type}/{logical_id} was deleted")
+        raise Deleted(f"{resource_type}/{logical_id} was deleted")
     return _row_to_stored(row)
 
 
 def vread(conn: Connection, resource_type: str, logical_id: str, version_id: int) -> Stored:
-    check_type(resource_type)
-    check_id(logical_id)
     row = conn.execute(
         select(_V).where(
             _V.c.resource_type == resource_type,
@@ -418,9 +399,9 @@ def vread(conn: Connection, resource_type: str, logical_id: str, version_id: int
         )
     ).first()
     if row is None:
-        raise ResourceNotFound(f"{resource_type}/{logical_id}/_history/{version_id} is not known")
+        raise NotFound(f"{resource_type}/{logical_id}/_history/{version_id} is not known")
     if row.content is None:
-        raise Gone(f"version {version_id} of {resource_type}/{logical_id} is a deletion")
+        raise Deleted(f"version {version_id} of {resource_type}/{logical_id} is a deletion")
     return Stored(resource_type, logical_id, version_id, row.last_updated, json.loads(row.content))
 
 
@@ -443,14 +424,12 @@ def history(
     offset: int = 0,
 ) -> tuple[list[HistoryEntry], int]:
     """Versions newest first, at instance level (with an id) or type level."""
-    check_type(resource_type)
     where = [_V.c.resource_type == resource_type]
     if logical_id is not None:
-        check_id(logical_id)
         where.append(_V.c.logical_id == logical_id)
     total = conn.execute(select(func.count()).select_from(_V).where(*where)).scalar_one()
     if logical_id is not None and total == 0:
-        raise ResourceNotFound(f"{resource_type}/{logical_id} is not known")
+        raise NotFound(f"{resource_type}/{logical_id} is not known")
     rows = conn.execute(
         select(_V)
         .where(*where)
@@ -477,7 +456,7 @@ def normalize_criteria(query: str) -> str:
     query = query.split("?", 1)[-1]
     pairs = sorted(parse_qsl(query, keep_blank_values=True))
     if not pairs:
-        raise InvalidRequest("If-None-Exist needs search parameters")
+        raise InvalidQuery("If-None-Exist needs search parameters")
     return urlencode(pairs)
 
 
@@ -489,7 +468,7 @@ def _token_condition(table: Table, value: str) -> Any:
     if system_given:
         conds.append(table.c.system == system if system else table.c.system.is_(None))
     if not conds:
-        raise InvalidRequest(f"empty token '{value}'")
+        raise InvalidQuery(f"empty token '{value}'")
     return and_(*conds)
 
 
@@ -497,7 +476,7 @@ def _date_condition(low_col: Any, high_col: Any, value: str) -> Any:
     try:
         prefix, low, high = sp.parse_date_value(value)
     except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
+        raise InvalidQuery(str(exc)) from None
     low, high = naive_utc(low), naive_utc(high)
     if prefix == "eq":
         return and_(low_col >= low, high_col <= high)
@@ -518,7 +497,7 @@ def _reference_targets(param: sp.SearchParam, value: str) -> list[str]:
         ref = sp.normalize_reference(item.strip())
         if "/" not in ref:
             if param.target is None:
-                raise InvalidRequest(
+                raise InvalidQuery(
                     f"'{param.name}={item}' needs a typed reference (e.g. Patient/{item})"
                 )
             ref = f"{param.target}/{ref}"
@@ -533,7 +512,7 @@ SELECTIVE_NAMES = ("identifier",)
 
 
 def _is_selective(resource_type: str, name: str) -> bool:
-    param = sp.SEARCH_PARAMS.get(resource_type, {}).get(name.partition(":")[0])
+    param = search_params(resource_type).get(name.partition(":")[0])
     return param is not None and (param.type in SELECTIVE_TYPES or param.name in SELECTIVE_NAMES)
 
 
@@ -546,11 +525,11 @@ def _param_filter(
         return _R.c.logical_id.in_(value.split(","))
     if name == "_lastUpdated":
         return _date_condition(_R.c.last_updated, _R.c.last_updated, value)
-    param = sp.SEARCH_PARAMS.get(resource_type, {}).get(name)
+    param = search_params(resource_type).get(name)
     if param is None:
-        raise InvalidRequest(f"unknown search parameter '{name}' for {resource_type}")
+        raise InvalidQuery(f"unknown search parameter '{name}' for {resource_type}")
     if modifier not in (None, "exact") or (modifier == "exact" and param.type != "string"):
-        raise InvalidRequest(f"modifier ':{modifier}' is not supported")
+        raise InvalidQuery(f"modifier ':{modifier}' is not supported")
     if param.type == "token":
         table: Table = _TOKEN
         condition: Any = or_(*[_token_condition(_TOKEN, v) for v in value.split(",")])
@@ -593,17 +572,14 @@ def _sorted(query: Select[Any], resource_type: str, sort: str | None) -> Select[
     name = sort.lstrip("-")
     if name == "_lastUpdated":
         column: Any = _R.c.last_updated
-    elif (
-        sp.SEARCH_PARAMS.get(resource_type, {}).get(name, None) is not None
-        and sp.SEARCH_PARAMS[resource_type][name].type == "date"
-    ):
+    elif (param := search_params(resource_type).get(name)) is not None and param.type == "date":
         column = (
             select(func.min(_DATE.c.low))
             .where(_DATE.c.resource_pk == _R.c.pk, _DATE.c.param == name)
             .scalar_subquery()
         )
     else:
-        raise InvalidRequest(f"cannot sort by '{sort}'")
+        raise InvalidQuery(f"cannot sort by '{sort}'")
     return query.order_by(column.desc() if descending else column.asc(), _R.c.pk)
 
 
@@ -619,7 +595,6 @@ def search(
     want_total: bool = False,
 ) -> SearchResult:
     """Resources of ``resource_type`` matching every parameter (values: comma = OR)."""
-    check_type(resource_type)
     # One selective parameter drives (an IN list looked up by primary key; index rows
     # exist only for current, undeleted resources of the type). Without one, the type's
     # rows are walked in primary-key order and the scan stops when the page is full.
@@ -656,13 +631,13 @@ def _includes(conn: Connection, matches: list[Stored], include: Sequence[str]) -
     for spec in include:
         source, _, name = spec.partition(":")
         name, _, target_type = name.partition(":")
-        param = sp.SEARCH_PARAMS.get(source, {}).get(name)
+        param = search_params(source).get(name)
         if param is None or param.type != "reference":
-            raise InvalidRequest(f"_include '{spec}' is not supported")
+            raise InvalidQuery(f"_include '{spec}' is not supported")
         for stored in matches:
             if stored.resource_type != source:
                 continue
-            for entry in sp.extract(stored.content):
+            for entry in sp.extract(stored.content, [param]):
                 if (
                     entry.param == name
                     and entry.value
@@ -688,5 +663,5 @@ def find_one(conn: Connection, resource_type: str, query: str) -> Stored | None:
     """The single match of a search query string, None if none (412 if several)."""
     found = search(conn, resource_type, parse_qsl(query, keep_blank_values=True), limit=2)
     if len(found.matches) > 1:
-        raise PreconditionFailed(f"'{resource_type}?{query}' matches several resources")
+        raise MultipleMatches(f"'{resource_type}?{query}' matches several resources")
     return found.matches[0] if found.matches else None

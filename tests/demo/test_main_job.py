@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.demo.__main__ import _port_free
 from tests.harness.net import free_port
+from tools.demo.__main__ import _port_free
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def _three_free_ports() -> int:
 
 
 def _run(data: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "services.demo", "--patients", "2", "--no-serve"]
+    command = [sys.executable, "-m", "tools.demo", "--patients", "2", "--no-serve"]
     command += ["--data-dir", str(data), "--base-port", str(_three_free_ports())]
     command += ["--dicom-port", str(free_port())]
     return subprocess.run(

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from services.demo.cohort import PatientPlan
 from tests.conftest import _require
 from tests.harness.dcmtk import have_dcmtk
 from tests.harness.gateway import GatewayServer
@@ -28,6 +27,7 @@ from tests.harness.outcomes import OutcomesServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.redis import RedisServer, redis_binary
 from tests.harness.workers import CeleryWorker, worker_env
+from tools.demo.cohort import PatientPlan
 
 
 @dataclass

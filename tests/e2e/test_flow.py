@@ -13,13 +13,13 @@ from fhirpy import SyncFHIRClient
 from sqlmodel import Session, func, select
 
 from services.common.fhir import codes
-from services.demo.cohort import PatientPlan, phantom_specs, plan_patient
 from services.imaging.models import JobState, MeasurementSet, ResultDelivery
-from services.imaging.phantom import write_phantom
 from tests.e2e.conftest import Hospital
 from tests.harness.dcmtk import storescu
 from tests.harness.net import wait_until
 from tests.harness.outcomes import post_cohort
+from tools.demo.cohort import PatientPlan, phantom_specs, plan_patient
+from tools.phantom import write_phantom
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

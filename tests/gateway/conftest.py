@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from services.common.auth import AuthSettings, BasicUser, hash_password
-from services.demo.cohort import PatientPlan, phantom_specs, plan_patient
-from services.imaging.phantom import write_phantom
 from tests.conftest import _require
 from tests.harness.dcmtk import have_dcmtk, storescu
 from tests.harness.gateway import GatewayServer
 from tests.harness.imaging import TEST_KEY, ImagingServer
 from tests.harness.net import wait_until
 from tests.harness.outcomes import OutcomesServer, post_cohort
+from tools.demo.cohort import PatientPlan, phantom_specs, plan_patient
+from tools.phantom import write_phantom
 
 RESEARCHER_PASSWORD = "correct horse battery staple"
 

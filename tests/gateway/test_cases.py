@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from services.common.contracts import StudyResult
 from services.common.fhir import builders, codes
 from services.gateway.cases import ClinicalRecord, View, build_case, interval_label
 from services.gateway.cohort import summarize
@@ -47,38 +48,62 @@ def study(
     time: str | None = None,
     manual: list[dict[str, Any]] | None = None,
     state: str = "done",
-) -> dict[str, Any]:
+) -> StudyResult:
+    units = {"foraminal_height": "mm", "disc_height": "mm", "dural_sac_area": "mm2"}
     measurements = [
         {
             "quantity": q,
             "level": level,
+            "level_index": 0,
             "side": side,
             "value": v,
+            "unit": units.get(q, "mm3"),
+            "series_instance_uid": "1.2.3",
             "status": "ok" if v is not None else "needs_review",
             "reason": None if v is not None else "edge not found",
         }
         for (q, level, side), v in values.items()
     ]
-    return {
-        "study_instance_uid": uid,
-        "patient_id": "x",
-        "study_date": day,
-        "study_time": time,
-        "modalities": [modality],
-        "analysis_state": state,
-        "result": None
-        if state != "done"
-        else {
-            "modality": modality,
-            "status": "ok",
-            "warnings": [],
-            "algorithm": {"version": "1.0.0"},
-            "measurements": measurements,
-            "key_images": [{"name": "fh-l4-l5-left"}],
-            "sr": {"sop_instance_uid": "9.9"},
-        },
-        "manual_measurements": manual or [],
-    }
+    manual = [
+        {
+            "id": n,
+            "study_instance_uid": uid,
+            "unit": "mm",
+            "note": None,
+            "created_at": "2024-03-01T00:00:00Z",
+            **m,
+        }
+        for n, m in enumerate(manual or [], start=1)
+    ]
+    return StudyResult.model_validate(
+        {
+            "study_instance_uid": uid,
+            "patient_id": "x",
+            "study_date": day,
+            "study_time": time,
+            "modalities": [modality],
+            "issuer_of_patient_id": None,
+            "state": "complete",
+            "version": 1,
+            "analysis_state": state,
+            "analysis_error": None,
+            "result": None
+            if state != "done"
+            else {
+                "study_instance_uid": uid,
+                "modality": modality,
+                "status": "ok",
+                "warnings": [],
+                "algorithm": {"name": "spine-decompression", "version": "1.0.0"},
+                "measurements": measurements,
+                "study_version": 1,
+                "computed_at": "2024-03-01T00:00:00Z",
+                "key_images": [{"name": "fh-l4-l5-left", "url": "/fh-l4-l5-left.png"}],
+                "sr": {"sop_instance_uid": "9.9", "wado": "/dicomweb"},
+            },
+            "manual_measurements": manual,
+        }
+    )
 
 
 def fh(left: float | None, right: float | None, level: str = "L4-L5") -> dict[Any, float | None]:

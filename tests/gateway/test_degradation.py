@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from services.demo.cohort import plan_patient
 from tests.harness.gateway import GatewayServer
 from tests.harness.imaging import ImagingServer
 from tests.harness.net import free_port
 from tests.harness.outcomes import OutcomesServer, post_cohort
+from tools.demo.cohort import plan_patient
 
 pytestmark = pytest.mark.integration
 

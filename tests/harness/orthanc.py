@@ -1,5 +1,5 @@
 """A real Orthanc as the PACS (the launcher is shared with the demo)."""
 
-from services.demo.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
+from tools.demo.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
 
 __all__ = ["OrthancServer", "dicomweb_plugin", "orthanc_binary"]

@@ -8,12 +8,12 @@ from typing import Any
 from fhirpy import SyncFHIRClient
 
 from services.common.auth import Authenticator, AuthSettings
-from services.demo.cohort import PatientPlan, surgeon_resources, transaction
 from services.outcomes.app import create_app
 from services.outcomes.settings import OutcomesSettings
 from tests.harness.imaging import TEST_KEY
 from tests.harness.net import free_port
 from tests.harness.server import ServiceHarness
+from tools.demo.cohort import PatientPlan, surgeon_resources, transaction
 
 ALL_SCOPES = "system/*.cruds"
 

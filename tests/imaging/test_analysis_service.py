@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from services.imaging.phantom import PhantomSpec, write_phantom
 from tests.harness.dcmtk import storescu
 from tests.harness.imaging import ImagingServer
 from tests.harness.net import wait_until
+from tools.phantom import PhantomSpec, write_phantom
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("dcmtk")]
 

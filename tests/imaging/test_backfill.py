@@ -13,10 +13,10 @@ import pytest
 from sqlmodel import Session, col, select
 
 from services.imaging.models import MeasurementSet
-from services.imaging.phantom import PhantomSpec, write_phantom
 from tests.harness.dcmtk import storescu
 from tests.harness.imaging import ImagingServer
 from tests.harness.net import wait_until
+from tools.phantom import PhantomSpec, write_phantom
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("dcmtk")]
 ROOT = Path(__file__).resolve().parents[2]

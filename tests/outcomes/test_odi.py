@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.common.fhir.builders import odi_response
-from services.outcomes.fhir.odi import OdiError, score_odi
+from services.outcomes.fhir.questionnaires.base import ScoringError
+from services.outcomes.fhir.questionnaires.odi import score_odi
 
 
 def test_all_sections_answered() -> None:
@@ -28,5 +29,5 @@ def test_extremes() -> None:
 
 @pytest.mark.parametrize("answers", [[6] + [0] * 9, [None] * 10, [-1] + [0] * 9])
 def test_unscorable_responses(answers: list[int | None]) -> None:
-    with pytest.raises(OdiError):
+    with pytest.raises(ScoringError):
         score_odi(odi_response("Patient/1", answers, authored="2025"))

@@ -163,19 +163,24 @@ def complication(
     }
 
 
-def odi_response(
-    patient_ref: str, answers: list[int | None], *, authored: str, time_point: str | None = None
+def questionnaire_response(
+    questionnaire: str,
+    patient_ref: str,
+    answers: list[tuple[str, int | None]],
+    *,
+    authored: str,
+    time_point: str | None = None,
 ) -> dict[str, Any]:
-    """An ODI QuestionnaireResponse; ``None`` answers are skipped sections."""
+    """A QuestionnaireResponse of integer answers (``None``: the item was skipped)."""
     items = []
-    for index, value in enumerate(answers, start=1):
-        item: dict[str, Any] = {"linkId": f"odi-{index}"}
+    for link_id, value in answers:
+        item: dict[str, Any] = {"linkId": link_id}
         if value is not None:
             item["answer"] = [{"valueInteger": value}]
         items.append(item)
     resource: dict[str, Any] = {
         "resourceType": "QuestionnaireResponse",
-        "questionnaire": codes.ODI_QUESTIONNAIRE,
+        "questionnaire": questionnaire,
         "status": "completed",
         "subject": {"reference": patient_ref},
         "authored": authored,
@@ -184,6 +189,19 @@ def odi_response(
     if time_point:
         resource["extension"] = _time_point(time_point)
     return resource
+
+
+def odi_response(
+    patient_ref: str, answers: list[int | None], *, authored: str, time_point: str | None = None
+) -> dict[str, Any]:
+    """An ODI QuestionnaireResponse; ``None`` answers are skipped sections."""
+    return questionnaire_response(
+        codes.ODI_QUESTIONNAIRE,
+        patient_ref,
+        [(f"odi-{n}", value) for n, value in enumerate(answers, start=1)],
+        authored=authored,
+        time_point=time_point,
+    )
 
 
 def imaging_study(

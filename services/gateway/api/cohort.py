@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from services.common.vocabulary import PromCode, QuantityName
 from services.gateway import plots
 from services.gateway.access import ViewerDep
 from services.gateway.api.cases import FilterDep, source_of
@@ -17,10 +18,6 @@ from services.gateway.cohort import summarize
 from services.gateway.errors import InvalidRequest
 
 router = APIRouter(prefix="/api/cohort", tags=["Cohort"])
-Quantity = Literal["foraminal_height", "disc_height", "dural_sac_area", "dural_sac_volume"]
-PromCode = Literal[
-    "odi", "back-pain-nrs", "leg-pain-nrs", "back-pain-vas", "leg-pain-vas", "eq5d-index"
-]
 
 
 class SummaryResponse(BaseModel):
@@ -59,8 +56,8 @@ async def cohort_plot(
     fmt: Literal["png", "svg"],
     viewer: ViewerDep,
     keep: FilterDep,
-    quantity: Annotated[Quantity | None, Query(description="for paired")] = None,
-    prom: Annotated[PromCode, Query(description="for proms")] = "odi",
+    quantity: Annotated[QuantityName | None, Query(description="for paired")] = None,
+    prom: Annotated[PromCode, Query(description="for proms")] = PromCode.ODI,
 ) -> Response:
     """``paired`` pre/post lines per patient (``quantity``), ``changes`` by group,
     ``complications`` with Wilson CIs, ``proms`` trajectories with 95 % bands."""

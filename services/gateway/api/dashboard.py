@@ -18,11 +18,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
+from services.common import vocabulary
 from services.common.auth import Authenticator, Principal, current_principal
-from services.common.fhir import codes
 from services.gateway.access import READ_SCOPE, Viewer, viewer_for
 from services.gateway.api.cases import FilterDep, list_cases, source_of
-from services.gateway.cases import GROUP_IMAGING, LEVELS, PROMS
 from services.gateway.cohort import summarize
 from services.gateway.errors import Forbidden
 
@@ -163,9 +162,9 @@ async def cohort_page(request: Request, keep: FilterDep) -> Response:
         return _to_login(request)
     cases, snapshot = await source_of(request).cases(viewer.view, keep)
     summary = await run_in_threadpool(summarize, cases, keep.group)
-    groups = [keep.group] if keep.group else list(GROUP_IMAGING)
-    quantities = [q for g in groups for q in GROUP_IMAGING[g][1]]
-    prom_codes = [p.code for p in summary.proms if p.code in PROMS]
+    groups = [keep.group] if keep.group else list(vocabulary.GROUPS)
+    quantities = [q.value for g in groups for q in vocabulary.GROUPS[g].quantities]
+    prom_codes = [p.code for p in summary.proms if p.code in vocabulary.PROMS]
     return _page(
         "cohort.html",
         viewer=viewer,
@@ -174,8 +173,8 @@ async def cohort_page(request: Request, keep: FilterDep) -> Response:
         snapshot_seconds=snapshot.load_seconds,
         warnings=snapshot.warnings + summary.warnings,
         filters=keep,
-        groups=codes.STUDY_GROUPS,
-        levels=LEVELS,
+        groups=vocabulary.GROUP_CODES,
+        levels=vocabulary.LEVELS,
         query=_query(request),
         paired_quantities=quantities,
         prom_codes=prom_codes,
@@ -199,8 +198,8 @@ async def cases_page(
         page=page,
         warnings=page.warnings,
         filters=keep,
-        groups=codes.STUDY_GROUPS,
-        levels=LEVELS,
+        groups=vocabulary.GROUP_CODES,
+        levels=vocabulary.LEVELS,
         query=_query(request),
     )
 
@@ -213,9 +212,19 @@ async def case_page(request: Request, case: str) -> Response:
         return _to_login(request)
     built = await source_of(request).case(case, viewer.view)
     prom_rows = [
-        (s, [next((p for p in s.points if p.time_point == tp), None) for tp in codes.TIME_POINTS])
+        (
+            s,
+            [
+                next((p for p in s.points if p.time_point == tp), None)
+                for tp in vocabulary.TIME_POINT_CODES
+            ],
+        )
         for s in built.proms
     ]
     return _page(
-        "case.html", viewer=viewer, c=built, time_points=codes.TIME_POINTS, prom_rows=prom_rows
+        "case.html",
+        viewer=viewer,
+        c=built,
+        time_points=vocabulary.TIME_POINT_CODES,
+        prom_rows=prom_rows,
     )

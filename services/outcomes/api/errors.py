@@ -10,7 +10,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from services.outcomes.api.fhir import fhir_response
-from services.outcomes.errors import FhirError, operation_outcome
+from services.outcomes.errors import FhirError, from_repository, operation_outcome
+from services.outcomes.repository import RepositoryError
 
 log = logging.getLogger(__name__)
 _HTTP_CODES = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported"}
@@ -27,6 +28,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FhirError)
     async def fhir_error(_request: Request, exc: FhirError) -> Response:
         return fhir_response(operation_outcome(exc), exc.status)
+
+    @app.exception_handler(RepositoryError)
+    async def repository_error(_request: Request, exc: RepositoryError) -> Response:
+        error = from_repository(exc)
+        return fhir_response(operation_outcome(error), error.status)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Response:

@@ -23,7 +23,7 @@ from services.outcomes.errors import (
     ResourceNotFound,
     UnsupportedMedia,
 )
-from services.outcomes.fhir import conformance
+from services.outcomes.fhir import conformance, questionnaires
 from services.outcomes.fhir.search_params import RESULT_PARAMS
 from services.outcomes.smart import permits
 
@@ -31,7 +31,6 @@ router = APIRouter(prefix="/fhir", tags=["FHIR"])
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 Caller = Annotated[Principal, Depends(current_principal)]
-READ_ONLY = {"AuditEvent", "CodeSystem", "Questionnaire"}
 
 
 def fhir_response(
@@ -92,7 +91,7 @@ def _http_date(stored: repo.Stored) -> str:
 
 def _if_match(request: Request) -> int | None:
     value = request.headers.get("if-match")
-    return repo.version_from_etag(value) if value else None
+    return interactions.version_from_etag(value) if value else None
 
 
 def _prefer_minimal(request: Request) -> bool:
@@ -125,29 +124,36 @@ def read_code_system(request: Request, cs_id: str, _caller: Caller) -> Response:
 
 @router.get("/Questionnaire/{q_id}", summary="Read a published Questionnaire")
 def read_questionnaire(request: Request, q_id: str, _caller: Caller) -> Response:
-    """The ODI Questionnaire whose responses the server scores."""
-    questionnaire = conformance.odi_questionnaire()
-    if q_id != questionnaire["id"]:
+    """A questionnaire whose responses the server scores (odi, eq-5d-5l)."""
+    questionnaire = questionnaires.by_id(q_id)
+    if questionnaire is None:
         raise ResourceNotFound(f"Questionnaire/{q_id} is not known")
-    return fhir_response(questionnaire)
+    return fhir_response(questionnaire.resource())
 
 
 @router.get("/CodeSystem", summary="Search published CodeSystems")
 @router.get("/Questionnaire", summary="Search published Questionnaires")
 def search_published(request: Request, _caller: Caller) -> Response:
-    """The published CodeSystem or Questionnaire as a searchset."""
-    resource = (
-        conformance.project_code_system()
+    """The published CodeSystem or Questionnaires as a searchset."""
+    published = (
+        [conformance.project_code_system()]
         if request.url.path.endswith("CodeSystem")
-        else conformance.odi_questionnaire()
+        else conformance.published_questionnaires()
     )
-    url = f"{base_url(request)}/{resource['resourceType']}/{resource['id']}"
+    base = base_url(request)
     return fhir_response(
         {
             "resourceType": "Bundle",
             "type": "searchset",
-            "total": 1,
-            "entry": [{"fullUrl": url, "resource": resource, "search": {"mode": "match"}}],
+            "total": len(published),
+            "entry": [
+                {
+                    "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "match"},
+                }
+                for r in published
+            ],
         }
     )
 
@@ -251,7 +257,7 @@ def _links(
 async def _search(
     request: Request, resource_type: str, params: list[tuple[str, str]], caller: Principal
 ) -> Response:
-    repo.check_type(resource_type)
+    interactions.stored_type(resource_type)
     _require(caller, resource_type, "s")
     for name, _value in params:
         if name == "_include":
@@ -331,7 +337,7 @@ async def search_post(request: Request, resource_type: str, caller: Caller) -> R
 @router.post("/{resource_type}", summary="Create (conditional with If-None-Exist)")
 async def create(request: Request, resource_type: str, caller: Caller) -> Response:
     """Create; with If-None-Exist: 201 if new, 200 if one match, 412 if several."""
-    repo.check_type(resource_type)
+    interactions.stored_type(resource_type)
     _require(caller, resource_type, "c")
     resource = await _body(request)
     if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
@@ -352,7 +358,7 @@ async def create(request: Request, resource_type: str, caller: Caller) -> Respon
 @router.put("/{resource_type}", summary="Conditional update")
 async def conditional_update(request: Request, resource_type: str, caller: Caller) -> Response:
     """PUT Type?criteria: update the single match, create if none, 412 if several."""
-    repo.check_type(resource_type)
+    interactions.stored_type(resource_type)
     _require(caller, resource_type, "u")
     _require(caller, resource_type, "s")
     if not request.url.query:
@@ -373,17 +379,16 @@ async def conditional_update(request: Request, resource_type: str, caller: Calle
 @router.delete("/{resource_type}", summary="Conditional delete")
 async def conditional_delete(request: Request, resource_type: str, caller: Caller) -> Response:
     """DELETE Type?criteria: delete the single match (412 if several)."""
-    repo.check_type(resource_type)
+    interactions.stored_type(resource_type)
     _require(caller, resource_type, "d")
     if not request.url.query:
         raise MethodNotAllowed("DELETE on a type needs search criteria")
 
-    def work(conn: Any) -> None:
-        match = repo.find_one(conn, resource_type, request.url.query)
-        if match is not None:
-            interactions.delete(conn, resource_type, match.logical_id)
-
-    await run_in_threadpool(repo.run_in_transaction, _engine(request), work)
+    await run_in_threadpool(
+        repo.run_in_transaction,
+        _engine(request),
+        lambda conn: interactions.conditional_delete(conn, resource_type, request.url.query),
+    )
     return Response(status_code=204)
 
 
@@ -397,8 +402,10 @@ async def type_history(request: Request, resource_type: str, caller: Caller) -> 
 @router.get("/{resource_type}/{logical_id}", summary="Read")
 async def read(request: Request, resource_type: str, logical_id: str, caller: Caller) -> Response:
     """The current version; 404 unknown, 410 deleted."""
-    repo.check_type(resource_type)
+    interactions.stored_type(resource_type)
     _require(caller, resource_type, "r")
+
+    interactions.check_id(logical_id)
 
     def run() -> repo.Stored:
         with _engine(request).connect() as conn:
@@ -413,7 +420,7 @@ async def read(request: Request, resource_type: str, logical_id: str, caller: Ca
 @router.put("/{resource_type}/{logical_id}", summary="Update (If-Match versioning)")
 async def update(request: Request, resource_type: str, logical_id: str, caller: Caller) -> Response:
     """Update, or create with this id; a stale If-Match gets 412."""
-    repo.check_type(resource_type)
+    interactions.stored_type(resource_type)
     _require(caller, resource_type, "u")
     resource = await _body(request)
     if not isinstance(resource, dict):
@@ -432,7 +439,7 @@ async def update(request: Request, resource_type: str, logical_id: str, caller: 
 @router.delete("/{resource_type}/{logical_id}", summary="Delete")
 async def delete(request: Request, resource_type: str, logical_id: str, caller: Caller) -> Response:
     """Delete, keeping the history; deleting twice is fine (204)."""
-    repo.check_type(resource_type)
+    interactions.stored_type(resource_type)
     _require(caller, resource_type, "d")
     await run_in_threadpool(
         repo.run_in_transaction,
@@ -461,10 +468,12 @@ async def vread(
     request: Request, resource_type: str, logical_id: str, version_id: str, caller: Caller
 ) -> Response:
     """One version of a resource."""
-    repo.check_type(resource_type)
+    interactions.stored_type(resource_type)
     _require(caller, resource_type, "r")
     if not version_id.isdigit():
         raise InvalidRequest(f"'{version_id}' is not a version id")
+
+    interactions.check_id(logical_id)
 
     def run() -> repo.Stored:
         with _engine(request).connect() as conn:
@@ -479,9 +488,11 @@ async def vread(
 async def _history(
     request: Request, resource_type: str, logical_id: str | None, caller: Principal
 ) -> Response:
-    repo.check_type(resource_type)
+    interactions.stored_type(resource_type)
     _require(caller, resource_type, "r")
     count, offset = _paging(request)
+    if logical_id is not None:
+        interactions.check_id(logical_id)
 
     def run() -> tuple[list[repo.HistoryEntry], int]:
         with _engine(request).connect() as conn:

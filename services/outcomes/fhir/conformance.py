@@ -1,15 +1,14 @@
 """Resources the server publishes about itself: the CapabilityStatement (built from the
-same tables that drive routing and search, so it tells the truth), the project
-CodeSystem and the ODI Questionnaire."""
+resource-type registry that drives routing, validation and search, so it tells the
+truth), the project CodeSystem and the scored questionnaires of the registry."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from services.common.fhir import codes
-from services.outcomes.fhir import odi
-from services.outcomes.fhir import search_params as sp
-from services.outcomes.fhir.validation import SUPPORTED_TYPES
+from services.outcomes.fhir import questionnaires
+from services.outcomes.fhir.resource_types import PUBLISHED, RESOURCE_TYPES
 
 INTERACTIONS = (
     "read",
@@ -21,15 +20,13 @@ INTERACTIONS = (
     "create",
     "search-type",
 )
-SCORE_ANSWERS = [{"valueCoding": {"code": str(i), "display": str(i)}} for i in range(6)]
 
 
 def capability_statement(base: str, version: str) -> dict[str, Any]:
     resources: list[dict[str, Any]] = []
-    for rtype in SUPPORTED_TYPES:
+    for rtype, kind in RESOURCE_TYPES.items():
         params = [
-            {"name": p.name, "type": p.type, "documentation": p.description}
-            for p in sp.SEARCH_PARAMS.get(rtype, {}).values()
+            {"name": p.name, "type": p.type, "documentation": p.description} for p in kind.search
         ] + [
             {"name": "_id", "type": "token"},
             {"name": "_lastUpdated", "type": "date"},
@@ -45,12 +42,10 @@ def capability_statement(base: str, version: str) -> dict[str, Any]:
             "conditionalDelete": "single",
             "searchParam": params,
         }
-        if rtype == "Observation":
-            entry["searchInclude"] = ["Observation:patient", "Observation:subject"]
-        if rtype == "Procedure":
-            entry["searchInclude"] = ["Procedure:patient", "Procedure:performer"]
+        if kind.includes:
+            entry["searchInclude"] = list(kind.includes)
         resources.append(entry)
-    for rtype in ("AuditEvent", "CodeSystem", "Questionnaire"):
+    for rtype in PUBLISHED:
         resources.append(
             {"type": rtype, "interaction": [{"code": "read"}, {"code": "search-type"}]}
         )
@@ -112,16 +107,6 @@ def project_code_system() -> dict[str, Any]:
     }
 
 
-def odi_questionnaire() -> dict[str, Any]:
-    return {
-        "resourceType": "Questionnaire",
-        "id": "odi",
-        "url": codes.ODI_QUESTIONNAIRE,
-        "name": "OswestryDisabilityIndex",
-        "title": "Oswestry Disability Index v2.1a",
-        "status": "active",
-        "item": [
-            {"linkId": link, "text": text, "type": "choice", "answerOption": SCORE_ANSWERS}
-            for link, text in odi.SECTIONS
-        ],
-    }
+def published_questionnaires() -> list[dict[str, Any]]:
+    """Every scored questionnaire of the registry, as FHIR Questionnaires."""
+    return [q.resource() for q in questionnaires.REGISTRY.values()]

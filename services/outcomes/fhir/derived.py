@@ -1,5 +1,7 @@
-"""Observations the server derives from what the EHR posts: the ODI score of an ODI
-QuestionnaireResponse, and the length of stay of a finished Encounter. Each derived
+"""Observations the server derives from what the EHR posts: the score of a
+QuestionnaireResponse to a registered questionnaire (ODI, EQ-5D-5L, ... see
+:mod:`services.outcomes.fhir.questionnaires`), and the length of stay of a finished
+Encounter. Each derived
 Observation points back with ``derivedFrom`` and is updated, never duplicated, when
 its source changes.
 """
@@ -10,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from services.common.fhir import codes
-from services.outcomes.fhir.odi import score_odi
+from services.outcomes.fhir import questionnaires
 
 
 def _coding(system: str, code: str) -> dict[str, Any]:
@@ -38,42 +40,43 @@ def derive(resource: dict[str, Any], reference: str) -> tuple[str, dict[str, Any
 
     Raises
     ------
-    services.outcomes.fhir.odi.OdiError
-        An ODI response that cannot be scored.
+    services.outcomes.fhir.questionnaires.ScoringError
+        A response to a registered questionnaire that cannot be scored.
     """
     rtype = resource.get("resourceType")
-    if rtype == "QuestionnaireResponse" and str(resource.get("questionnaire", "")).startswith(
-        codes.ODI_QUESTIONNAIRE
-    ):
-        result = score_odi(resource)
+    if rtype == "QuestionnaireResponse":
+        questionnaire = questionnaires.for_response(resource)
+        if questionnaire is None:
+            return None  # a questionnaire we do not score
+        score = questionnaire.score(resource)
+        prom = questionnaire.outcome
         observation: dict[str, Any] = {
             "resourceType": "Observation",
             "status": "final" if resource.get("status") == "completed" else "preliminary",
             "category": _category("prom"),
-            "code": {
-                "coding": [_coding(codes.PROJECT, "odi")],
-                "text": "Oswestry Disability Index",
-            },
+            "code": {"coding": [_coding(codes.PROJECT, prom.code)], "text": prom.display},
             "subject": resource["subject"],
             "effectiveDateTime": resource.get("authored"),
             "valueQuantity": {
-                "value": result.score,
-                "unit": "%",
+                "value": score.value,
+                "unit": prom.unit,
                 "system": codes.UCUM,
-                "code": "%",
+                "code": prom.ucum,
             },
             "derivedFrom": [{"reference": reference}],
         }
-        if result.skipped:
-            observation["note"] = [
-                {"text": "Scored on the answered sections; skipped: " + ", ".join(result.skipped)}
-            ]
+        if score.components:
+            observation["component"] = list(score.components)
+        if score.method:
+            observation["method"] = {"text": score.method}
+        if score.notes:
+            observation["note"] = [{"text": note} for note in score.notes]
         for extension in resource.get("extension", []):
             if extension.get("url") == codes.TIME_POINT_EXTENSION:
                 observation["extension"] = [extension]
         if observation["effectiveDateTime"] is None:
             del observation["effectiveDateTime"]
-        return "odi", observation
+        return prom.code.value, observation
     if rtype == "Encounter":
         period = resource.get("period") or {}
         if not period.get("start") or not period.get("end"):

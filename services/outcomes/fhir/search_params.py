@@ -1,16 +1,19 @@
-"""Search parameters: which values of a resource are indexed, and how a search
-value is read. Pure functions over FHIR JSON; the repository stores and queries the
-index rows they produce.
+"""Search parameters: what a parameter is, which values of a resource it indexes, and how
+a search value is read. Pure functions over FHIR JSON; each resource type's parameters
+are declared with the type (:mod:`services.outcomes.fhir.resource_types`), and the
+repository stores and queries the index rows they produce.
 """
 
 from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+
+from services.common.fhir import codes
 
 ParamType = Literal["token", "reference", "date", "string"]
 
@@ -24,99 +27,16 @@ class SearchParam:
     target: str | None = None  # reference parameters limited to one resource type
 
 
-def _p(
+def param(
     name: str, kind: ParamType, *paths: str, target: str | None = None, doc: str = ""
 ) -> SearchParam:
     return SearchParam(name, kind, paths, doc or f"{name} ({kind})", target)
 
 
-SUBJECT = _p("subject", "reference", "subject", doc="Who the resource is about")
-PATIENT = _p("patient", "reference", "subject", target="Patient", doc="The patient (subject)")
-IDENTIFIER = _p("identifier", "token", "identifier", doc="A business identifier (system|value)")
+SUBJECT = param("subject", "reference", "subject", doc="Who the resource is about")
+PATIENT = param("patient", "reference", "subject", target="Patient", doc="The patient (subject)")
+IDENTIFIER = param("identifier", "token", "identifier", doc="A business identifier (system|value)")
 
-SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
-    "Patient": {
-        p.name: p
-        for p in (
-            IDENTIFIER,
-            _p("name", "string", "name.family", "name.given", "name.text", doc="Any name part"),
-            _p("family", "string", "name.family"),
-            _p("birthdate", "date", "birthDate"),
-            _p("gender", "token", "gender"),
-        )
-    },
-    "Practitioner": {
-        p.name: p
-        for p in (
-            IDENTIFIER,
-            _p("name", "string", "name.family", "name.given", "name.text"),
-        )
-    },
-    "Procedure": {
-        p.name: p
-        for p in (
-            IDENTIFIER,
-            SUBJECT,
-            PATIENT,
-            _p("date", "date", "performedDateTime", "performedPeriod", doc="When it was performed"),
-            _p("performer", "reference", "performer.actor", doc="The surgeon"),
-            _p("code", "token", "code"),
-            _p("status", "token", "status"),
-            _p("reason-code", "token", "reasonCode", doc="Indication: the study group"),
-            _p("body-site", "token", "bodySite", doc="Operated levels"),
-            _p("encounter", "reference", "encounter"),
-        )
-    },
-    "Encounter": {
-        p.name: p
-        for p in (
-            IDENTIFIER,
-            SUBJECT,
-            PATIENT,
-            _p("date", "date", "period"),
-            _p("status", "token", "status"),
-        )
-    },
-    "Observation": {
-        p.name: p
-        for p in (
-            IDENTIFIER,
-            SUBJECT,
-            PATIENT,
-            _p("code", "token", "code"),
-            _p("category", "token", "category"),
-            _p("status", "token", "status"),
-            _p("date", "date", "effectiveDateTime", "effectivePeriod", "effectiveInstant"),
-            _p("derived-from", "reference", "derivedFrom"),
-            _p("part-of", "reference", "partOf"),
-            _p("focus", "reference", "focus"),
-            _p("encounter", "reference", "encounter"),
-            _p("time-point", "token", "extension:time-point", doc="Time point relative to surgery"),
-        )
-    },
-    "QuestionnaireResponse": {
-        p.name: p
-        for p in (
-            IDENTIFIER,
-            SUBJECT,
-            PATIENT,
-            _p("authored", "date", "authored"),
-            _p("status", "token", "status"),
-            _p("questionnaire", "token", "questionnaire"),
-        )
-    },
-    "ImagingStudy": {
-        p.name: p
-        for p in (
-            IDENTIFIER,
-            SUBJECT,
-            PATIENT,
-            _p("started", "date", "started"),
-            _p("modality", "token", "modality", "series.modality"),
-            _p("status", "token", "status"),
-        )
-    },
-}
 COMMON_PARAMS = ("_id", "_lastUpdated")
 RESULT_PARAMS = (
     "_count",
@@ -129,7 +49,7 @@ RESULT_PARAMS = (
     "_totalMethod",
 )
 
-TIME_POINT_URL = "http://spine-outcomes.example.org/fhir/StructureDefinition/time-point"
+TIME_POINT_URL = codes.TIME_POINT_EXTENSION
 
 
 # -- extraction ---------------------------------------------------------------------------
@@ -244,10 +164,10 @@ class IndexEntry:
     high: datetime | None = None
 
 
-def extract(resource: dict[str, Any]) -> list[IndexEntry]:
-    """The index entries of a resource, for every search parameter of its type."""
+def extract(resource: dict[str, Any], params: Iterable[SearchParam]) -> list[IndexEntry]:
+    """The index entries of a resource, for each of its type's search ``params``."""
     entries: list[IndexEntry] = []
-    for param in SEARCH_PARAMS.get(resource["resourceType"], {}).values():
+    for param in params:
         for path in param.paths:
             for value in _walk(resource, path.split(".")):
                 if param.type == "token":

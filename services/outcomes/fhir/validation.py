@@ -8,30 +8,17 @@ caller can point the EHR integration at the offending element.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from services.common import vocabulary
 from services.common.fhir import codes
 
-SUPPORTED_TYPES = (
-    "Patient",
-    "Practitioner",
-    "Procedure",
-    "Encounter",
-    "Observation",
-    "QuestionnaireResponse",
-    "ImagingStudy",
-)
-READ_ONLY_TYPES = ("AuditEvent", "CodeSystem")
-SUBJECT_REQUIRED = {
-    "Procedure",
-    "Encounter",
-    "Observation",
-    "QuestionnaireResponse",
-    "ImagingStudy",
-}
+if TYPE_CHECKING:
+    from services.outcomes.fhir.resource_types import ResourceType
+
 OBSERVATION_STATUSES = {
     "registered",
     "preliminary",
@@ -94,7 +81,7 @@ def _project_codes(concept: Any) -> list[str]:
     return [str(c.get("code")) for c in _codings(concept) if c.get("system") == codes.PROJECT]
 
 
-def _observation_rules(obs: dict[str, Any]) -> list[Issue]:
+def observation_rules(obs: dict[str, Any]) -> list[Issue]:
     issues: list[Issue] = []
     if obs.get("status") not in OBSERVATION_STATUSES:
         issues.append(Issue("value", f"unknown status '{obs.get('status')}'", "Observation.status"))
@@ -124,19 +111,19 @@ def _observation_rules(obs: dict[str, Any]) -> list[Issue]:
                     "Observation.valueQuantity.value",
                 )
             )
-    complication = [c for c in _project_codes(code) if c in codes.COMPLICATION_TYPES]
+    complication = [c for c in _project_codes(code) if c in vocabulary.COMPLICATION_CODES]
     if complication:
         grades = []
         for index, component in enumerate(obs.get("component", [])):
             if _has_code(component.get("code"), codes.PROJECT, "clavien-dindo-grade"):
                 value = component.get("valueCodeableConcept")
                 found = _project_codes(value)
-                if not found or found[0] not in codes.CLAVIEN_DINDO:
+                if not found or found[0] not in vocabulary.CLAVIEN_DINDO_GRADES:
                     issues.append(
                         Issue(
                             "value",
                             f"unknown Clavien-Dindo grade {found or value}; expected one of "
-                            + ", ".join(codes.CLAVIEN_DINDO),
+                            + ", ".join(vocabulary.CLAVIEN_DINDO_GRADES),
                             f"Observation.component[{index}].valueCodeableConcept",
                         )
                     )
@@ -162,42 +149,43 @@ def _observation_rules(obs: dict[str, Any]) -> list[Issue]:
     for index, extension in enumerate(obs.get("extension", [])):
         if extension.get("url") == codes.TIME_POINT_EXTENSION:
             coding = extension.get("valueCoding", {})
-            if coding.get("code") not in codes.TIME_POINTS:
+            if coding.get("code") not in vocabulary.TIME_POINT_CODES:
                 issues.append(
                     Issue(
                         "value",
                         f"unknown time point '{coding.get('code')}'; expected one of "
-                        + ", ".join(codes.TIME_POINTS),
+                        + ", ".join(vocabulary.TIME_POINT_CODES),
                         f"Observation.extension[{index}].valueCoding",
                     )
                 )
     return issues
 
 
-def _procedure_rules(proc: dict[str, Any]) -> list[Issue]:
+def procedure_rules(proc: dict[str, Any]) -> list[Issue]:
     issues: list[Issue] = []
     for index, reason in enumerate(proc.get("reasonCode", [])):
         found = _project_codes(reason)
-        if found and not set(found) & set(codes.STUDY_GROUPS) and not _codings(reason)[1:]:
+        if found and not set(found) & set(vocabulary.GROUP_CODES) and not _codings(reason)[1:]:
             issues.append(
                 Issue("value", f"unknown study group {found}", f"Procedure.reasonCode[{index}]")
             )
     for index, site in enumerate(proc.get("bodySite", [])):
         found = _project_codes(site)
-        if found and found[0] not in codes.LEVELS:
+        if found and found[0] not in vocabulary.LEVELS:
             issues.append(
                 Issue("value", f"unknown level '{found[0]}'", f"Procedure.bodySite[{index}]")
             )
     return issues
 
 
-def validate(resource: dict[str, Any]) -> list[Issue]:
-    """All problems of a resource about to be stored (empty when it is acceptable)."""
+def validate(resource: dict[str, Any], kind: ResourceType) -> list[Issue]:
+    """All problems of a resource of type ``kind`` about to be stored (empty when it is
+    acceptable)."""
     issues = validate_structure(resource)
     if issues:
         return issues
     resource_type = resource["resourceType"]
-    if resource_type in SUBJECT_REQUIRED:
+    if kind.subject_required:
         subject = resource.get("subject") or {}
         if not subject.get("reference") and not subject.get("identifier"):
             issues.append(
@@ -205,8 +193,6 @@ def validate(resource: dict[str, Any]) -> list[Issue]:
                     "required", f"{resource_type}.subject is required", f"{resource_type}.subject"
                 )
             )
-    if resource_type == "Observation":
-        issues.extend(_observation_rules(resource))
-    elif resource_type == "Procedure":
-        issues.extend(_procedure_rules(resource))
+    if kind.rules is not None:
+        issues.extend(kind.rules(resource))
     return issues

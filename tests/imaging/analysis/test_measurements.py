@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from services.imaging.analysis import ct, mr
 from services.imaging.analysis.pipeline import analyze_datasets, read_folder
 from services.imaging.analysis.volume import SeriesHeader, write_series
-from services.imaging.phantom import PhantomSpec, ground_truth, render, write_phantom
+from tools.phantom import PhantomSpec, ground_truth, render, write_phantom
 
 DATA = Path(__file__).parents[2] / "data"
 

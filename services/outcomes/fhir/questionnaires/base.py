@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from services.common.vocabulary import PROMS, Prom
+from services.common.vocabulary import PROMS, Prom, PromCode
 
 _SD = "http://hl7.org/fhir/StructureDefinition"
 
@@ -74,7 +74,7 @@ class Questionnaire:
     """A questionnaire the server publishes and scores into the PROM ``prom``."""
 
     id: str
-    prom: str  # the vocabulary's PROM code the score is
+    prom: PromCode  # the vocabulary's PROM the score is
     name: str
     title: str
     items: tuple[Item, ...]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from services.common.vocabulary import PromCode
 from services.outcomes.fhir.questionnaires.base import Item, Questionnaire, Score, ScoringError
 
 DIMENSIONS: tuple[tuple[str, str], ...] = (
@@ -110,7 +111,7 @@ def _score(questionnaire: Questionnaire, values: Mapping[str, int]) -> Score:
 
 QUESTIONNAIRE = Questionnaire(
     id="eq-5d-5l",
-    prom="eq5d-index",
+    prom=PromCode.EQ5D_INDEX,
     name="EQ5D5L",
     title="EQ-5D-5L",
     items=(

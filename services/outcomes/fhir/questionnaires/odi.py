@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.vocabulary import PromCode
 from services.outcomes.fhir.questionnaires.base import Item, Questionnaire, Score, ScoringError
 
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -46,7 +47,7 @@ def _score(questionnaire: Questionnaire, values: Mapping[str, int]) -> Score:
 
 QUESTIONNAIRE = Questionnaire(
     id="odi",
-    prom="odi",
+    prom=PromCode.ODI,
     name="OswestryDisabilityIndex",
     title="Oswestry Disability Index v2.1a",
     items=tuple(Item(link, text, "choice", _OPTIONS) for link, text in SECTIONS),

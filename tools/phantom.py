@@ -16,7 +16,7 @@ only then to the spine's coordinates.
 
 The ground truth follows the measurement definitions of the README from the analytic
 shapes (pedicle ellipses, endplate planes, sac ellipses): it never runs the measuring
-code. ``python -m services.imaging.phantom OUT [--modality CT|MR] ...`` writes a DICOM
+code. ``python -m tools.phantom OUT [--modality CT|MR] ...`` writes a DICOM
 series and ``ground_truth.json`` in the CLI's schema.
 """
 
@@ -929,7 +929,7 @@ def write_phantom(spec: PhantomSpec, folder: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.imaging.phantom",
+        prog="python -m tools.phantom",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("out", type=Path, help="folder to write the series and ground truth into")

@@ -1,4 +1,4 @@
-"""The main job: ``python -m services.demo`` (``make demo``).
+"""The main job: ``python -m tools.demo`` (``make demo``).
 
 Starts the three services on embedded defaults (SQLite, local folders, in-process analysis
 workers), generates a synthetic cohort (pre- and post-operative CT or MR phantoms with
@@ -37,18 +37,18 @@ from fhirpy import SyncFHIRClient
 
 from services.common.auth import Authenticator, AuthSettings, BasicUser, hash_password
 from services.common.threads import UvicornThread
-from services.demo.cohort import PatientPlan, phantom_specs, plan_patient, surgeon_resources
-from services.demo.cohort import transaction as fhir_transaction
-from services.demo.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
-from services.demo.report import html_report, summary_text
-from services.demo.send import c_store, stow
 from services.gateway.app import create_app as gateway_app
 from services.gateway.settings import GatewaySettings
 from services.imaging.app import create_app as imaging_app
-from services.imaging.phantom import PhantomSpec, write_phantom
 from services.imaging.settings import ImagingSettings
 from services.outcomes.app import create_app as outcomes_app
 from services.outcomes.settings import OutcomesSettings
+from tools.demo.cohort import PatientPlan, phantom_specs, plan_patient, surgeon_resources
+from tools.demo.cohort import transaction as fhir_transaction
+from tools.demo.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
+from tools.demo.report import html_report, summary_text
+from tools.demo.send import c_store, stow
+from tools.phantom import PhantomSpec, write_phantom
 
 
 def _render(spec: PhantomSpec, folder: Path) -> Path:
@@ -329,7 +329,7 @@ class Demo:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__)
     parser.add_argument("--patients", type=int, default=20, help="cohort size (both groups)")
     parser.add_argument("--data-dir", default="var/demo")
     parser.add_argument(

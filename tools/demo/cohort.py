@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from services.common import vocabulary
 from services.common.fhir import builders, codes
-from services.imaging.phantom import PhantomSpec
+from tools.phantom import PhantomSpec
 
 SURGEONS = (
     ("SURG-001", "Moreau", "Claire"),
@@ -27,7 +28,7 @@ SURGEONS = (
 )
 FAMILY = ("Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand")
 GIVEN = ("Louise", "Jules", "Emma", "Hugo", "Alice", "Louis", "Lina", "Arthur")
-PROM_DAYS = {"baseline": -7, **codes.TIME_POINT_DAYS}  # baseline: a week before surgery
+PROM_DAYS = {"baseline": -7, **vocabulary.TIME_POINT_DAYS}  # baseline: a week before surgery
 FULL_SCHEDULE = ("baseline", "week-6", "month-3", "month-6", "month-12", "month-24")
 PAIN_SCHEDULE = (
     "baseline",
@@ -86,7 +87,7 @@ class PatientPlan:
 def plan_patient(index: int, *, seed: int = 2026, start: date = date(2024, 1, 8)) -> PatientPlan:
     """One synthetic patient, deterministic in (index, seed)."""
     rng = np.random.default_rng([seed, index])
-    group = codes.STUDY_GROUPS[index % 2]
+    group = vocabulary.GROUP_CODES[index % 2]
     levels = ["L4-L5"] if rng.random() < 0.7 else ["L4-L5", "L5-S1"]
     if rng.random() < 0.15:
         levels = ["L3-L4"]
