@@ -35,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
+from services.common.vocabulary import QUANTITIES, QuantityName
 from services.imaging.analysis.spine import LUMBAR_LEVELS
 from services.imaging.analysis.volume import SeriesHeader, write_series
 
@@ -807,44 +808,42 @@ def ground_truth(spine: Spine, spec: PhantomSpec, series_instance_uid: str) -> d
         axis = spine.axis(d.middle)
 
         def add(
-            quantity: str,
+            quantity: QuantityName,
             value: float,
-            unit: str,
             side: str | None = None,
             d: Disc = d,
             index: int = index,
         ) -> None:
             measurements.append(
                 {
-                    "quantity": quantity,
+                    "quantity": quantity.value,
                     "level": d.level if labelled else None,
                     "level_index": index,
                     "side": side,
                     "value": round(float(value), 3),
-                    "unit": unit,
+                    "unit": QUANTITIES[quantity].unit,
                     "series_instance_uid": series_instance_uid,
                     "true_level": d.level,
                 }
             )
 
         if spec.modality == "CT":
-            add("disc_height", _disc_height(spine, d, upper), "mm")
+            add(QuantityName.DISC_HEIGHT, _disc_height(spine, d, upper))
             if lower is not None:
                 for side_name, side in (("left", 1), ("right", -1)):
                     add(
-                        "foraminal_height",
+                        QuantityName.FORAMINAL_HEIGHT,
                         _foraminal_height(spine, upper, lower, side, axis),
-                        "mm",
                         side_name,
                     )
         else:
             width, depth = spine.sac.semi_axes(np.array([d.middle]))
-            add("dural_sac_area", math.pi * float(width[0] * depth[0]), "mm2")
+            add(QuantityName.DURAL_SAC_AREA, math.pi * float(width[0] * depth[0]))
             s_lo = lower.s_centre if lower is not None else spine.sacrum_top - 15
             s = np.linspace(s_lo, upper.s_centre, 4001)
             w, dp = spine.sac.semi_axes(s)
             area = math.pi * w * dp * (1 - SAC_CENTRE / spine.radius)
-            add("dural_sac_volume", float(np.trapezoid(area, s)), "mm3")
+            add(QuantityName.DURAL_SAC_VOLUME, float(np.trapezoid(area, s)))
     return {
         "study_instance_uid": spec.study_instance_uid,
         "modality": spec.modality,
