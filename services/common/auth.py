@@ -99,6 +99,7 @@ class Principal:
     subject: str
     scopes: frozenset[str] = field(default_factory=frozenset)
     role: str | None = None
+    patient: str | None = None  # SMART launch context: the Patient id patient/ scopes are for
 
     def allows(self, required: str) -> bool:
         return any(scope_covers(granted, required) for granted in self.scopes)
@@ -147,6 +148,7 @@ class Authenticator:
         *,
         role: str | None = None,
         ttl_seconds: int | None = None,
+        patient: str | None = None,
     ) -> str:
         now = int(time.time())
         claims: dict[str, object] = {
@@ -159,6 +161,8 @@ class Authenticator:
         }
         if role:
             claims["role"] = role
+        if patient:
+            claims["patient"] = patient
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
     def verify_token(self, token: str) -> Principal:
@@ -196,6 +200,7 @@ class Authenticator:
             subject=str(claims["sub"]),
             scopes=frozenset(str(claims.get("scope", "")).split()),
             role=claims.get("role"),
+            patient=str(claims["patient"]) if claims.get("patient") else None,
         )
 
     def verify_basic(self, username: str, password: str) -> Principal | None:
@@ -271,12 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     issue.add_argument("--subject", required=True)
     issue.add_argument("--scope", required=True, help='space-separated, e.g. "imaging.read"')
     issue.add_argument("--role", default=None)
+    issue.add_argument("--patient", default=None, help="SMART launch context (a Patient id)")
     issue.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
     sub.add_parser("hash-password", help="hash a password for AUTH_BASIC_USERS")
     args = parser.parse_args(argv)
     if args.command == "issue-token":
         token = Authenticator(AuthSettings()).issue_token(
-            args.subject, args.scope, role=args.role, ttl_seconds=args.ttl
+            args.subject, args.scope, role=args.role, ttl_seconds=args.ttl, patient=args.patient
         )
         print(token)
         return 0

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from services.outcomes import interactions
 from services.outcomes import repository as repo
+from services.outcomes.access import Access
 from services.outcomes.errors import FhirError, InvalidRequest, as_fhir_error, operation_outcome
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
@@ -97,13 +98,19 @@ def _response(status: int, stored: repo.Stored | None, base: str) -> dict[str, A
 
 
 def _execute(
-    conn: Connection, req: EntryRequest, base: str, preassigned: dict[int, str]
+    conn: Connection,
+    req: EntryRequest,
+    base: str,
+    preassigned: dict[int, str],
+    access: Access,
 ) -> dict[str, Any]:
     if req.method == "POST":
         assert req.resource is not None
         result = interactions.create(
             conn,
             req.resource,
+            resource_type=req.resource_type,
+            access=access,
             if_none_exist=req.if_none_exist,
             logical_id=preassigned.get(req.index),
         )
@@ -114,26 +121,38 @@ def _execute(
             if not req.query:
                 raise InvalidRequest(f"Bundle.entry[{req.index}]: PUT needs an id or criteria")
             result = interactions.conditional_update(
-                conn, req.resource_type, req.query, req.resource
+                conn, req.resource_type, req.query, req.resource, access=access
             )
         else:
             result = interactions.update(
-                conn, req.resource_type, req.logical_id, req.resource, if_match=req.if_match
+                conn,
+                req.resource_type,
+                req.logical_id,
+                req.resource,
+                access=access,
+                if_match=req.if_match,
             )
         return _response(201 if result.created else 200, result.stored, base)
     if req.method == "DELETE":
         if req.logical_id is not None:
-            interactions.delete(conn, req.resource_type, req.logical_id)
+            interactions.delete(conn, req.resource_type, req.logical_id, access=access)
         elif req.query:
-            interactions.conditional_delete(conn, req.resource_type, req.query)
+            interactions.conditional_delete(conn, req.resource_type, req.query, access=access)
         else:
             raise InvalidRequest(f"Bundle.entry[{req.index}]: DELETE needs an id or criteria")
         return _response(204, None, base)
     # GET: read or search
     interactions.stored_type(req.resource_type)
     if req.logical_id is not None:
-        return _response(200, repo.read(conn, req.resource_type, req.logical_id), base)
-    found = repo.search(conn, req.resource_type, parse_qsl(req.query or "", keep_blank_values=True))
+        access.require(req.resource_type, "r")
+        interactions.check_id(req.logical_id)
+        stored = repo.read(conn, req.resource_type, req.logical_id)
+        access.check(stored.content, "r")
+        return _response(200, stored, base)
+    params = parse_qsl(req.query or "", keep_blank_values=True)
+    found = repo.search(conn, req.resource_type, params + access.narrowing(req.resource_type))
+    for match in found.matches:
+        access.check(match.content, "s")
     return {
         "resource": {
             "resourceType": "Bundle",
@@ -148,17 +167,19 @@ def _execute(
     }
 
 
-def process(engine: Engine, bundle: dict[str, Any], base: str) -> dict[str, Any]:
+def process(engine: Engine, bundle: Any, base: str, access: Access) -> dict[str, Any]:
     """Run a transaction or batch Bundle; return the response Bundle."""
-    if bundle.get("resourceType") != "Bundle":
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InvalidRequest("POST to the base needs a Bundle")
     kind = bundle.get("type")
     entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise InvalidRequest("Bundle.entry must be a list")
     if kind == "transaction":
         requests = [_parse_entry(i, e) for i, e in enumerate(entries)]
 
         def work(conn: Connection) -> list[dict[str, Any]]:
-            return _transaction(conn, requests, base)
+            return _transaction(conn, requests, base, access)
 
         responses = repo.run_in_transaction(engine, work)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses}
@@ -166,12 +187,14 @@ def process(engine: Engine, bundle: dict[str, Any], base: str) -> dict[str, Any]
         return {
             "resourceType": "Bundle",
             "type": "batch-response",
-            "entry": [_batch_entry(engine, i, e, base) for i, e in enumerate(entries)],
+            "entry": [_batch_entry(engine, i, e, base, access) for i, e in enumerate(entries)],
         }
     raise InvalidRequest(f"Bundle.type must be transaction or batch, not '{kind}'")
 
 
-def _transaction(conn: Connection, requests: list[EntryRequest], base: str) -> list[dict[str, Any]]:
+def _transaction(
+    conn: Connection, requests: list[EntryRequest], base: str, access: Access
+) -> list[dict[str, Any]]:
     mapping: dict[str, str] = {}
     preassigned: dict[int, str] = {}
     matched: dict[int, repo.Stored] = {}
@@ -179,7 +202,14 @@ def _transaction(conn: Connection, requests: list[EntryRequest], base: str) -> l
         if req.method != "POST":
             continue
         if req.if_none_exist:
-            existing = repo.find_one(conn, req.resource_type, req.if_none_exist)
+            try:
+                existing = interactions.find_existing(
+                    conn, req.resource_type, req.resource, req.if_none_exist, access=access
+                )
+            except (FhirError, repo.RepositoryError) as exc:
+                error = as_fhir_error(exc)
+                error.diagnostics = f"Bundle.entry[{req.index}]: {error.diagnostics}"
+                raise error from None
             if existing is not None:
                 matched[req.index] = existing
                 if req.full_url:
@@ -220,14 +250,14 @@ def _transaction(conn: Connection, requests: list[EntryRequest], base: str) -> l
                 )
             plain_posts.append((resolved, preassigned[req.index]))
             continue
-        _flush(conn, plain_posts, responses, base)
+        _flush(conn, plain_posts, responses, base, access)
         try:
-            responses[req.index] = _execute(conn, resolved, base, preassigned)
+            responses[req.index] = _execute(conn, resolved, base, preassigned, access)
         except (FhirError, repo.RepositoryError) as exc:
             error = as_fhir_error(exc)
             error.diagnostics = f"Bundle.entry[{req.index}]: {error.diagnostics}"
             raise error from None
-    _flush(conn, plain_posts, responses, base)
+    _flush(conn, plain_posts, responses, base, access)
     return [responses[i] for i in range(len(requests))]
 
 
@@ -236,11 +266,14 @@ def _flush(
     posts: list[tuple[EntryRequest, str]],
     responses: dict[int, dict[str, Any]],
     base: str,
+    access: Access,
 ) -> None:
     """Create the plain POSTs collected so far, in bulk, through the write door."""
     try:
         stored = interactions.create_many(
-            conn, [(req.resource or {}, new_id) for req, new_id in posts]
+            conn,
+            [(req.resource_type, req.resource or {}, new_id) for req, new_id in posts],
+            access=access,
         )
     except (FhirError, repo.RepositoryError) as exc:
         error = as_fhir_error(exc)
@@ -254,12 +287,14 @@ def _flush(
     posts.clear()
 
 
-def _batch_entry(engine: Engine, index: int, entry: Any, base: str) -> dict[str, Any]:
+def _batch_entry(
+    engine: Engine, index: int, entry: Any, base: str, access: Access
+) -> dict[str, Any]:
     try:
         req = _parse_entry(index, entry)
 
         def work(conn: Connection) -> dict[str, Any]:
-            return _execute(conn, req, base, {})
+            return _execute(conn, req, base, {}, access)
 
         return repo.run_in_transaction(engine, work)
     except (FhirError, repo.RepositoryError) as exc:

@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 from services.common.auth import Principal, current_principal
 from services.outcomes import audit, bundles, interactions
 from services.outcomes import repository as repo
+from services.outcomes.access import Access
 from services.outcomes.errors import (
-    Forbidden,
     InvalidRequest,
     MethodNotAllowed,
     ResourceNotFound,
@@ -25,7 +25,6 @@ from services.outcomes.errors import (
 )
 from services.outcomes.fhir import conformance, questionnaires
 from services.outcomes.fhir.search_params import RESULT_PARAMS
-from services.outcomes.smart import permits
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 FHIR_JSON = "application/fhir+json"
@@ -51,12 +50,9 @@ def base_url(request: Request) -> str:
     return f"{base}/fhir"
 
 
-def _require(principal: Principal, resource_type: str, permission: str) -> None:
-    if not permits(principal.scopes, resource_type, permission):
-        raise Forbidden(
-            f"scope for {resource_type}.{permission} required "
-            f"(e.g. system/{resource_type}.{permission})"
-        )
+def access_of(principal: Principal) -> Access:
+    """The caller's authorization (its SMART scopes and patient launch context)."""
+    return Access(principal.scopes, principal.patient)
 
 
 async def _body(request: Request) -> Any:
@@ -162,7 +158,7 @@ def search_published(request: Request, _caller: Caller) -> Response:
 @router.get("/AuditEvent", summary="Search the audit trail")
 def search_audit(request: Request, caller: Caller) -> Response:
     """AuditEvents newest first; `agent` filters by who acted."""
-    _require(caller, "AuditEvent", "s")
+    access_of(caller).require_wide("AuditEvent", "s")
     count, offset = _paging(request)
     with _engine(request).connect() as conn:
         events, total = audit.search_events(
@@ -190,7 +186,7 @@ def search_audit(request: Request, caller: Caller) -> Response:
 @router.get("/AuditEvent/{event_id}", summary="Read an AuditEvent")
 def read_audit(request: Request, event_id: str, caller: Caller) -> Response:
     """One audit record."""
-    _require(caller, "AuditEvent", "r")
+    access_of(caller).require_wide("AuditEvent", "r")
     with _engine(request).connect() as conn:
         event = audit.read_event(conn, event_id)
     if event is None:
@@ -204,15 +200,9 @@ def read_audit(request: Request, event_id: str, caller: Caller) -> Response:
 async def transaction(request: Request, caller: Caller) -> Response:
     """Process a transaction (atomic) or batch Bundle."""
     bundle = await _body(request)
-    if not isinstance(bundle, dict):
-        raise InvalidRequest("the body is not a Bundle")
-    for entry in bundle.get("entry") or []:
-        method = str((entry.get("request") or {}).get("method", "")).upper()
-        url = str((entry.get("request") or {}).get("url", "")).lstrip("/")
-        rtype = url.split("/")[0].split("?")[0]
-        letter = {"POST": "c", "PUT": "u", "DELETE": "d"}.get(method, "r" if "/" in url else "s")
-        _require(caller, rtype, letter)
-    result = await run_in_threadpool(bundles.process, _engine(request), bundle, base_url(request))
+    result = await run_in_threadpool(
+        bundles.process, _engine(request), bundle, base_url(request), access_of(caller)
+    )
     if _prefer_minimal(request):
         for entry in result["entry"]:
             if "location" in entry.get("response", {}):
@@ -258,22 +248,15 @@ async def _search(
     request: Request, resource_type: str, params: list[tuple[str, str]], caller: Principal
 ) -> Response:
     interactions.stored_type(resource_type)
-    _require(caller, resource_type, "s")
-    for name, _value in params:
-        if name == "_include":
-            source = _value.split(":")[0]
-            included_type = {
-                "patient": "Patient",
-                "subject": "Patient",
-                "performer": "Practitioner",
-            }.get(_value.split(":")[1] if ":" in _value else "", "")
-            if included_type:
-                _require(caller, included_type, "r")
-            if source != resource_type:
-                raise InvalidRequest(f"_include '{_value}' does not start with {resource_type}")
+    access = access_of(caller)
+    access.require(resource_type, "s")
+    for name, value in params:
+        if name == "_include" and value.split(":")[0] != resource_type:
+            raise InvalidRequest(f"_include '{value}' does not start with {resource_type}")
     count, offset = _paging(request)
     controls = {k: v for k, v in params if k in RESULT_PARAMS}
     criteria = [(k, v) for k, v in params if k not in RESULT_PARAMS]
+    criteria += access.narrowing(resource_type)
     summary = controls.get("_summary")
     if summary not in (None, "count", "false"):
         raise InvalidRequest("_summary supports 'count' only")
@@ -298,6 +281,10 @@ async def _search(
             )
 
     found = await run_in_threadpool(run)
+    for stored in found.matches:
+        access.check(stored.content, "s")
+    for stored in found.included:  # an _include reads resources of other types
+        access.check(stored.content, "r")
     base = base_url(request)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if found.total is not None:
@@ -338,19 +325,22 @@ async def search_post(request: Request, resource_type: str, caller: Caller) -> R
 async def create(request: Request, resource_type: str, caller: Caller) -> Response:
     """Create; with If-None-Exist: 201 if new, 200 if one match, 412 if several."""
     interactions.stored_type(resource_type)
-    _require(caller, resource_type, "c")
+    access = access_of(caller)
+    access.require(resource_type, "c")
     resource = await _body(request)
     if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
         raise InvalidRequest(f"the body must be a {resource_type} resource")
     # If-None-Exist, or (as fhirpy's get_or_create sends it) criteria in the query string.
     if_none_exist = request.headers.get("if-none-exist") or request.url.query or None
     if if_none_exist:
-        _require(caller, resource_type, "s")
+        access.require(resource_type, "s")
     resource.pop("id", None)
     result = await run_in_threadpool(
         repo.run_in_transaction,
         _engine(request),
-        lambda conn: interactions.create(conn, resource, if_none_exist=if_none_exist),
+        lambda conn: interactions.create(
+            conn, resource, resource_type=resource_type, access=access, if_none_exist=if_none_exist
+        ),
     )
     return _written(request, result)
 
@@ -359,8 +349,9 @@ async def create(request: Request, resource_type: str, caller: Caller) -> Respon
 async def conditional_update(request: Request, resource_type: str, caller: Caller) -> Response:
     """PUT Type?criteria: update the single match, create if none, 412 if several."""
     interactions.stored_type(resource_type)
-    _require(caller, resource_type, "u")
-    _require(caller, resource_type, "s")
+    access = access_of(caller)
+    access.require(resource_type, "u")
+    access.require(resource_type, "s")
     if not request.url.query:
         raise MethodNotAllowed("PUT on a type needs search criteria")
     resource = await _body(request)
@@ -370,7 +361,7 @@ async def conditional_update(request: Request, resource_type: str, caller: Calle
         repo.run_in_transaction,
         _engine(request),
         lambda conn: interactions.conditional_update(
-            conn, resource_type, request.url.query, resource
+            conn, resource_type, request.url.query, resource, access=access
         ),
     )
     return _written(request, result)
@@ -380,14 +371,17 @@ async def conditional_update(request: Request, resource_type: str, caller: Calle
 async def conditional_delete(request: Request, resource_type: str, caller: Caller) -> Response:
     """DELETE Type?criteria: delete the single match (412 if several)."""
     interactions.stored_type(resource_type)
-    _require(caller, resource_type, "d")
+    access = access_of(caller)
+    access.require(resource_type, "d")
+    access.require(resource_type, "s")
     if not request.url.query:
         raise MethodNotAllowed("DELETE on a type needs search criteria")
-
     await run_in_threadpool(
         repo.run_in_transaction,
         _engine(request),
-        lambda conn: interactions.conditional_delete(conn, resource_type, request.url.query),
+        lambda conn: interactions.conditional_delete(
+            conn, resource_type, request.url.query, access=access
+        ),
     )
     return Response(status_code=204)
 
@@ -403,8 +397,8 @@ async def type_history(request: Request, resource_type: str, caller: Caller) -> 
 async def read(request: Request, resource_type: str, logical_id: str, caller: Caller) -> Response:
     """The current version; 404 unknown, 410 deleted."""
     interactions.stored_type(resource_type)
-    _require(caller, resource_type, "r")
-
+    access = access_of(caller)
+    access.require(resource_type, "r")
     interactions.check_id(logical_id)
 
     def run() -> repo.Stored:
@@ -412,6 +406,7 @@ async def read(request: Request, resource_type: str, logical_id: str, caller: Ca
             return repo.read(conn, resource_type, logical_id)
 
     stored = await run_in_threadpool(run)
+    access.check(stored.content, "r")
     return fhir_response(
         stored.content, headers={"ETag": stored.etag, "Last-Modified": _http_date(stored)}
     )
@@ -421,7 +416,8 @@ async def read(request: Request, resource_type: str, logical_id: str, caller: Ca
 async def update(request: Request, resource_type: str, logical_id: str, caller: Caller) -> Response:
     """Update, or create with this id; a stale If-Match gets 412."""
     interactions.stored_type(resource_type)
-    _require(caller, resource_type, "u")
+    access = access_of(caller)
+    access.require(resource_type, "u")
     resource = await _body(request)
     if not isinstance(resource, dict):
         raise InvalidRequest(f"the body must be a {resource_type} resource")
@@ -430,7 +426,7 @@ async def update(request: Request, resource_type: str, logical_id: str, caller: 
         repo.run_in_transaction,
         _engine(request),
         lambda conn: interactions.update(
-            conn, resource_type, logical_id, resource, if_match=if_match
+            conn, resource_type, logical_id, resource, access=access, if_match=if_match
         ),
     )
     return _written(request, result)
@@ -440,11 +436,11 @@ async def update(request: Request, resource_type: str, logical_id: str, caller: 
 async def delete(request: Request, resource_type: str, logical_id: str, caller: Caller) -> Response:
     """Delete, keeping the history; deleting twice is fine (204)."""
     interactions.stored_type(resource_type)
-    _require(caller, resource_type, "d")
+    access = access_of(caller)
     await run_in_threadpool(
         repo.run_in_transaction,
         _engine(request),
-        lambda conn: interactions.delete(conn, resource_type, logical_id),
+        lambda conn: interactions.delete(conn, resource_type, logical_id, access=access),
     )
     return Response(status_code=204)
 
@@ -469,17 +465,17 @@ async def vread(
 ) -> Response:
     """One version of a resource."""
     interactions.stored_type(resource_type)
-    _require(caller, resource_type, "r")
-    if not version_id.isdigit():
-        raise InvalidRequest(f"'{version_id}' is not a version id")
-
+    access = access_of(caller)
+    access.require(resource_type, "r")
+    version = interactions.version_number(version_id)
     interactions.check_id(logical_id)
 
     def run() -> repo.Stored:
         with _engine(request).connect() as conn:
-            return repo.vread(conn, resource_type, logical_id, int(version_id))
+            return repo.vread(conn, resource_type, logical_id, version)
 
     stored = await run_in_threadpool(run)
+    access.check(stored.content, "r")
     return fhir_response(
         stored.content, headers={"ETag": stored.etag, "Last-Modified": _http_date(stored)}
     )
@@ -489,16 +485,22 @@ async def _history(
     request: Request, resource_type: str, logical_id: str | None, caller: Principal
 ) -> Response:
     interactions.stored_type(resource_type)
-    _require(caller, resource_type, "r")
-    count, offset = _paging(request)
-    if logical_id is not None:
+    access = access_of(caller)
+    if logical_id is None:
+        access.require_wide(resource_type, "r")  # every patient's versions
+    else:
+        access.require(resource_type, "r")
         interactions.check_id(logical_id)
+    count, offset = _paging(request)
 
     def run() -> tuple[list[repo.HistoryEntry], int]:
         with _engine(request).connect() as conn:
             return repo.history(conn, resource_type, logical_id, count=count, offset=offset)
 
     entries, total = await run_in_threadpool(run)
+    for e in entries:
+        if e.content is not None:
+            access.check(e.content, "r")
     base = base_url(request)
     bundle_entries = []
     for e in entries:

@@ -73,8 +73,12 @@ def capability_statement(base: str, version: str) -> dict[str, Any]:
                         }
                     ],
                     "description": "Bearer JWT with SMART scopes (system/Observation.cruds, "
-                    "user/*.rs, v1 read/write). 401 without a token, 403 when a "
-                    "scope is missing.",
+                    "user/*.rs, v1 read/write), checked on every resource actually read, "
+                    "written, matched or included. patient/ scopes need the token's "
+                    "patient launch context and stay in that patient's compartment; "
+                    "constrained scopes (?...) are refused. CodeSystem and Questionnaire "
+                    "are readable by any authenticated caller. 401 without a token, 403 "
+                    "when a scope does not allow the resource.",
                 },
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
