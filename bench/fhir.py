@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
+from services.common import vocabulary  # noqa: E402
 from services.common.auth import Authenticator, AuthSettings  # noqa: E402
 from services.common.db import make_engine  # noqa: E402
 from services.common.fhir import builders as b  # noqa: E402
@@ -38,6 +39,7 @@ from tests.harness.postgres import PostgresServer  # noqa: E402
 KEY = "bench-signing-key-" + "y" * 32
 PROMS = [("odi", 0, 100), ("back-pain-nrs", 0, 10), ("leg-pain-nrs", 0, 10), ("eq5d-index", 0, 1)]
 TIME_POINTS = ["baseline", "day-1", "week-6", "month-3", "month-6", "month-12", "month-24"]
+assert set(TIME_POINTS) <= set(vocabulary.TIME_POINT_CODES)
 
 
 def start_server(

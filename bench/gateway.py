@@ -112,7 +112,7 @@ def seed_imaging(data_dir: Path, plans: list[PatientPlan]) -> int:
                         "level_index": LEVELS.index(level),
                         "side": side,
                         "value": round(float(v), 2),
-                        "unit": "mm",
+                        "unit": vocabulary.QUANTITIES[vocabulary.QuantityName(q)].unit,
                         "series_instance_uid": uid + ".1",
                         "status": "ok",
                         "reason": None,

@@ -7,14 +7,15 @@ it. Typed, versioned pydantic models; parse on entry with ``from_json`` (or
 Versions: ``schema_version`` is 1. A stored result written before the field existed
 parses as version 1. A consumer refuses a version it does not know
 (:class:`ContractError`), so an old gateway never misreads a newer imaging service.
-Unknown fields are ignored on read: adding an optional field is not a new version;
-renaming, removing or changing the meaning of one is.
+Unknown fields are ignored on read, and so are measurements of a quantity the reader's
+vocabulary does not know: adding an optional field or a quantity is not a new version;
+renaming, removing or changing the meaning of either is.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -39,7 +40,12 @@ class _Contract(BaseModel):
         try:
             return cls.model_validate_json(text)
         except ValidationError as exc:
-            raise ContractError(f"not a {cls.__name__}: {exc.error_count()} error(s)") from exc
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ContractError(
+                f"not a {cls.__name__}: {exc.error_count()} error(s), first at {where}: "
+                f"{first['msg']}"
+            ) from exc
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -91,6 +97,18 @@ class AnalysisResult(_Contract):
         if version != SCHEMA_VERSION:
             raise ValueError(f"schema_version {version} is not known (this reads {SCHEMA_VERSION})")
         return version
+
+    @field_validator("measurements", mode="before")
+    @classmethod
+    def _known_quantities(cls, measurements: Any) -> Any:
+        if not isinstance(measurements, list):
+            return measurements
+        known = {q.value for q in QUANTITIES}
+        return [
+            m
+            for m in measurements
+            if not isinstance(m, dict) or m.get("quantity") in known or "quantity" not in m
+        ]
 
     def measured(self) -> list[Measurement]:
         """The values the analysis stands behind (a number at a named level)."""

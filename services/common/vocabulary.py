@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, get_args
 
 # -- code systems ----------------------------------------------------------------------
 LOINC = "http://loinc.org"
@@ -45,10 +45,10 @@ class Concept:
 
 
 # -- anatomy -----------------------------------------------------------------------------
-LEVELS: tuple[str, ...] = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
 Level = Literal["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
-SIDES: tuple[str, ...] = ("left", "right")
+LEVELS: tuple[str, ...] = get_args(Level)
 Side = Literal["left", "right"]
+SIDES: tuple[str, ...] = get_args(Side)
 Modality = Literal["CT", "MR"]
 
 
@@ -149,7 +149,7 @@ QUANTITY_BY_CODE: dict[str, Quantity] = {q.code: q for q in QUANTITIES.values()}
 class StudyGroup:
     """An indication group: the modality and quantities that answer its question."""
 
-    code: str
+    code: GroupCode
     display: str
     definition: str
     modality: Modality
@@ -157,6 +157,7 @@ class StudyGroup:
     primary: QuantityName
 
 
+GroupCode = Literal["foraminal-stenosis", "central-stenosis"]
 GROUPS: dict[str, StudyGroup] = {
     g.code: g
     for g in (
@@ -389,6 +390,7 @@ COMPLICATION_TIMINGS: tuple[Concept, ...] = (
     Concept("early", "Early (<= 30 days)", "Onset within 30 days of surgery."),
     Concept("late", "Late (> 30 days)", "Onset more than 30 days after surgery."),
 )
-GROUP_CODES: tuple[str, ...] = tuple(GROUPS)
+GROUP_CODES: tuple[str, ...] = get_args(GroupCode)
+PAIN_SCORES: tuple[str, ...] = tuple(p.code.value for p in PROMS.values() if p.scale == "0-10")
 COMPLICATION_CODES: tuple[str, ...] = tuple(c.code for c in COMPLICATIONS)
 CLAVIEN_DINDO_GRADES: tuple[str, ...] = tuple(c.code for c in CLAVIEN_DINDO)

@@ -690,7 +690,7 @@ class _Builder:
             if value is None:
                 continue
             tp, _ = self._point_of(obs)
-            if code in ("back-pain-nrs", "leg-pain-nrs", "back-pain-vas", "leg-pain-vas"):
+            if code in vocabulary.PAIN_SCORES:
                 if tp in vocabulary.EARLY_TIME_POINTS:
                     pain.append(EarlyValue(code=code, time_point=tp, value=value))
             elif code == "analgesic-mme":

@@ -67,6 +67,7 @@ def _prom_columns() -> list[Column]:
     return out
 
 
+_EARLY = vocabulary.EARLY_RESULTS
 COLUMNS: tuple[Column, ...] = (
     Column("case_id", "string", "", "The index surgery (FHIR Procedure id)"),
     Column("patient", "string", "", "MRN (identified) or keyed-HMAC pseudonym (researchers)"),
@@ -91,11 +92,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("complication_types", "string", "", "Complication types, ';'-separated"),
     Column("max_clavien_dindo", "string", "", "Highest Clavien-Dindo grade"),
     Column("early_complication", "boolean", "", "Any complication within 30 days"),
-    Column("length_of_stay_days", "number", "d", "Admission to discharge"),
-    Column("blood_loss_ml", "number", "mL", "Estimated intra-operative blood loss"),
+    Column(
+        "length_of_stay_days", "number", _EARLY["length-of-stay"].unit, "Admission to discharge"
+    ),
+    Column("blood_loss_ml", "number", _EARLY["blood-loss"].unit, _EARLY["blood-loss"].definition),
     *(
-        Column(f"analgesic_mme_{tp}", "number", "mg/d", f"Opioids, morphine equivalents, {tp}")
-        for tp in ("day-1", "day-2", "day-3")
+        Column(
+            f"analgesic_mme_{tp}",
+            "number",
+            _EARLY["analgesic-mme"].unit,
+            f"Opioids, morphine equivalents, {tp}",
+        )
+        for tp in vocabulary.EARLY_TIME_POINTS
     ),
     *_prom_columns(),
 )
@@ -236,7 +244,7 @@ def _imaging_resources(patient_ref: str, case: Case) -> list[dict[str, Any]]:
                 continue
             observation = builders.imaging_metric(
                 patient_ref,
-                row.quantity.replace("_", "-"),
+                vocabulary.QUANTITIES[vocabulary.QuantityName(row.quantity)].code,
                 value.value,
                 level=row.level,
                 side=row.side,

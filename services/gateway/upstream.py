@@ -9,16 +9,19 @@ failure is translated into :mod:`services.gateway.errors` here, so the API layer
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from services.common.contracts import ContractError, ResultsPage, StudyResult
 from services.common.fhir import codes
 from services.gateway.cases import ClinicalRecord
 from services.gateway.errors import UpstreamNotFound, UpstreamRejected, UpstreamUnavailable
 
+log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 PAGE = 1000  # the outcomes server's maximum _count
 INCLUDES = [("_include", "Procedure:subject"), ("_include", "Procedure:performer")]
@@ -159,12 +162,29 @@ class ImagingClient:
             try:
                 page = ResultsPage.from_json(response.content)
             except ContractError as exc:
-                reason = f"answered outside the result contract ({exc})"
-                raise UpstreamUnavailable(self.service, reason) from None
+                page = self._salvage(response, exc)
             items.extend(page.items)
             after = page.next_after
             if not after:
                 return items
+
+    def _salvage(self, response: httpx.Response, error: ContractError) -> ResultsPage:
+        """A page with an item outside the contract: keep the items that fit (one bad
+        study never hides the cohort); a page that is not a page is an upstream failure."""
+        try:
+            raw = response.json()
+            items = raw["items"]
+            after = raw.get("next_after")
+        except (ValueError, KeyError, TypeError):
+            reason = f"answered outside the result contract ({error})"
+            raise UpstreamUnavailable(self.service, reason) from None
+        kept = []
+        for item in items if isinstance(items, list) else []:
+            try:
+                kept.append(StudyResult.model_validate(item))
+            except ValidationError:
+                log.warning("imaging result outside the contract skipped")
+        return ResultsPage(items=kept, next_after=after if isinstance(after, str) else None)
 
     async def key_image(self, study: str, name: str) -> bytes:
         url = f"/api/studies/{study}/key-images/{name}.png"

@@ -15,7 +15,9 @@ place for each protocol (``dimse.handle_store`` and ``api.errors``)::
     ├── NotFound               no such study, series or instance          404
     ├── NotAcceptable          a transfer syntax we cannot produce        406
     ├── UnsupportedMediaType   a body that is not multipart/related DICOM 415
-    └── PacsError              the configured PACS failed or is unset     502
+    ├── PacsError              the configured PACS failed or is unset     502
+    └── StaleResult            a stored result outside this version's     409
+                               result contract (analyse the study again)
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class NotAcceptable(ImagingError):
 
 class UnsupportedMediaType(ImagingError):
     http_status = 415
+
+
+class StaleResult(ImagingError):
+    http_status = 409
 
 
 class PacsError(ImagingError):

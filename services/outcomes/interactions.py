@@ -139,8 +139,12 @@ def create_many(
             exc.position = position
             raise
     stored = repo.insert_many(conn, [(resource, logical_id) for _, resource, logical_id in items])
-    for item in stored:
-        after_write(conn, item)
+    for position, item in enumerate(stored):
+        try:
+            after_write(conn, item)
+        except FhirError as exc:
+            exc.position = position
+            raise
     return stored
 
 

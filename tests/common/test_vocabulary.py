@@ -99,3 +99,14 @@ def test_csv_columns_are_spelled_from_the_vocabulary() -> None:
             assert f"{prom.value}_{time_point}" in HEADER
     measured = {c.rsplit("_", 1)[0] for c in HEADER if c.endswith("_pre")}
     assert measured == {q.value for q in vocabulary.QUANTITIES}
+
+
+def test_enumerations_declared_as_types_match_their_tables() -> None:
+    from typing import get_args
+
+    from services.imaging.models import JobState
+
+    assert set(vocabulary.GROUP_CODES) == set(vocabulary.GROUPS)
+    assert {g.code for g in vocabulary.GROUPS.values()} == set(vocabulary.GROUPS)
+    assert set(get_args(contracts.AnalysisState)) == {"none"} | {s.value for s in JobState}
+    assert set(vocabulary.PAIN_SCORES) <= {p.value for p in vocabulary.PROMS}

@@ -31,7 +31,8 @@ class World:
         self.doctor = self._post(b.practitioner("9", "House", "Greg"))["id"]
         self.own: dict[str, dict[str, str]] = {}
         for pid in (self.p1, self.p2):
-            self.own[pid] = {t: self._post(self.body(t, pid))["id"] for t in TYPES if t != "Patient"}
+            made = {t: self._post(self.body(t, pid))["id"] for t in TYPES if t != "Patient"}
+            self.own[pid] = made
             self.own[pid]["Patient"] = pid
 
     def _post(self, resource: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,8 @@ anchor values, and its responses scored into Observations by the real server."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.common.fhir import builders as b
@@ -102,3 +104,46 @@ def test_eq5d5l_response_is_scored_into_an_index_observation(outcomes: OutcomesS
         refused = client.post("/QuestionnaireResponse", json=_eq5d(f"Patient/{pid}", "21301"))
         assert refused.status_code == 422
         assert "pain-discomfort" in refused.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r["item"].insert(1, {"linkId": "mobility"}), "appears twice"),
+        (lambda r: r["item"][0]["answer"].append({"valueInteger": 2}), "one answer"),
+        (
+            lambda r: r["item"].__setitem__(
+                5, {"linkId": "vas", "answer": [{"valueDecimal": 70.5}]}
+            ),
+            "0-100",
+        ),
+        (
+            lambda r: r["item"].__setitem__(
+                5, {"linkId": "vas", "answer": [{"valueInteger": 101}]}
+            ),
+            "0-100",
+        ),
+        (
+            lambda r: r["item"].__setitem__(
+                5, {"linkId": "vas", "answer": [{"valueCoding": {"code": "70"}}]}
+            ),
+            "0-100",
+        ),
+        (
+            lambda r: r["item"].append({"linkId": "odi-1", "answer": [{"valueInteger": 1}]}),
+            "unknown",
+        ),
+    ],
+)
+def test_malformed_answers_are_named(mutate: Any, message: str) -> None:
+    response = _eq5d("Patient/1", "21321", 70)
+    mutate(response)
+    with pytest.raises(ScoringError, match=message):
+        eq5d5l.QUESTIONNAIRE.score(response)
+
+
+def test_a_choice_may_be_answered_by_its_coding() -> None:
+    response = _eq5d("Patient/1", "21321")
+    response["item"][0]["answer"] = [{"valueCoding": {"code": "3"}}]  # type: ignore[index]
+    score = eq5d5l.QUESTIONNAIRE.score(response)
+    assert score.components[0]["valueString"] == "31321"

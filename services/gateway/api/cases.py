@@ -11,6 +11,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from services.common.vocabulary import GroupCode as Group
+from services.common.vocabulary import Level
 from services.gateway import plots
 from services.gateway.access import ViewerDep
 from services.gateway.cases import Case, View
@@ -20,8 +22,6 @@ from services.gateway.export import case_bundle
 from services.gateway.sources import CaseFilter, CaseSource
 
 router = APIRouter(prefix="/api", tags=["Cases"])
-Group = Literal["foraminal-stenosis", "central-stenosis"]
-Level = Literal["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
 KEY_IMAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
 SLOT = re.compile(r"^(pre|post-\d{1,3}|other-\d{1,3})$")
 

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from services.common.auth import Principal, require_scope
 from services.common.contracts import (
     AnalysisResult,
+    ContractError,
     KeyImageLink,
     ResultsPage,
     SrLink,
@@ -24,7 +25,7 @@ from services.common.contracts import (
 )
 from services.common.vocabulary import QUANTITIES, Level, QuantityName, Side
 from services.imaging.api.dicomweb import public_base_url
-from services.imaging.errors import NotFound
+from services.imaging.errors import NotFound, StaleResult
 from services.imaging.models import (
     AnalysisJob,
     ManualMeasurement,
@@ -102,7 +103,12 @@ def _present(
 ) -> StudyMeasurements:
     """The stored result with its version, SR, key-image links and readers' values."""
     study = current.study_instance_uid
-    result = AnalysisResult.from_json(current.result)
+    try:
+        result = AnalysisResult.from_json(current.result)
+    except ContractError as exc:
+        raise StaleResult(
+            f"the stored result of {study} cannot be read ({exc})"
+        ) from None  # ContractError: see _present_or_none
     base = f"{public_base_url(request)}/api/studies/{study}"
     names = request.app.state.runtime.results.key_image_names(current)
     return StudyMeasurements(
@@ -295,6 +301,13 @@ def list_results(
         measured = current.get(uid)
         # The latest job's state: a re-analysis may be queued while the previous result stands.
         state = latest.state if latest else ("done" if measured is not None else "none")
+        error = latest.last_error if latest and state == "failed" else None
+        result = None
+        if measured is not None:
+            try:
+                result = _present(request, measured, manual.get(uid, []))
+            except StaleResult as exc:  # one unreadable result never hides the others
+                error = exc.reason
         items.append(
             StudyResult(
                 study_instance_uid=uid,
@@ -306,10 +319,8 @@ def list_results(
                 state=study.state,
                 version=study.version,
                 analysis_state=state,
-                analysis_error=latest.last_error if latest and state == "failed" else None,
-                result=None
-                if measured is None
-                else _present(request, measured, manual.get(uid, [])),
+                analysis_error=error,
+                result=result,
                 manual_measurements=manual.get(uid, []),
             )
         )

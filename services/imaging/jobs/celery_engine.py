@@ -34,6 +34,7 @@ from services.imaging.models import JobState
 
 if TYPE_CHECKING:
     from services.imaging.jobs.runner import AnalysisRunner
+    from services.imaging.runtime import WorkerParts
     from services.imaging.settings import ImagingSettings
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class CeleryEngine:
 
 
 @cache
-def worker_context() -> Any:
+def worker_context() -> WorkerParts:
     """The worker process's parts, built once per process by the composition root."""
     from services.imaging.runtime import build_worker
     from services.imaging.settings import ImagingSettings

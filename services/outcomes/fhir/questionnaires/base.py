@@ -114,6 +114,7 @@ class Questionnaire:
         """
         by_link = {item.link_id: item for item in self.items}
         values: dict[str, int] = {}
+        seen: set[str] = set()
         raw_items = response.get("item", [])
         if not isinstance(raw_items, list):
             raise ScoringError(
@@ -125,12 +126,15 @@ class Questionnaire:
             item = by_link.get(str(link))
             if item is None:
                 raise ScoringError(f"unknown {self.title} item '{link}'", where)
-            if item.link_id in values:
-                raise ScoringError(f"{self.title} item '{link}' answered twice", where)
+            if item.link_id in seen:
+                raise ScoringError(f"{self.title} item '{link}' appears twice", where)
+            seen.add(item.link_id)
             answers = entry.get("answer") or []
             if not answers:
                 continue
-            value = _answer_value(answers[0])
+            if not isinstance(answers, list) or len(answers) > 1:
+                raise ScoringError(f"{self.title} item '{link}' takes one answer", where)
+            value = _answer_value(answers[0], item.type)
             if value is None or not item.accepts(value):
                 expected = (
                     ", ".join(code for code, _ in item.options)
@@ -149,11 +153,16 @@ class Questionnaire:
         return self.scorer(self, self.answers(response))
 
 
-def _answer_value(answer: Any) -> int | None:
+def _answer_value(answer: Any, kind: str) -> int | None:
+    """The answer as an integer: ``valueInteger``, or for a choice the code of its
+    ``valueCoding``; anything else (a decimal, a string, a coding of a number) is None."""
     if not isinstance(answer, dict):
         return None
-    if "valueInteger" in answer and isinstance(answer["valueInteger"], int):
-        return int(answer["valueInteger"])
+    value = answer.get("valueInteger")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind != "choice":
+        return None
     coding = answer.get("valueCoding")
     if isinstance(coding, dict) and str(coding.get("code", "")).lstrip("-").isdigit():
         return int(coding["code"])
