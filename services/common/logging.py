@@ -2,7 +2,11 @@
 
 Log records carry UIDs, counts, AE titles and status codes only. As a second line of
 defence, :class:`PhiFilter` drops the values of attributes that must never reach a log
-(patient name, ID, birth date...) if some library formats a dataset into a message.
+(patient name, ID, birth date...) if some library formats a dataset into a message, and
+the quoted values in the messages of DICOM libraries and Python warnings (pydicom's
+"Invalid value for VR IS: '...'" quotes what it read). Exceptions are logged as their type
+and the code locations of their traceback, never their message, which can carry what a
+caller sent (a query value, a patient name).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import re
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,15 +27,35 @@ _PHI_PATTERN = re.compile(
 )
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_QUOTING_LOGGERS = ("py.warnings", "pydicom", "pynetdicom")
+
+
 class PhiFilter(logging.Filter):
-    """Redact dataset dumps that would carry patient attributes."""
+    """Redact dataset dumps that would carry patient attributes, and the quoted values of
+    library messages."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if _PHI_PATTERN.search(message):
-            record.msg = _PHI_PATTERN.sub("[redacted]", message)
+        redacted = _PHI_PATTERN.sub("[redacted]", message)
+        if (record.name or "").startswith(_QUOTING_LOGGERS):
+            redacted = _QUOTED.sub("'[value]'", redacted)
+        if redacted != message:
+            record.msg = redacted
             record.args = None
         return True
+
+
+def safe_traceback(exc_info: Any) -> str:
+    """An exception as its type and the code locations it passed through, without its
+    message or any local value."""
+    kind, _, tb = exc_info
+    frames = traceback.extract_tb(tb)
+    where = " <- ".join(
+        f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {frame.name}"
+        for frame in reversed(frames[-8:])
+    )
+    return f"{getattr(kind, '__name__', kind)} at {where}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,7 +74,7 @@ class JsonFormatter(logging.Formatter):
             if key not in self._RESERVED and not key.startswith("_"):
                 payload[key] = value
         if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
+            payload["exception"] = safe_traceback(record.exc_info)
         return json.dumps(payload, default=str)
 
 
@@ -61,6 +86,8 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Library warnings (pydicom's about malformed values) go through the same filter.
+    logging.captureWarnings(True)
     # pynetdicom's debug output dumps whole datasets; keep it at warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 

@@ -26,6 +26,7 @@ from services.common.auth import Authenticator, ServiceBearer, secret_key
 from services.common.db import make_engine, upgrade_schema
 from services.common.logging import AccessLogMiddleware, recording_status
 from services.common.operations import database_status, install_operations
+from services.common.params import After
 from services.gateway import audit
 from services.gateway.access import Auditor
 from services.gateway.api import cases, cohort, dashboard, exports
@@ -177,7 +178,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     def audit_trail(
         request: Request,
         _: Auditor,
-        after: int = 0,
+        after: After = 0,
         limit: int = Query(default=100, ge=1, le=1000),
         case_id: str | None = None,
     ) -> list[Any]:

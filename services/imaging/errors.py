@@ -10,8 +10,11 @@ place for each protocol (``dimse.handle_store`` and ``api.errors``)::
     │   └── SOPClassMismatch   meta and dataset disagree                  0xA900 / 400
     ├── UnsupportedSOPClass    not a storage SOP class                    0x0122 / 415
     ├── StudyMismatch          STOW study UID in the URL differs          0xA900 / 409
+    ├── SeriesInOtherStudy     the series UID is another study's          0xC000 / 409
     ├── InstanceTooLarge       above the configured limit                 0xA700 / 413
     ├── OutOfResources         disk full or the index unavailable         0xA700 / 503
+    ├── InvalidQuery           a matching key or paging value we cannot   400
+    │                          use (not an integer, not a date, too big)
     ├── NotFound               no such study, series or instance          404
     ├── NotAcceptable          a transfer syntax we cannot produce        406
     ├── UnsupportedMediaType   a body that is not multipart/related DICOM 415
@@ -60,6 +63,11 @@ class StudyMismatch(ImagingError):
     failure_reason = 0xA900
 
 
+class SeriesInOtherStudy(ImagingError):
+    http_status = 409
+    failure_reason = 0xC000
+
+
 class InstanceTooLarge(ImagingError):
     dimse_status = 0xA700
     http_status = 413
@@ -70,6 +78,10 @@ class OutOfResources(ImagingError):
     dimse_status = 0xA700
     http_status = 503
     failure_reason = 0xA700
+
+
+class InvalidQuery(ImagingError):
+    pass
 
 
 class NotFound(ImagingError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,14 +133,15 @@ def build_worker(settings: ImagingSettings) -> WorkerParts:
     results = ResultsFolder(settings.key_images_dir)
     dispatcher = build_dispatcher(settings, engine, results)
     runner = AnalysisRunner(engine, store, results, dispatcher)
-    return WorkerParts(settings, engine, store, results, dispatcher, JobTable(engine), runner)
+    jobs = JobTable(engine, max_attempts=settings.analysis_max_attempts)
+    return WorkerParts(settings, engine, store, results, dispatcher, jobs, runner)
 
 
 def build_producer(settings: ImagingSettings) -> tuple[Engine, AnalysisQueue]:
     """A process that only queues jobs (the back-fill), or a Celery worker's parent: the
     running service's threads or the workers' processes do the analyses."""
     engine = make_engine(settings.resolved_database_url)
-    jobs = JobTable(engine)
+    jobs = JobTable(engine, max_attempts=settings.analysis_max_attempts)
     return engine, AnalysisQueue(jobs, engine_class(settings.queue).build(settings, jobs, None))
 
 
@@ -166,12 +168,25 @@ class ImagingRuntime:
         removed = self.store.remove_orphan_temporaries()
         if removed:
             log.warning("removed unacknowledged partial writes", extra={"count": removed})
+        started = time.time()
+        sweep = threading.Thread(target=self._sweep, args=(started,), name="store-sweep")
+        sweep.daemon = True
+        sweep.start()
         self.scp = start_scp(self.settings, self.store)
         for name, target in (("study-lifecycle", self._lifecycle), ("delivery", self._deliver)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)
         self.queue_engine.start(self.stop)
+
+    def _sweep(self, started: float) -> None:
+        try:
+            removed = self.store.remove_unindexed(older_than=started)
+        except Exception:
+            log.exception("store sweep failed")
+            return
+        if removed:
+            log.warning("removed unindexed, unacknowledged instances", extra={"count": removed})
 
     def _lifecycle(self) -> None:
         self.lifecycle.run(self.stop, self.settings.completion_poll_seconds)
@@ -241,7 +256,7 @@ def build_service(settings: ImagingSettings) -> ImagingRuntime:
             )
     results = ResultsFolder(settings.key_images_dir)
     dispatcher = build_dispatcher(settings, engine, results)
-    jobs = JobTable(engine)
+    jobs = JobTable(engine, max_attempts=settings.analysis_max_attempts)
     runner = AnalysisRunner(engine, store, results, dispatcher)
     queue_engine = engine_class(settings.queue).build(settings, jobs, runner)
     analysis = AnalysisQueue(jobs, queue_engine)

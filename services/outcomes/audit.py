@@ -120,7 +120,7 @@ def search_events(
 
 
 def read_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
-    if not event_id.isdigit():
+    if not (event_id.isascii() and event_id.isdigit() and len(event_id) <= 9):
         return None
     row = conn.execute(select(_AUDIT).where(_AUDIT.c.pk == int(event_id))).first()
     return as_audit_event(row) if row is not None else None

@@ -57,18 +57,47 @@ def read_folder(path: Path) -> list[Dataset]:
     return datasets
 
 
+def _numbers(ds: Dataset, keyword: str, count: int) -> bool:
+    try:
+        values = [float(v) for v in ds.get(keyword) or ()]
+    except (TypeError, ValueError):
+        return False
+    return len(values) == count and all(np.isfinite(values))
+
+
+def _geometry_readable(ds: Dataset) -> bool:
+    """Whether an image can be placed in space: 3 positions, 6 direction cosines, 2
+    spacings, all finite numbers."""
+    return (
+        _numbers(ds, "ImagePositionPatient", 3)
+        and _numbers(ds, "ImageOrientationPatient", 6)
+        and _numbers(ds, "PixelSpacing", 2)
+    )
+
+
 def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) -> Analysis:
     """Analyse one study given all its instances."""
     started = time.perf_counter()
-    studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
-    if len(studies) != 1 or "" in studies:
+    uids = [str(ds.get("StudyInstanceUID", "") or "").strip() for ds in datasets]
+    empty = sum(1 for uid in uids if not uid)
+    if empty:
         raise AnalysisInputError(
-            f"expected one study, found {len(studies)} StudyInstanceUID value(s)"
+            f"{empty} of {len(uids)} DICOM file(s) have an empty or missing StudyInstanceUID "
+            "(as some anonymisers export them): the images cannot be assigned to a study"
+        )
+    studies = set(uids)
+    if len(studies) != 1:
+        raise AnalysisInputError(
+            f"expected the files of one study, found {len(studies)} StudyInstanceUIDs"
         )
     study_uid = studies.pop()
     by_series: dict[str, list[Dataset]] = defaultdict(list)
+    unreadable = 0
     for ds in datasets:
         if "PixelData" in ds and "ImagePositionPatient" in ds:
+            if not _geometry_readable(ds):
+                unreadable += 1  # one bad instance must not fail the whole study
+                continue
             by_series[str(ds.get("SeriesInstanceUID", ""))].append(ds)
     candidates = [SeriesCandidate.from_datasets(group) for group in by_series.values()]
     selection = select_series(candidates)
@@ -79,6 +108,10 @@ def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) ->
     )
     result = AnalysisResult(study_uid, modality if modality in ("CT", "MR") else "CT")
     result.selection = list(selection.reasons)
+    if unreadable:
+        result.warnings.append(
+            f"{unreadable} image(s) left out: position, orientation or spacing unreadable"
+        )
     if selection.primary is None:
         result.warnings.append("no series suitable for measurement")
         result.settle()

@@ -12,18 +12,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy.engine import Engine
 
 from services.common.auth import Principal, require_scope
+from services.common.params import bounded_int
 from services.imaging.errors import (
     ImagingError,
     InstanceTooLarge,
+    InvalidQuery,
     NotAcceptable,
     NotFound,
     UnsupportedMediaType,
 )
 from services.imaging.intake import catalog
+from services.imaging.intake.dicom_io import to_explicit_little_endian
 from services.imaging.intake.multipart import (
     MultipartError,
     SpooledBody,
@@ -280,12 +283,10 @@ def _filters(request: Request) -> tuple[dict[str, str], catalog.Page, list[str]]
             raise ImagingError(f"unknown query parameter '{key}'")
     try:
         limit = request.query_params.get("limit")
-        offset = int(request.query_params.get("offset", "0"))
-        page = catalog.Page(int(limit) if limit else None, offset)
-    except ValueError:
-        raise ImagingError("limit and offset must be integers") from None
-    if page.offset < 0 or (page.limit is not None and page.limit < 0):
-        raise ImagingError("limit and offset must not be negative")
+        offset = bounded_int(request.query_params.get("offset", "0"), "offset")
+        page = catalog.Page(bounded_int(limit, "limit") if limit else None, offset)
+    except ValueError as exc:
+        raise InvalidQuery(str(exc)) from None
     return filters, page, ignored
 
 
@@ -378,13 +379,9 @@ def _instance_bytes(store: InstanceStore, inst: Instance, wanted: str | None) ->
     data = store.path_of(inst).read_bytes()
     if wanted is None or wanted == inst.transfer_syntax_uid:
         return inst.transfer_syntax_uid, data
-    ds = dcmread(BytesIO(data))
-    if UID(inst.transfer_syntax_uid).is_compressed:
-        ds.decompress()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    out = BytesIO()
-    ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    return ExplicitVRLittleEndian, out.getvalue()
+    # Intake checked that this conversion works (dicom_io.read_part10), so a retrieve
+    # never breaks midway.
+    return ExplicitVRLittleEndian, to_explicit_little_endian(data, inst.transfer_syntax_uid)
 
 
 def _multipart_instances(request: Request, instances: list[Instance]) -> Response:

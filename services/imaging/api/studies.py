@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from sqlalchemy import case
 from sqlmodel import Session, col, func, select
 
 from services.common.auth import Principal, require_scope
+from services.common.params import After, Offset
 from services.imaging.errors import NotFound, PacsError
 from services.imaging.intake import pacs
 from services.imaging.models import Instance, InstanceVersion, Series, Study, StudyEvent
@@ -107,15 +108,15 @@ def list_studies(
     request: Request,
     _principal: Reader,
     state: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Offset = 0,
 ) -> list[StudyStatus]:
     """Studies we hold, newest first, with their completion state and version."""
     with Session(request.app.state.engine) as session:
         query = select(Study).order_by(col(Study.last_received_at).desc())
         if state:
             query = query.where(Study.state == state)
-        studies = session.exec(query.offset(offset).limit(min(limit, 1000))).all()
+        studies = session.exec(query.offset(offset).limit(limit)).all()
         return [_status(session, s) for s in studies]
 
 
@@ -152,7 +153,10 @@ def instance_versions(request: Request, instance: str, _principal: Reader) -> li
 
 @router.get("/events", response_model=list[EventPublic])
 def list_events(
-    request: Request, _principal: Reader, after: int = 0, limit: int = 100
+    request: Request,
+    _principal: Reader,
+    after: After = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Any]:
     """Study events (``study.complete``) in order, for subscribers that poll."""
     with Session(request.app.state.engine) as session:
@@ -161,7 +165,7 @@ def list_events(
                 select(StudyEvent)
                 .where(col(StudyEvent.id) > after)
                 .order_by(col(StudyEvent.id))
-                .limit(min(limit, 1000))
+                .limit(limit)
             ).all()
         )
 

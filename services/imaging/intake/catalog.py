@@ -15,6 +15,8 @@ from sqlalchemy import ColumnElement, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from services.common.params import MAX_INT, bounded_int
+from services.imaging.errors import InvalidQuery
 from services.imaging.models import Instance, Series, Study
 
 STUDY_MATCH = {
@@ -52,16 +54,23 @@ def _condition(keyword: str, column: Any, value: str) -> ColumnElement[bool] | N
     if keyword in UID_KEYWORDS:
         uids = [v for v in value.replace("\\", ",").split(",") if v]
         return col(column).in_(uids)
-    if keyword in DATE_KEYWORDS and "-" in value:
-        low, _, high = value.partition("-")
+    if keyword in DATE_KEYWORDS:
+        low, dash, high = value.partition("-")
+        for part in (low, high):
+            if part and not (len(part) == 8 and part.isascii() and part.isdigit()):
+                raise ValueError(f"{keyword} must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+        if not dash:
+            return col(column) == value
         conds = []
         if low:
             conds.append(col(column) >= low)
         if high:
             conds.append(col(column) <= high)
+        if not conds:
+            return None  # "-": every date
         return conds[0] if len(conds) == 1 else conds[0] & conds[1]
     if keyword in ("SeriesNumber", "InstanceNumber"):
-        return col(column) == int(value)
+        return col(column) == bounded_int(value, keyword, low=-MAX_INT, high=MAX_INT)
     if "*" in value or "?" in value:
         pattern = value.replace("%", r"\%").replace("_", r"\_").replace("*", "%").replace("?", "_")
         return func.upper(col(column)).like(pattern.upper(), escape="\\")
@@ -72,7 +81,10 @@ def _conditions(table: dict[str, Any], filters: dict[str, str]) -> list[ColumnEl
     out = []
     for keyword, column in table.items():
         if keyword in filters:
-            cond = _condition(keyword, column, filters[keyword])
+            try:
+                cond = _condition(keyword, column, filters[keyword])
+            except ValueError as exc:
+                raise InvalidQuery(str(exc)) from None
             if cond is not None:
                 out.append(cond)
     return out

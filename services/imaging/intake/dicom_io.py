@@ -1,19 +1,39 @@
-"""The one path by which the imaging service reads a DICOM instance it receives.
+"""The one path by which the imaging service reads a DICOM instance it receives, and the
+one validation layer at intake.
 
-``read_part10`` parses a DICOM Part 10 byte string, checks what intake needs (UIDs,
-storage SOP class, complete pixel data) and returns the header fields the index keeps.
+``read_part10`` parses a DICOM Part 10 byte string and refuses what the service could
+not serve back whole (so nothing acknowledged can break a retrieve later): a File Meta
+that lies about its length, an element whose length runs past the end of the data, a
+deflated data set that inflates beyond the instance limit, numbers (IS/DS) that are not
+numbers, sequences nested deeper than :data:`MAX_DEPTH`, pixel data that cannot be
+rendered as native Explicit VR Little Endian (the syntax WADO-RS converts to), missing
+or malformed UIDs, non-storage SOP classes, truncated native pixel data. It returns the
+header fields the index keeps; :func:`to_explicit_little_endian` is the conversion
+WADO-RS serves.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
+import numpy as np
 from pydicom import Dataset, dcmread
-from pydicom.uid import UID
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from services.imaging.errors import (
@@ -27,6 +47,25 @@ log = logging.getLogger(__name__)
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
 _PRIVATE_STORAGE_PREFIXES = ("1.2.840.113619.4.", "1.3.12.2.1107.5.9.", "1.2.392.200036.9116.7.")
+MAX_DEPTH = 16  # sequences within sequences; real objects (SR, RT) stay well below
+UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
+_WORD_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 
 
 def is_valid_uid(value: str) -> bool:
@@ -119,13 +158,114 @@ _HEADER_KEYWORDS = (
 )
 
 
-def _dataset_offset(meta: Dataset) -> int:
-    group_length = meta.get("FileMetaInformationGroupLength")
-    # 128-byte preamble, 'DICM', the group length element (12 bytes), then the group.
-    return 132 + 12 + int(group_length) if group_length is not None else 0
+def _meta_end(data: bytes) -> int:
+    """Where the data set starts: the File Meta (group 0002, always Explicit VR Little
+    Endian) walked element by element, never trusted from its group length."""
+    offset = 132
+    declared: int | None = None
+    while offset + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 0x0002:
+            break
+        vr = data[offset + 4 : offset + 6]
+        if vr in _LONG_VRS:
+            if offset + 12 > len(data):
+                break
+            length = struct.unpack_from("<I", data, offset + 8)[0]
+            start = offset + 12
+        else:
+            length = struct.unpack_from("<H", data, offset + 6)[0]
+            start = offset + 8
+        if length == UNDEFINED or start + length > len(data):
+            raise InvalidInstance("File Meta element runs past the end of the data")
+        if element == 0x0000 and length == 4:
+            declared = struct.unpack_from("<I", data, start)[0]
+        offset = start + length
+    if declared is not None and declared != offset - 144:
+        raise InvalidInstance(
+            f"FileMetaInformationGroupLength says {declared} bytes, the group has {offset - 144}"
+        )
+    return offset
 
 
-def read_part10(data: bytes) -> tuple[Dataset, InstanceHeader]:
+def _check_inflated_size(data: bytes, start: int, limit: int) -> None:
+    """A deflated data set must not inflate beyond ``limit`` (a decompression bomb)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    view = memoryview(data)[start:]
+    chunk = 1 << 20
+    for offset in range(0, len(view), chunk):
+        produced = inflater.decompress(view[offset : offset + chunk], limit + 1 - size)
+        size += len(produced)
+        while inflater.unconsumed_tail and size <= limit:
+            produced = inflater.decompress(inflater.unconsumed_tail, limit + 1 - size)
+            size += len(produced)
+        if size > limit:
+            raise InvalidInstance(f"the deflated data set inflates beyond {limit} bytes")
+
+
+def _numbers(raw: bytes) -> bool:
+    """Whether an IS/DS value holds finite numbers (empty values allowed)."""
+    try:
+        parts = raw.decode("ascii").split("\\")
+        return all(math.isfinite(float(p)) for p in parts if p.strip(" \x00"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+
+
+def check_servable(ds: Dataset, depth: int = 0) -> None:
+    """Every element of ``ds`` holds what its header says and can be written back as
+    DICOM JSON: lengths within the data, IS/DS numbers, bounded sequence depth."""
+    if depth > MAX_DEPTH:
+        raise InvalidInstance(f"sequences nested deeper than {MAX_DEPTH} levels")
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement):
+            if raw.VR == "SQ":
+                for item in raw.value:
+                    check_servable(item, depth + 1)
+            continue
+        vr = raw.VR
+        if vr is None:
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                vr = "UN"
+        if vr == "SQ":
+            for item in ds[tag].value:
+                check_servable(item, depth + 1)
+            continue
+        value = raw.value
+        if raw.length != UNDEFINED and isinstance(value, bytes) and len(value) != raw.length:
+            raise InvalidInstance(f"element {tag} claims {raw.length} bytes past the end of data")
+        if vr in ("IS", "DS") and isinstance(value, bytes) and value and not _numbers(value):
+            raise InvalidInstance(f"element {tag} ({vr}) does not hold a number")
+
+
+def _swap_words(ds: Dataset) -> None:
+    for element in ds.iterall():
+        size = _WORD_SIZE.get(str(element.VR))
+        if size and isinstance(element.value, bytes) and len(element.value) % size == 0:
+            words = np.frombuffer(element.value, dtype=f">u{size}")
+            element.value = words.astype(f"<u{size}").tobytes()
+
+
+def to_explicit_little_endian(data: bytes, transfer_syntax: str) -> bytes:
+    """The instance re-encoded as native Explicit VR Little Endian (decompressed, or byte
+    swapped from big endian), as WADO-RS serves it when asked for that syntax."""
+    ds = dcmread(BytesIO(data))
+    syntax = UID(transfer_syntax)
+    if syntax.is_compressed:
+        ds.decompress()
+    elif not syntax.is_little_endian:
+        _swap_words(ds)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+def read_part10(data: bytes, *, max_bytes: int = 1 << 30) -> tuple[Dataset, InstanceHeader]:
     """Parse and check a DICOM Part 10 instance.
 
     Parameters
@@ -150,19 +290,28 @@ def read_part10(data: bytes) -> tuple[Dataset, InstanceHeader]:
     """
     if len(data) < 132 or data[128:132] != b"DICM":
         raise InvalidInstance("not a DICOM Part 10 file (no 'DICM' prefix and File Meta)")
+    dataset_offset = _meta_end(data)
     try:
         # Parsing walks every element header, so a body cut inside an element fails
-        # here; truncated pixel data is checked below.
+        # here; lying lengths and bad numbers are checked below, truncated pixel data too.
+        meta = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[]).file_meta
+        ts = meta.get("TransferSyntaxUID")
+        if not ts:
+            raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
+        if not UID(str(ts)).is_transfer_syntax:
+            raise InvalidInstance(f"TransferSyntaxUID {str(ts)[:64]} is not a transfer syntax")
+        if ts == DeflatedExplicitVRLittleEndian:
+            _check_inflated_size(data, dataset_offset, max_bytes)
         ds = dcmread(BytesIO(data))
-        meta = ds.file_meta
         for keyword in _HEADER_KEYWORDS:  # decode the values we index, inside this guard
             ds.get(keyword)
+        check_servable(ds)
+    except (InvalidInstance, MissingAttribute):
+        raise
+    except RecursionError:
+        raise InvalidInstance("the data set nests too deeply to be read") from None
     except Exception as exc:  # pydicom raises many exception types on corrupt input
         raise InvalidInstance(f"cannot parse DICOM data set ({type(exc).__name__})") from None
-
-    ts = meta.get("TransferSyntaxUID")
-    if not ts:
-        raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
     if not ds.get("SOPClassUID") and is_valid_uid(str(meta.get("MediaStorageSOPClassUID", ""))):
         # Seen in real de-identified exports: an emptied SOPClassUID whose File Meta (or,
         # for C-STORE, the DIMSE AffectedSOPClassUID) still names the class.
@@ -187,6 +336,13 @@ def read_part10(data: bytes) -> tuple[Dataset, InstanceHeader]:
         actual = len(ds.PixelData or b"")
         if expected is not None and actual < expected:
             raise InvalidInstance(f"truncated pixel data: {actual} bytes, {expected} expected")
+    if "PixelData" in ds and UID(str(ts)) not in NATIVE_LITTLE_ENDIAN:
+        try:  # what WADO-RS will do when a viewer asks for the native syntax
+            to_explicit_little_endian(data, str(ts))
+        except Exception as exc:
+            raise InvalidInstance(
+                f"pixel data cannot be decoded from {UID(str(ts)).name} ({type(exc).__name__})"
+            ) from None
 
     header = InstanceHeader(
         study_instance_uid=str(ds.StudyInstanceUID),
@@ -194,7 +350,7 @@ def read_part10(data: bytes) -> tuple[Dataset, InstanceHeader]:
         sop_instance_uid=str(ds.SOPInstanceUID),
         sop_class_uid=sop_class,
         transfer_syntax_uid=str(ts),
-        dataset_offset=_dataset_offset(meta),
+        dataset_offset=dataset_offset,
         patient={
             "patient_id": _text(ds, "PatientID"),
             "issuer_of_patient_id": _text(ds, "IssuerOfPatientID"),

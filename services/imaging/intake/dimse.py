@@ -32,6 +32,7 @@ from pynetdicom.sop_class import _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.imaging.errors import ImagingError
+from services.imaging.intake.dicom_io import is_storage_sop_class
 from services.imaging.intake.store import InstanceStore, StoreResult
 from services.imaging.settings import ImagingSettings
 
@@ -58,6 +59,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 STATUS_SUCCESS = 0x0000
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 OnStored = Callable[[StoreResult], None]
 
@@ -114,6 +116,15 @@ def build_ae(settings: ImagingSettings) -> AE:
 def handle_store(event: Any, store: InstanceStore, on_stored: OnStored | None) -> int:
     """EVT_C_STORE: persist the data set exactly as received, then answer its status."""
     calling = event.assoc.requestor.ae_title
+    context = str(event.context.abstract_syntax)
+    affected = str(event.request.AffectedSOPClassUID or "")
+    if context != affected or not is_storage_sop_class(context):
+        # e.g. a C-STORE sent on the Verification context: refused, never half-accepted.
+        log.warning(
+            "C-STORE on a context that is not its storage SOP class",
+            extra={"calling_ae": calling, "context": context},
+        )
+        return STATUS_SOP_CLASS_NOT_SUPPORTED
     try:
         data = event.encoded_dataset(include_meta=True)
     except Exception:  # the request's data set could not be framed as a Part 10 file

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 from typing import IO
 
 from services.imaging.errors import ImagingError, InstanceTooLarge
@@ -35,7 +36,8 @@ def parse_content_type(value: str | None) -> ContentType:
         return ContentType("")
     msg = Message()
     msg["content-type"] = value
-    params = {k.lower(): v for k, v in msg.get_params(failobj=[])[1:]}
+    # RFC 2231 parameters (``type*=utf-8''application%2Fdicom``) come back as tuples.
+    params = {k.lower(): collapse_rfc2231_value(v) for k, v in msg.get_params(failobj=[])[1:]}
     return ContentType(msg.get_content_type().lower(), params)
 
 

@@ -28,7 +28,13 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from services.imaging.errors import ImagingError, InstanceTooLarge, OutOfResources, StudyMismatch
+from services.imaging.errors import (
+    ImagingError,
+    InstanceTooLarge,
+    OutOfResources,
+    SeriesInOtherStudy,
+    StudyMismatch,
+)
 from services.imaging.intake.dicom_io import InstanceHeader, read_part10
 from services.imaging.metrics import INSTANCES_RECEIVED
 from services.imaging.models import (
@@ -58,7 +64,7 @@ _SELECT_STUDY_VERSION = select(_INSTANCE.c.study_version).where(
 _SELECT_STUDY = select(_STUDY.c.state, _STUDY.c.version).where(
     _STUDY.c.study_instance_uid == bindparam("uid")
 )
-_SELECT_SERIES = select(_SERIES.c.series_instance_uid).where(
+_SELECT_SERIES = select(_SERIES.c.series_instance_uid, _SERIES.c.study_instance_uid).where(
     _SERIES.c.series_instance_uid == bindparam("uid")
 )
 _TOUCH_STUDY = (
@@ -114,7 +120,7 @@ class InstanceStore:
         # SQLite has one writer; serialising index writes in-process avoids lock retries.
         self._index_lock = threading.Lock() if engine.dialect.name == "sqlite" else _NullLock()
         self._known_dirs: set[Path] = set()
-        self._known_series: set[str] = set()
+        self._known_series: dict[str, str] = {}  # series -> its study
 
     # -- writing ---------------------------------------------------------------------
     def put(self, data: bytes, *, source: str, expected_study: str | None = None) -> StoreResult:
@@ -139,7 +145,7 @@ class InstanceStore:
             raise InstanceTooLarge(
                 f"instance of {len(data)} bytes exceeds the limit of {self.max_instance_bytes}"
             )
-        dataset, header = read_part10(data)
+        dataset, header = read_part10(data, max_bytes=self.max_instance_bytes)
         if expected_study is not None and header.study_instance_uid != expected_study:
             raise StudyMismatch("instance belongs to another study than the request URL names")
         # The content is the data set: the same instance re-framed with another File Meta
@@ -163,6 +169,8 @@ class InstanceStore:
                 return self._result("duplicate", header, study_version or 1)
 
         version = len(known) + 1
+        if version == 1:
+            self._check_series(header)
         current_path = next((v.path for v in known if v.is_current), None)
         reencoded = current_path is not None and self._is_reencoding(dataset, header, current_path)
         series_dir = self.root / header.study_instance_uid / header.series_instance_uid
@@ -177,11 +185,28 @@ class InstanceStore:
                         conn, header, digest, relpath, len(data), version, source, reencoded
                     )
                 return self._index_new(conn, header, digest, relpath, len(data), source)
+        except ImagingError:
+            if version == 1:
+                path.unlink(missing_ok=True)
+            raise
         except (IntegrityError, OperationalError) as exc:
             if version == 1:
                 path.unlink(missing_ok=True)
             log.exception("index write failed", extra={"error": type(exc).__name__})
             raise OutOfResources("the index could not record the instance") from None
+
+    def _check_series(self, header: InstanceHeader) -> None:
+        """A SeriesInstanceUID names one series of one study: a new study that reuses
+        another study's series UID is refused, never counted into that study."""
+        study = self._known_series.get(header.series_instance_uid)
+        if study is None:
+            with self.engine.connect() as conn:
+                row = conn.execute(_SELECT_SERIES, {"uid": header.series_instance_uid}).first()
+            study = row.study_instance_uid if row is not None else None
+        if study is not None and study != header.study_instance_uid:
+            raise SeriesInOtherStudy(
+                f"series {header.series_instance_uid} already belongs to another study"
+            )
 
     def _is_reencoding(self, dataset: Dataset, header: InstanceHeader, current_path: str) -> bool:
         """Whether new content is the current version in another transfer syntax."""
@@ -299,8 +324,10 @@ class InstanceStore:
                 _TOUCH_STUDY,
                 {"uid": header.study_instance_uid, "now": now, "new_version": study_version},
             )
-        if header.series_instance_uid not in self._known_series:
+        known_study = self._known_series.get(header.series_instance_uid)
+        if known_study is None:
             exists = conn.execute(_SELECT_SERIES, {"uid": header.series_instance_uid}).first()
+            known_study = exists.study_instance_uid if exists is not None else None
             if exists is None:
                 conn.execute(
                     insert(_SERIES),
@@ -310,6 +337,10 @@ class InstanceStore:
                         **header.series,
                     },
                 )
+        if known_study is not None and known_study != header.study_instance_uid:
+            raise SeriesInOtherStudy(
+                f"series {header.series_instance_uid} already belongs to another study"
+            )
         conn.execute(
             insert(_INSTANCE),
             {
@@ -341,7 +372,7 @@ class InstanceStore:
                 "note": None,
             },
         )
-        self._known_series.add(header.series_instance_uid)
+        self._known_series[header.series_instance_uid] = header.study_instance_uid
         return self._result("stored", header, study_version, new_study=new_study)
 
     @staticmethod
@@ -369,6 +400,33 @@ class InstanceStore:
             tmp.unlink(missing_ok=True)
             count += 1
         return count
+
+    def remove_unindexed(self, older_than: float) -> int:
+        """Delete instance files that no index row names: a crash between the rename and
+        the index commit leaves one, and its sender was never acknowledged. Only files
+        older than ``older_than`` (a time stamp taken before the SCP listens) are
+        considered, so a write in progress is never touched."""
+        removed = 0
+        for study_dir in (p for p in self.root.iterdir() if p.is_dir()):
+            files = [
+                f
+                for f in study_dir.glob("*/*.dcm")
+                if f.is_file() and f.stat().st_mtime < older_than
+            ]
+            if not files:
+                continue
+            with self.engine.connect() as conn:
+                known = {
+                    row.path
+                    for row in conn.execute(
+                        select(_VERSION.c.path).where(_VERSION.c.path.like(f"{study_dir.name}/%"))
+                    )
+                }
+            for path in files:
+                if str(path.relative_to(self.root)) not in known:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
 
 # Attributes that legitimately change when an instance is re-encoded (PS3.5 8.2).

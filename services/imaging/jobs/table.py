@@ -25,6 +25,7 @@ from services.imaging.metrics import ANALYSES
 from services.imaging.models import AnalysisJob, JobState, utcnow
 
 log = logging.getLogger(__name__)
+_DIED = "the analysis stopped (the process died) on every attempt"
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ class Claim:
 class JobTable:
     """The queue's rows: create, claim, release, count."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, max_attempts: int = 3) -> None:
         self.engine = engine
+        self.max_attempts = max_attempts
 
     def create(self, study_instance_uid: str, study_version: int) -> tuple[int, bool]:
         """The job of this version (and algorithm); True when it was created now."""
@@ -85,6 +87,20 @@ class JobTable:
 
     def _take(self, job_id: int, states: list[JobState]) -> Claim | None:
         with self.engine.begin() as conn:
+            # A job whose attempts are spent is not taken again: a study that kills the
+            # worker (out of memory, a crash in a library) must not be retried forever.
+            spent = conn.execute(
+                update(AnalysisJob)
+                .where(
+                    col(AnalysisJob.id) == job_id,
+                    col(AnalysisJob.state).in_(states),
+                    col(AnalysisJob.attempts) >= self.max_attempts,
+                )
+                .values(state=JobState.FAILED, finished_at=utcnow(), last_error=_DIED)
+            )
+            if spent.rowcount:
+                log.warning("analysis job failed: attempts spent", extra={"job": job_id})
+                return None
             taken = conn.execute(
                 update(AnalysisJob)
                 .where(col(AnalysisJob.id) == job_id, col(AnalysisJob.state).in_(states))
@@ -153,8 +169,17 @@ class JobTable:
         return state
 
     def recover(self) -> int:
-        """Jobs a previous process left running go back to the queue (embedded only)."""
+        """Jobs a previous process left running go back to the queue (embedded only); the
+        attempt they were on counts, and those whose attempts are spent are ``failed``."""
         with self.engine.begin() as conn:
+            conn.execute(
+                update(AnalysisJob)
+                .where(
+                    col(AnalysisJob.state) == JobState.RUNNING,
+                    col(AnalysisJob.attempts) >= self.max_attempts,
+                )
+                .values(state=JobState.FAILED, finished_at=utcnow(), last_error=_DIED)
+            )
             result = conn.execute(
                 update(AnalysisJob)
                 .where(col(AnalysisJob.state) == JobState.RUNNING)

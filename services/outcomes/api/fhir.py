@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from sqlalchemy.engine import Engine
 
 from services.common.auth import Principal, current_principal
+from services.common.params import bounded_int
 from services.outcomes import audit, bundles, interactions
 from services.outcomes import repository as repo
 from services.outcomes.access import Access
@@ -29,6 +30,8 @@ from services.outcomes.fhir.search_params import RESULT_PARAMS
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+MAX_DEPTH = 64  # FHIR resources nest a dozen levels; deeper is an attack on the parsers
+FORM_LIMIT = 1 << 20
 Caller = Annotated[Principal, Depends(current_principal)]
 
 
@@ -55,10 +58,7 @@ def access_of(principal: Principal) -> Access:
     return Access(principal.scopes, principal.patient)
 
 
-async def _body(request: Request) -> Any:
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media not in JSON_TYPES:
-        raise UnsupportedMedia(f"unsupported content type '{media}'; send {FHIR_JSON}")
+async def _read_limited(request: Request) -> bytes:
     limit: int = request.app.state.settings.max_body_bytes
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -66,10 +66,51 @@ async def _body(request: Request) -> Any:
         if size > limit:
             raise InvalidRequest(f"body exceeds {limit} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _form(request: Request) -> str:
+    """A search form body: UTF-8 ``application/x-www-form-urlencoded``, at most 1 MiB."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in ("application/x-www-form-urlencoded", ""):
+        raise UnsupportedMedia(f"search by POST takes a form, not '{media}'")
+    body = await _read_limited(request)
+    if len(body) > FORM_LIMIT:
+        raise InvalidRequest(f"a search form is limited to {FORM_LIMIT} bytes")
     try:
-        return json.loads(b"".join(chunks))
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the search form is not UTF-8") from None
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether JSON nesting stays within ``limit`` levels (iteratively: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return True
+
+
+async def _body(request: Request) -> Any:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in JSON_TYPES:
+        raise UnsupportedMedia(f"unsupported content type '{media}'; send {FHIR_JSON}")
+    body = await _read_limited(request)
+    try:
+        parsed = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest(f"the body nests deeper than {MAX_DEPTH} levels") from None
+    if not _depth_within(parsed, MAX_DEPTH):
+        raise InvalidRequest(f"the body nests deeper than {MAX_DEPTH} levels")
+    return parsed
 
 
 def _write_headers(request: Request, stored: repo.Stored) -> dict[str, str]:
@@ -213,12 +254,10 @@ async def transaction(request: Request, caller: Caller) -> Response:
 # -- type level ----------------------------------------------------------------------------
 def _paging(request: Request) -> tuple[int, int]:
     try:
-        count = int(request.query_params.get("_count", repo.DEFAULT_COUNT))
-        offset = int(request.query_params.get("_offset", "0"))
-    except ValueError:
-        raise InvalidRequest("_count and _offset must be integers") from None
-    if count < 0 or offset < 0:
-        raise InvalidRequest("_count and _offset must not be negative")
+        count = bounded_int(request.query_params.get("_count", str(repo.DEFAULT_COUNT)), "_count")
+        offset = bounded_int(request.query_params.get("_offset", "0"), "_offset")
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
     return min(count, repo.MAX_COUNT), offset
 
 
@@ -314,7 +353,7 @@ async def search_type(request: Request, resource_type: str, caller: Caller) -> R
 @router.post("/{resource_type}/_search", summary="Search (form post)")
 async def search_post(request: Request, resource_type: str, caller: Caller) -> Response:
     """Search with parameters in an application/x-www-form-urlencoded body."""
-    form = (await request.body()).decode()
+    form = await _form(request)
     params = parse_qsl(request.url.query, keep_blank_values=True) + parse_qsl(
         form, keep_blank_values=True
     )

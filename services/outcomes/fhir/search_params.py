@@ -127,12 +127,15 @@ def date_range(text: str) -> tuple[datetime, datetime]:
     day = int(match["d"])
     if match["time"] is None:
         start = datetime(year, month, day, tzinfo=UTC)
-        return start, start + timedelta(days=1) - timedelta(microseconds=1)
+        return start, start.replace(hour=23, minute=59, second=59, microsecond=999999)
     tz = match["tz"] or "Z"
     parsed = datetime.fromisoformat(
         f"{match['y']}-{match['m']}-{match['d']}T{match['time']}" + ("+00:00" if tz == "Z" else tz)
     )
-    instant = parsed.astimezone(UTC)
+    try:
+        instant = parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00: past the calendar's end in UTC
+        return (OPEN_HIGH, OPEN_HIGH) if parsed.year > 1 else (OPEN_LOW, OPEN_LOW)
     seconds_precision = len(match["time"]) <= 8
     high = instant + (
         timedelta(seconds=1) - timedelta(microseconds=1) if seconds_precision else timedelta(0)
