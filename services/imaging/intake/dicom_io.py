@@ -213,6 +213,22 @@ def _numbers(raw: bytes) -> bool:
         return False
 
 
+def _decoded_numbers(value: Any) -> bool:
+    values = (
+        value
+        if isinstance(value, list | tuple)
+        or (hasattr(value, "__iter__")
+        and not isinstance(value, str))
+        else [value]
+    )
+    for item in values:
+        if item is None or item == "":
+            continue
+        if isinstance(item, str) or not math.isfinite(float(item)):
+            return False
+    return True
+
+
 def check_servable(ds: Dataset, depth: int = 0) -> None:
     """Every element of ``ds`` holds what its header says and can be written back as
     DICOM JSON: lengths within the data, IS/DS numbers, bounded sequence depth."""
@@ -220,10 +236,12 @@ def check_servable(ds: Dataset, depth: int = 0) -> None:
         raise InvalidInstance(f"sequences nested deeper than {MAX_DEPTH} levels")
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)
-        if not isinstance(raw, RawDataElement):
+        if not isinstance(raw, RawDataElement):  # already decoded (a value we index)
             if raw.VR == "SQ":
                 for item in raw.value:
                     check_servable(item, depth + 1)
+            elif raw.VR in ("IS", "DS") and not _decoded_numbers(raw.value):
+                raise InvalidInstance(f"element {tag} ({raw.VR}) does not hold a number")
             continue
         vr = raw.VR
         if vr is None:
