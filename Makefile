@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install system-deps lint typecheck pytest bench bench-scale clean
+.PHONY: demo test install system-deps lint typecheck pytest fuzz bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
@@ -34,6 +34,9 @@ pytest: install system-deps
 	$(PY) -m pytest
 
 test: install system-deps lint typecheck pytest
+
+fuzz: install system-deps
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(PY) -m pytest tests/test_fuzz.py -s -q
 
 bench: install system-deps
 	$(PY) bench/ingest.py

@@ -18,7 +18,9 @@ place for each protocol (``dimse.handle_store`` and ``api.errors``)::
     ├── NotFound               no such study, series or instance          404
     ├── NotAcceptable          a transfer syntax we cannot produce        406
     ├── UnsupportedMediaType   a body that is not multipart/related DICOM 415
-    ├── PacsError              the configured PACS failed or is unset     502
+    ├── PacsNotConfigured      no PACS is configured for this service     409
+    ├── PacsRefused            the PACS refused the request (its 4xx)     400
+    ├── PacsError              the configured PACS failed or is down      502
     └── StaleResult            a stored result outside this version's     409
                                result contract (analyse the study again)
 """
@@ -98,6 +100,14 @@ class UnsupportedMediaType(ImagingError):
 
 class StaleResult(ImagingError):
     http_status = 409
+
+
+class PacsNotConfigured(ImagingError):
+    http_status = 409
+
+
+class PacsRefused(ImagingError):
+    http_status = 400
 
 
 class PacsError(ImagingError):

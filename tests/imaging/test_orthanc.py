@@ -109,7 +109,7 @@ def test_pull_a_study_from_orthanc_by_api_call(
         again = client.post("/api/pacs/retrieve", json={"study_instance_uid": spec.study_uid})
         assert again.json()["duplicates"] == 5 and again.json()["conflicts"] == 0
         missing = client.post("/api/pacs/retrieve", json={"study_instance_uid": "1.2.3.4"})
-        assert missing.status_code == 502
+        assert missing.status_code == 404  # the PACS answered: it does not hold the study
     assert wait_until(_complete(imaging, spec.study_uid, 5), timeout=20)
 
 

@@ -7,14 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import case
 from sqlmodel import Session, col, func, select
 
 from services.common.auth import Principal, require_scope
 from services.common.params import After, Offset
-from services.imaging.errors import NotFound, PacsError
+from services.imaging.errors import NotFound, PacsNotConfigured
 from services.imaging.intake import pacs
+from services.imaging.intake.dicom_io import UID_PATTERN
 from services.imaging.models import Instance, InstanceVersion, Series, Study, StudyEvent
 
 router = APIRouter(prefix="/api", tags=["Studies"])
@@ -60,17 +61,26 @@ class EventPublic(BaseModel):
     last_error: str | None
 
 
+UidText = Annotated[str, Field(pattern=UID_PATTERN.pattern, max_length=64)]
+MatchText = Annotated[str, Field(max_length=64, pattern=r"^[^\\\x00-\x1f]*$")]
+
+
 class RetrieveRequest(BaseModel):
-    study_instance_uid: str
+    study_instance_uid: UidText
 
 
 class PacsQuery(BaseModel):
-    PatientID: str | None = None
-    IssuerOfPatientID: str | None = None
-    StudyDate: str | None = None
-    ModalitiesInStudy: str | None = None
-    AccessionNumber: str | None = None
-    StudyInstanceUID: str | None = None
+    """QIDO-RS matching keys sent to the PACS, checked before they leave (PS3.4 C-FIND
+    matching: wildcards in text, ranges in dates)."""
+
+    PatientID: MatchText | None = None
+    IssuerOfPatientID: MatchText | None = None
+    StudyDate: Annotated[str, Field(pattern=r"^(\d{8})?(-(\d{8})?)?$")] | None = None
+    ModalitiesInStudy: Annotated[str, Field(pattern=r"^[A-Z]{2,16}(\\[A-Z]{2,16})*$")] | None = None
+    AccessionNumber: Annotated[str, Field(max_length=16, pattern=r"^[^\\\x00-\x1f]*$")] | None = (
+        None
+    )
+    StudyInstanceUID: UidText | None = None
 
 
 def _status(session: Session, study: Study) -> StudyStatus:
@@ -173,7 +183,9 @@ def list_events(
 def _pacs(request: Request) -> pacs.Pacs:
     client: pacs.Pacs | None = request.app.state.runtime.pacs
     if client is None:
-        raise PacsError("no PACS is configured (IMAGING_PACS_DICOMWEB_URL)")
+        raise PacsNotConfigured(
+            "no PACS is configured for this service (IMAGING_PACS_DICOMWEB_URL)"
+        )
     return client
 
 

@@ -217,8 +217,7 @@ def _decoded_numbers(value: Any) -> bool:
     values = (
         value
         if isinstance(value, list | tuple)
-        or (hasattr(value, "__iter__")
-        and not isinstance(value, str))
+        or (hasattr(value, "__iter__") and not isinstance(value, str))
         else [value]
     )
     for item in values:

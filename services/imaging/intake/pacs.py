@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.imaging.completion.lifecycle import StudyCompleted
-from services.imaging.errors import ImagingError, PacsError
+from services.imaging.errors import ImagingError, NotFound, PacsError, PacsRefused
 from services.imaging.intake.store import InstanceStore
 from services.imaging.models import Study
 from services.imaging.settings import ImagingSettings
@@ -103,6 +103,11 @@ def search(
 ) -> list[dict[str, Any]]:
     try:
         return pacs.search_studies(filters, fields)
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status is not None and 400 <= status < 500:
+            raise PacsRefused(f"the PACS refused the query (HTTP {status})") from None
+        raise PacsError(f"PACS search failed (HTTP {status})") from None
     except requests.RequestException as exc:
         raise PacsError(f"PACS search failed ({type(exc).__name__})") from None
 
@@ -121,7 +126,7 @@ def retrieve(pacs: Pacs, store: InstanceStore, study_instance_uid: str) -> Retri
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status == 404 and not any(counts.values()):
-            raise PacsError("the PACS does not hold that study") from None
+            raise NotFound("the PACS does not hold that study") from None
         raise PacsError(f"PACS retrieve failed (HTTP {status})") from None
     except requests.RequestException as exc:
         raise PacsError(f"PACS retrieve failed ({type(exc).__name__})") from None
