@@ -69,7 +69,8 @@ class AuditMiddleware:
                 path=scope["path"],
                 query=scope.get("query_string", b"").decode(errors="replace"),
                 status_code=status["code"],
-                case_id=match[1] if (match := CASE_PATH.match(scope["path"])) else None,
+                case_id=state.get("case_id")
+                or (match[1] if (match := CASE_PATH.match(scope["path"])) else None),
             )
 
 
@@ -83,6 +84,30 @@ class AccessRecordPublic(BaseModel):
     query: str | None
     status_code: int
     case_id: str | None
+
+
+class NoStoreMiddleware:
+    """Every answer carries patient data in someone's frame: no cache keeps it, unless the
+    route chose otherwise (key images: private, short-lived)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_header(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                    headers.append((b"pragma", b"no-cache"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_header)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -149,6 +174,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
+    app.add_middleware(NoStoreMiddleware)
     app.add_middleware(AccessLogMiddleware, logger_name="services.gateway.access")
     app.include_router(cases.router)
     app.include_router(cohort.router)

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from services.common import vocabulary
 from services.common.contracts import StudyResult
 from services.common.fhir import codes
-from services.gateway.privacy import Pseudonymizer, age_at
+from services.gateway.privacy import Pseudonymizer, age_at, scrub_text
 
 TIME_POINT_ORDER = {tp: i for i, tp in enumerate(vocabulary.TIME_POINT_CODES)}
 # Codes of other systems that mean one of ours.
@@ -324,7 +324,13 @@ def mrn_of(record: ClinicalRecord, mrn_system: str) -> str | None:
 class _Builder:
     def __init__(self, record: ClinicalRecord, studies: list[StudyResult], view: View) -> None:
         self.record, self.studies, self.view = record, studies, view
-        self.case_id = str(record.procedure.get("id"))
+        self.procedure_id = str(record.procedure.get("id"))
+        # Researchers see a keyed pseudonym: the EHR's Procedure id links back to the record.
+        self.case_id = (
+            self.procedure_id
+            if view.identified or view.pseudonymizer is None
+            else view.pseudonymizer.case(self.procedure_id)
+        )
         self.warnings: list[str] = []
         self.surgery_at = parse_fhir_datetime(record.procedure.get("performedDateTime"))
         if self.surgery_at is None:
@@ -420,6 +426,8 @@ class _Builder:
         warnings = list(result.warnings) if result else []
         if study.analysis_state == "failed":
             warnings.append("the analysis failed")
+        if not self.view.identified:  # imaging's messages may quote series UIDs or dates
+            warnings = [scrub_text(w) for w in warnings]
         names = [k.name for k in result.key_images] if result else []
         if self.view.identified:
             shown = uid
@@ -573,7 +581,7 @@ class _Builder:
         )
 
     def _active(self) -> list[dict[str, Any]]:
-        own = f"Procedure/{self.case_id}"
+        own = f"Procedure/{self.procedure_id}"
         out = []
         for obs in self.record.observations:
             if obs.get("status") in INACTIVE_STATUSES:
@@ -720,7 +728,9 @@ class _Builder:
             complications=self.complications(observations),
             early=self.early(observations),
             proms=self.proms(observations),
-            warnings=self.warnings,
+            warnings=self.warnings
+            if self.view.identified
+            else [scrub_text(w) for w in self.warnings],
         )
 
 

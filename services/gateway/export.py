@@ -24,7 +24,7 @@ from services.gateway.cases import (
     View,
     mrn_of,
 )
-from services.gateway.privacy import deidentify_resource
+from services.gateway.privacy import AGE_CAP, ResearchSerializer
 
 
 @dataclass(frozen=True)
@@ -263,8 +263,9 @@ def _imaging_resources(patient_ref: str, case: Case) -> list[dict[str, Any]]:
 def case_bundle(record: ClinicalRecord, case: Case, view: View) -> dict[str, Any]:
     """The case as a FHIR ``collection`` Bundle, in the viewer's frame.
 
-    Researchers get no identifiers, names, free text or real dates: the Patient is
-    reduced to its pseudonym, sex and shifted birth date, references are pseudonymous.
+    Researchers get the allow-list of :class:`services.gateway.privacy.ResearchSerializer`:
+    no identifier, name, free text, extension (but the time point) or real date; every id
+    and reference pseudonymous; the birth date as a year, 90 and over aggregated.
     """
     resources = [r for r in (record.patient, record.surgeon, record.procedure) if r]
     resources += record.observations
@@ -274,26 +275,34 @@ def case_bundle(record: ClinicalRecord, case: Case, view: View) -> dict[str, Any
         entries = [{"resource": r} for r in resources]
     else:
         assert view.pseudonymizer is not None
+        pseudonymizer = view.pseudonymizer
         mrn = mrn_of(record, view.mrn_system) or ""
-        shift = view.pseudonymizer.shift_days(mrn, view.mrn_system)
-        pseudonym = view.pseudonymizer.patient(mrn, view.mrn_system)
-        mapping = {patient_ref: f"Patient/{pseudonym}"}
-        if case.surgery.surgeon is not None and record.surgeon is not None:
-            mapping[f"Practitioner/{record.surgeon.get('id')}"] = (
+        pseudonym = pseudonymizer.patient(mrn, view.mrn_system)
+        references = {patient_ref: f"Patient/{pseudonym}"}
+        if record.surgeon is not None and case.surgery.surgeon is not None:
+            references[f"Practitioner/{record.surgeon.get('id')}"] = (
                 f"Practitioner/{case.surgery.surgeon.id}"
             )
+        references[f"Procedure/{record.procedure.get('id')}"] = f"Procedure/{case.case_id}"
         for resource in resources:
-            clean = deidentify_resource(resource, shift=shift, references=mapping)
-            if resource is record.patient:
-                clean = {
-                    "resourceType": "Patient",
-                    "id": pseudonym,
-                    "identifier": [{"system": PSEUDONYM_SYSTEM, "value": pseudonym}],
-                    **{k: clean[k] for k in ("gender", "birthDate") if k in clean},
-                }
-            elif resource is record.surgeon:
-                clean = {"resourceType": "Practitioner", "id": case.surgery.surgeon.id}  # type: ignore[union-attr]
-            entries.append({"resource": clean})
+            real = f"{resource.get('resourceType')}/{resource.get('id')}"
+            references.setdefault(
+                real,
+                f"{resource.get('resourceType')}/"
+                + pseudonymizer.resource(
+                    str(resource.get("resourceType")), str(resource.get("id"))
+                ),
+            )
+        serializer = ResearchSerializer(
+            pseudonymizer,
+            shift=pseudonymizer.shift_days(mrn, view.mrn_system),
+            references=references,
+            birth_year_floor=_birth_year_floor(record, case),
+        )
+        for resource in resources:
+            clean = serializer.serialize(resource)
+            if clean is not None:
+                entries.append({"resource": clean})
         patient_ref = f"Patient/{pseudonym}"
     entries += _imaging_resources(patient_ref, case)
     return {
@@ -301,3 +310,13 @@ def case_bundle(record: ClinicalRecord, case: Case, view: View) -> dict[str, Any
         "type": "collection",  # no ``total``: FHIR allows it on searchset/history only
         "entry": entries,
     }
+
+
+def _birth_year_floor(record: ClinicalRecord, case: Case) -> int | None:
+    """For a patient aged 90 or over at surgery, the birth year that makes them 90."""
+    performed = record.procedure.get("performedDateTime") or (
+        record.procedure.get("performedPeriod") or {}
+    ).get("start")
+    if case.patient.age_at_surgery != AGE_CAP or not isinstance(performed, str):
+        return None
+    return int(performed[:4]) - AGE_CAP

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from services.common.contracts import StudyResult
 from services.gateway.cases import Case, ClinicalRecord, View, build_case, mrn_of
 from services.gateway.errors import NotFound, UpstreamError, UpstreamNotFound
+from services.gateway.privacy import Pseudonymizer
 from services.gateway.upstream import ImagingClient, OutcomesClient
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,17 @@ class Snapshot:
     load_seconds: float
     warnings: list[str] = field(default_factory=list)
     _built: dict[tuple[bool, str], list[Case]] = field(default_factory=dict, repr=False)
+    _case_ids: dict[int, dict[str, str]] = field(default_factory=dict, repr=False)
+
+    def procedure_id(self, case: str, pseudonymizer: Pseudonymizer) -> str | None:
+        """The Procedure a researcher's case pseudonym names (None when none does)."""
+        key = id(pseudonymizer)
+        if key not in self._case_ids:
+            self._case_ids[key] = {
+                pseudonymizer.case(str(r.procedure.get("id"))): str(r.procedure.get("id"))
+                for r in self.records
+            }
+        return self._case_ids[key].get(case)
 
     def cases(self, view: View) -> list[Case]:
         """Every case in the viewer's frame; built once per kind of view and snapshot."""
@@ -135,9 +147,22 @@ class CaseSource:
         record.observations = _or_warn("outcomes", found, warnings)
         return Gathered(record, _or_warn("imaging", studies, warnings), warnings)
 
-    async def case(self, case_id: str, view: View) -> Case:
-        """One case, live, with a warning for each upstream that could not answer."""
-        return (await self.gather(case_id, view.mrn_system)).build(view)
+    async def resolve(self, case: str, view: View) -> str:
+        """The Procedure id of a case as the viewer names it: itself for identified
+        viewers, the snapshot's pseudonym table for researchers (a researcher never
+        reaches a case by its EHR id)."""
+        if view.identified:
+            return case
+        assert view.pseudonymizer is not None
+        real = (await self.snapshot()).procedure_id(case, view.pseudonymizer)
+        if real is None:
+            raise NotFound(f"no case {case}")
+        return real
+
+    async def case(self, procedure_id: str, view: View) -> Case:
+        """One case (by its Procedure id, see :meth:`resolve`), live, with a warning for
+        each upstream that could not answer."""
+        return (await self.gather(procedure_id, view.mrn_system)).build(view)
 
     async def _load(self) -> Snapshot:
         started = time.perf_counter()

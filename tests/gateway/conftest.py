@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from services.common.auth import AuthSettings, BasicUser, hash_password
+from services.gateway.privacy import Pseudonymizer
 from tests.conftest import _require
 from tests.harness.dcmtk import have_dcmtk, storescu
-from tests.harness.gateway import GatewayServer
+from tests.harness.gateway import PSEUDONYM_KEY, GatewayServer
 from tests.harness.imaging import TEST_KEY, ImagingServer
 from tests.harness.net import wait_until
 from tests.harness.outcomes import OutcomesServer, post_cohort
@@ -33,6 +34,13 @@ class Stack:
     plans: list[PatientPlan]
     truth: dict[str, dict[str, Any]]  # MRN -> {"pre": truth, "post": truth}
     cases: dict[str, str]  # MRN -> case id (Procedure id)
+
+    def case_id(self, mrn: str, role: str) -> str:
+        """How the role names the patient's case: researchers by its pseudonym."""
+        procedure = self.cases[mrn]
+        if role != "researcher":
+            return procedure
+        return Pseudonymizer(PSEUDONYM_KEY.encode()).case(procedure)
 
 
 def _analysed(imaging: ImagingServer, count: int) -> bool:

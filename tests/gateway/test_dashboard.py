@@ -15,8 +15,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from services.gateway.privacy import Pseudonymizer
 from tests.conftest import _require
 from tests.gateway.conftest import RESEARCHER_PASSWORD, Stack
+from tests.harness.gateway import PSEUDONYM_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 IMAGES_LOADED = (
@@ -102,7 +104,8 @@ def test_case_list_and_case_page_with_key_images(
         browser.get(f"{stack.gateway.url}/dashboard/cases?group=foraminal-stenosis")
     rows = browser.find_element(By.ID, "cases").find_elements(By.TAG_NAME, "tr")
     assert len(rows) == 3  # header + the two foraminal cases
-    case_id = stack.cases[stack.plans[0].mrn]
+    # Researchers reach a case by its pseudonym, never by the EHR's Procedure id.
+    case_id = Pseudonymizer(PSEUDONYM_KEY.encode()).case(stack.cases[stack.plans[0].mrn])
     browser.find_element(By.CSS_SELECTOR, f"a[href='/dashboard/cases/{case_id}']").click()
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "metrics"))
     WebDriverWait(browser, 60).until(lambda d: d.execute_script(IMAGES_LOADED))

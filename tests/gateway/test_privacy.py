@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from services.gateway.privacy import Pseudonymizer, age_at, deidentify_resource, shift_fhir_date
+from services.gateway.privacy import Pseudonymizer, ResearchSerializer, age_at, shift_fhir_date
 
 KEY = b"k" * 32
 
@@ -38,19 +38,48 @@ def test_shift_keeps_precision_and_intervals() -> None:
     assert age_at(date(1960, 6, 1), date(2024, 5, 31)) == 63
 
 
-def test_deidentify_drops_identity_and_maps_references() -> None:
+def test_the_research_serializer_keeps_only_the_allow_list() -> None:
     resource = {
         "resourceType": "Observation",
+        "id": "obs-ehr-17",
+        "status": "final",
         "subject": {"reference": "Patient/abc", "display": "Jane Doe"},
         "performer": [{"reference": "Practitioner/x"}],
         "effectiveDateTime": "2024-01-10",
+        "valueDateTime": "1961-04-02",
         "note": [{"text": "called Mrs Doe at home"}],
         "identifier": [{"value": "LAB-1"}],
-        "valueQuantity": {"value": 3},
+        "code": {"coding": [{"system": "s", "code": "c", "display": "d"}], "text": "Jane's ODI"},
+        "valueQuantity": {"value": 3, "unit": "%", "id": "x"},
+        "extension": [{"url": "http://x/free", "valueString": "MRN 12345, born 1961-04-02"}],
+        "component": [{"code": {"text": "Jane"}, "valueString": "Doe"}],
+        "partOf": [{"reference": "Procedure/proc-ehr-9"}],
     }
-    clean = deidentify_resource(resource, shift=5, references={"Patient/abc": "Patient/P-1"})
+    serializer = ResearchSerializer(
+        Pseudonymizer(KEY),
+        shift=5,
+        references={"Patient/abc": "Patient/P-1", "Procedure/proc-ehr-9": "Procedure/C-1"},
+    )
+    clean = serializer.serialize(resource)
+    assert clean is not None
     assert clean["subject"] == {"reference": "Patient/P-1"}  # no display name
+    assert clean["partOf"] == [{"reference": "Procedure/C-1"}]
     assert clean["effectiveDateTime"] == "2024-01-15"
-    assert "note" not in clean and "identifier" not in clean
-    assert clean["performer"] == [{}]  # an unmapped person reference is dropped
+    assert clean["id"].startswith("R-") and "obs-ehr-17" not in str(clean)
+    assert clean["code"] == {"coding": [{"system": "s", "code": "c", "display": "d"}]}
+    assert clean["valueQuantity"] == {"value": 3, "unit": "%"}
+    for gone in ("note", "identifier", "performer", "valueDateTime", "extension", "component"):
+        assert gone not in clean, gone
+    assert "Jane" not in str(clean) and "1961" not in str(clean)
     assert resource["effectiveDateTime"] == "2024-01-10"  # the input is untouched
+    old = {"resourceType": "Patient", "id": "p", "birthDate": "1929-02-03", "gender": "male"}
+    capped = ResearchSerializer(
+        Pseudonymizer(KEY), shift=5, references={}, birth_year_floor=1934
+    ).serialize(old)
+    assert capped == {
+        "resourceType": "Patient",
+        "id": capped["id"],
+        "gender": "male",
+        "birthDate": "1934",
+    }  # type: ignore[index]
+    assert serializer.serialize({"resourceType": "AuditEvent", "id": "1"}) is None

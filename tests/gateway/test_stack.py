@@ -28,7 +28,7 @@ def _truth(stack: Stack, mrn: str, when: str, quantity: str, level: str, side: s
 def _case(stack: Stack, index: int, role: str) -> dict[str, Any]:
     plan = stack.plans[index]
     with stack.gateway.client(role=role) as client:
-        response = client.get(f"/api/cases/{stack.cases[plan.mrn]}")
+        response = client.get(f"/api/cases/{stack.case_id(plan.mrn, role)}")
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -125,7 +125,9 @@ def test_researcher_sees_pseudonyms_and_shifted_dates(stack: Stack) -> None:
     with stack.gateway.client(role="researcher") as client:
         png = client.get(case["imaging"]["post"][0]["key_images"][0]["url"])
         assert png.status_code == 200 and png.content.startswith(PNG)
-        again = client.get(f"/api/cases/{stack.cases[plan.mrn]}").json()
+        again = client.get(f"/api/cases/{stack.case_id(plan.mrn, 'researcher')}").json()
+        # The EHR's Procedure id does not reach a case for a researcher.
+        assert client.get(f"/api/cases/{stack.cases[plan.mrn]}").status_code == 404
     assert again["patient"]["id"] == case["patient"]["id"]  # stable pseudonym
 
 
@@ -133,7 +135,7 @@ def test_case_bundle_is_valid_fhir_and_deidentified_for_researchers(stack: Stack
     plan = stack.plans[0]
     case_id = stack.cases[plan.mrn]
     with stack.gateway.client(role="researcher") as client:
-        researcher = client.get(f"/api/cases/{case_id}/bundle")
+        researcher = client.get(f"/api/cases/{stack.case_id(plan.mrn, 'researcher')}/bundle")
     with stack.gateway.client(role="clinician") as client:
         clinician = client.get(f"/api/cases/{case_id}/bundle")
     for response in (researcher, clinician):
@@ -167,7 +169,10 @@ def test_case_list_filters_and_paging(stack: Stack) -> None:
 def test_cohort_summary_matches_scipy_on_the_case_values(stack: Stack) -> None:
     with stack.gateway.client(role="researcher") as client:
         body = client.get("/api/cohort/summary", params={"refresh": "true"}).json()
-        cases = [client.get(f"/api/cases/{stack.cases[p.mrn]}").json() for p in stack.plans]
+        cases = [
+            client.get(f"/api/cases/{stack.case_id(p.mrn, 'researcher')}").json()
+            for p in stack.plans
+        ]
     summary = body["summary"]
     assert summary["counts"]["cases"] == 3 and summary["counts"]["with_pair"] == 2
     assert [m["reason"] for m in summary["missing"]] == ["no pre-operative CT"]
@@ -202,7 +207,7 @@ def test_csv_export_rows_match_the_cases_and_the_dictionary(stack: Stack) -> Non
     with stack.gateway.client(role="researcher") as client:
         exported = client.get("/api/export/cases.csv")
         dictionary = client.get("/api/export/data-dictionary.csv")
-        case = client.get(f"/api/cases/{stack.cases[stack.plans[0].mrn]}").json()
+        case = client.get(f"/api/cases/{stack.case_id(stack.plans[0].mrn, 'researcher')}").json()
     assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     columns = [r["column"] for r in csv.DictReader(io.StringIO(dictionary.text))]
@@ -238,7 +243,7 @@ def test_cohort_plots(stack: Stack, path: str, media: str) -> None:
 
 
 def test_case_plots(stack: Stack) -> None:
-    case_id = stack.cases[stack.plans[0].mrn]
+    case_id = stack.case_id(stack.plans[0].mrn, "researcher")
     with stack.gateway.client(role="researcher") as client:
         metrics = client.get(f"/api/cases/{case_id}/plots/metrics.png")
         proms = client.get(f"/api/cases/{case_id}/plots/proms.svg")
@@ -258,6 +263,7 @@ def test_access_control_and_audit(stack: Stack) -> None:
     with gateway.client(scope="imaging.read", role="clinician") as client:
         assert client.get(f"/api/cases/{case_id}").status_code == 403
     with gateway.client(role="researcher") as client:
+        assert client.get(f"/api/cases/{stack.case_id(stack.plans[0].mrn, 'researcher')}")
         assert client.get("/api/audit").status_code == 403
         assert client.get("/api/cases/no-such-case").status_code == 404
     with gateway.client(scope="gateway.audit", subject="privacy-officer") as client:

@@ -92,6 +92,14 @@ def source_of(request: Request) -> CaseSource:
     return source
 
 
+async def resolve_case(request: Request, case: str, view: View) -> str:
+    """The Procedure id of the case the viewer names (a pseudonym for researchers); the
+    audit trail records that id, whoever asked."""
+    procedure_id = await source_of(request).resolve(case, view)
+    request.state.case_id = procedure_id
+    return procedure_id
+
+
 @router.get("/cases", response_model=CasePage)
 async def list_cases(
     request: Request,
@@ -117,7 +125,9 @@ async def list_cases(
 @router.get("/cases/{case}", response_model=Case)
 async def get_case(request: Request, case: str, viewer: ViewerDep) -> Case:
     """One case, live: surgery, paired imaging with changes, complications, early results, PROMs."""
-    return await source_of(request).case(case, viewer.view)
+    return await source_of(request).case(
+        await resolve_case(request, case, viewer.view), viewer.view
+    )
 
 
 @router.get(
@@ -127,7 +137,9 @@ async def get_case(request: Request, case: str, viewer: ViewerDep) -> Case:
 )
 async def get_case_bundle(request: Request, case: str, viewer: ViewerDep) -> Response:
     """The case as a FHIR R4 ``collection`` Bundle (pseudonymised for researchers)."""
-    gathered = await source_of(request).gather(case, viewer.view.mrn_system)
+    source = source_of(request)
+    real = await resolve_case(request, case, viewer.view)
+    gathered = await source.gather(real, viewer.view.mrn_system)
     built = gathered.build(viewer.view)
     bundle = case_bundle(gathered.record, built, viewer.view)
     return Response(json.dumps(bundle), media_type="application/fhir+json")
@@ -145,7 +157,8 @@ async def get_key_image(
     if not KEY_IMAGE_NAME.match(name) or not SLOT.match(slot):
         raise NotFound("no such key image")
     source = source_of(request)
-    gathered = await source.gather(case, viewer.view.mrn_system, observations=False)
+    real = await resolve_case(request, case, viewer.view)
+    gathered = await source.gather(real, viewer.view.mrn_system, observations=False)
     internal = View(True, None, viewer.view.mrn_system, viewer.view.key_image_url)
     built = gathered.build(internal)  # identified only to find the study; never returned
     refs = [built.imaging.pre, *built.imaging.post, *built.imaging.other]
@@ -169,7 +182,8 @@ async def get_case_plot(
     viewer: ViewerDep,
 ) -> Response:
     """A plot of one case: ``metrics`` (each level across its studies) or ``proms``."""
-    built = await source_of(request).case(case, viewer.view)
+    real = await resolve_case(request, case, viewer.view)
+    built = await source_of(request).case(real, viewer.view)
     draw = plots.case_metrics if kind == "metrics" else plots.case_proms
     content = await run_in_threadpool(draw, built, fmt)
     return Response(content, media_type=plots.MEDIA_TYPES[fmt])

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from services.common import vocabulary
 from services.common.auth import Authenticator, Principal, current_principal
 from services.gateway.access import READ_SCOPE, Viewer, viewer_for
-from services.gateway.api.cases import FilterDep, list_cases, source_of
+from services.gateway.api.cases import FilterDep, list_cases, resolve_case, source_of
 from services.gateway.cohort import summarize
 from services.gateway.errors import Forbidden
 
@@ -210,7 +210,8 @@ async def case_page(request: Request, case: str) -> Response:
     viewer = _signed_in(request)
     if viewer is None:
         return _to_login(request)
-    built = await source_of(request).case(case, viewer.view)
+    real = await resolve_case(request, case, viewer.view)
+    built = await source_of(request).case(real, viewer.view)
     prom_rows = [
         (
             s,
