@@ -65,3 +65,26 @@ def test_a_taken_over_attempt_cannot_commit(tmp_path: Path) -> None:
     with Session(runner.engine) as session:
         current = session.exec(select(MeasurementSet.is_current)).all()
     assert sorted(current) == [False, True]
+
+
+def test_a_job_that_kills_its_worker_fails_once_its_attempts_are_spent(tmp_path: Path) -> None:
+    """F9: the attempt a dead worker was on counts; a study that kills every worker is
+    failed after max_attempts, not retried on every restart."""
+    jobs, _ = _runner(tmp_path)
+    jobs.max_attempts = 2
+    job_id, _ = jobs.create("1.2.9", 1)
+    claim = jobs.claim_next()
+    assert claim is not None and claim.attempt == 1
+    assert jobs.recover() == 1  # the process died: back to the queue, the attempt counted
+    claim = jobs.claim_next()
+    assert claim is not None and claim.attempt == 2
+    assert jobs.recover() == 0  # died again on its last attempt: failed, not requeued
+    assert jobs.claim_next() is None
+    with Session(jobs.engine) as session:
+        job = session.get(AnalysisJob, job_id)
+    assert job is not None and job.state == JobState.FAILED and job.attempts == 2
+    assert job.last_error is not None and "died" in job.last_error
+    # A broker redelivering the message finds nothing to run either.
+    second, _ = jobs.create("1.2.10", 1)
+    assert jobs.claim(second) is not None and jobs.claim(second) is not None
+    assert jobs.claim(second) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
@@ -59,3 +60,27 @@ def test_phi_filter_redacts_dataset_dumps() -> None:
     PhiFilter().filter(record)
     assert "Doe" not in record.getMessage() and "12345" not in record.getMessage()
     assert "Modality=CT" in record.getMessage()
+
+
+def test_exceptions_and_library_warnings_reach_the_log_without_their_values() -> None:
+    """A 500's traceback and pydicom's warnings quote what a caller sent; the log keeps
+    the exception's type and code locations, and the warning with its values masked."""
+    formatter, phi = JsonFormatter(), PhiFilter()
+    try:
+        int("Nightingale^Florence MRN-SECRET-4242")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "boom", None, sys.exc_info())
+    line = formatter.format(record)
+    assert "ValueError at" in line and "test_privacy.py" in line
+    assert "Nightingale" not in line and "MRN-SECRET" not in line
+    warning = logging.LogRecord(
+        "py.warnings",
+        logging.WARNING,
+        __file__,
+        1,
+        "UserWarning: Invalid value for VR PN: 'Nightingale^Florence'",
+        None,
+        None,
+    )
+    assert phi.filter(warning)
+    assert "Nightingale" not in formatter.format(warning)

@@ -16,6 +16,7 @@ from services.imaging.errors import (
     InstanceTooLarge,
     InvalidInstance,
     MissingAttribute,
+    SeriesInOtherStudy,
     StudyMismatch,
     UnsupportedSOPClass,
 )
@@ -227,3 +228,41 @@ def test_same_instance_in_another_transfer_syntax_is_a_duplicate_not_a_conflict(
         versions = session.exec(select(InstanceVersion)).all()
     assert not instance.conflict
     assert len(versions) == 2 and "transfer syntax 1.2.840.10008.1.2" in (versions[1].note or "")
+
+
+def test_files_a_crash_left_unindexed_are_swept(store: InstanceStore) -> None:
+    """F8: kill -9 between the rename and the index commit leaves a .dcm nobody
+    acknowledged; the start-up sweep removes it and keeps every indexed file."""
+    kept = make_series(SeriesSpec(slices=1))[0]
+    store.put(to_bytes(kept), source="test")
+    orphan_ds = make_series(SeriesSpec(slices=1))[0]
+    orphan = store.root / orphan_ds.StudyInstanceUID / orphan_ds.SeriesInstanceUID / "x.dcm"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(to_bytes(orphan_ds))
+    sibling = store.root / kept.StudyInstanceUID / kept.SeriesInstanceUID / "lost.dcm"
+    sibling.write_bytes(to_bytes(orphan_ds))
+    fresh = store.root / kept.StudyInstanceUID / kept.SeriesInstanceUID / "in-flight.dcm"
+    started = time.time()
+    for path in (orphan, sibling):
+        os.utime(path, (started - 60, started - 60))
+    fresh.write_bytes(b"written after the sweep began")
+    os.utime(fresh, (started + 5, started + 5))
+    assert store.remove_unindexed(older_than=started) == 2
+    assert not orphan.exists() and not sibling.exists() and fresh.exists()
+    with Session(store.engine) as session:
+        row = session.get(Instance, kept.SOPInstanceUID)
+        assert row is not None and store.path_of(row).exists()
+
+
+def test_a_series_uid_never_joins_two_studies(store: InstanceStore) -> None:
+    """F6: a new study reusing another study's SeriesInstanceUID is refused."""
+    first = make_series(SeriesSpec(slices=1))[0]
+    store.put(to_bytes(first), source="test")
+    borrowed = make_series(SeriesSpec(slices=1, series_uid=first.SeriesInstanceUID))[0]
+    with pytest.raises(SeriesInOtherStudy):
+        store.put(to_bytes(borrowed), source="test")
+    with Session(store.engine) as session:
+        assert session.get(Study, borrowed.StudyInstanceUID) is None
+    assert not (store.root / borrowed.StudyInstanceUID).exists() or not any(
+        (store.root / borrowed.StudyInstanceUID).rglob("*.dcm")
+    )

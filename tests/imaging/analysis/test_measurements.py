@@ -6,6 +6,7 @@ figures over 40+ phantoms); they catch a broken pipeline, not a 0.1 mm drift.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -180,3 +182,41 @@ def test_cli_prints_the_schema_and_fails_cleanly(tmp_path: Path) -> None:
     )
     assert bad.returncode != 0 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_one_unreadable_image_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    """F7: an image whose position cannot be read (``a\\b\\c``) is left out of the volume
+    with a warning; the study is still measured."""
+    truth = write_phantom(
+        PhantomSpec(modality="CT", pixel_spacing=1.2, slice_spacing=1.5, seed=9), tmp_path
+    )
+    datasets = read_folder(tmp_path)
+    last = max(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    poisoned = copy.deepcopy(last)
+    poisoned.SOPInstanceUID = last.SOPInstanceUID + ".9"
+    element = poisoned["ImagePositionPatient"]
+    element._value = ["a", "b", "c"]  # as a careless exporter writes it
+    analysis = analyze_datasets([*datasets, poisoned], key_images=False)
+    assert any("1 image(s) left out" in w for w in analysis.result.warnings)
+    measured = [m for m in analysis.result.measurements if m.value is not None]
+    assert len(measured) >= 10
+    assert analysis.result.study_instance_uid == truth["study_instance_uid"]
+
+
+def test_the_cli_names_files_without_a_study_uid(tmp_path: Path) -> None:
+    """An anonymiser that empties StudyInstanceUID: the refusal says so."""
+    write_phantom(
+        PhantomSpec(modality="CT", pixel_spacing=2.0, slice_spacing=3.0, seed=4), tmp_path
+    )
+    for path in sorted(tmp_path.glob("*.dcm"))[:3]:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = ""
+        ds.save_as(path)
+    run = subprocess.run(
+        [sys.executable, "-m", "services.imaging", "analyze", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "3 of" in run.stderr and "empty or missing StudyInstanceUID" in run.stderr
