@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -54,9 +55,19 @@ def _check_variables(env: dict[str, str]) -> None:
         cls = SETTINGS[prefix]
         field = name[len(prefix) :].lower()
         assert field in cls.model_fields, f"{name}: {cls.__name__} has no field {field!r}"
-        by_class.setdefault(cls, {})[field] = INTERPOLATION.sub(DUMMY, str(value))
+        by_class.setdefault(cls, {})[name] = INTERPOLATION.sub(DUMMY, str(value))
     for cls, values in by_class.items():
-        cls(**values)  # raises on a value the service would refuse
+        # Read from the environment, as the service reads them (JSON lists included).
+        saved = {name: os.environ.get(name) for name in values}
+        os.environ.update(values)
+        try:
+            cls()  # raises on a value the service would refuse
+        finally:
+            for name, old in saved.items():
+                if old is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = old
 
 
 def _check_command(command: list[str]) -> None:
