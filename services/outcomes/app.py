@@ -16,7 +16,7 @@ from services.common.db import make_engine, upgrade_schema
 from services.common.logging import AccessLogMiddleware, recording_status
 from services.common.operations import database_status, install_operations
 from services.outcomes import audit
-from services.outcomes.api import fhir
+from services.outcomes.api import fhir, registry
 from services.outcomes.api.errors import install_error_handlers
 from services.outcomes.settings import OutcomesSettings
 
@@ -33,7 +33,7 @@ class AuditMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if (
             scope["type"] != "http"
-            or not scope["path"].startswith("/fhir")
+            or not scope["path"].startswith(("/fhir", "/registry"))
             or scope["path"] == "/fhir/metadata"
         ):
             await self.app(scope, receive, send)
@@ -80,6 +80,7 @@ def create_app(settings: OutcomesSettings | None = None) -> FastAPI:
     app.add_middleware(AuditMiddleware)
     app.add_middleware(AccessLogMiddleware, logger_name="services.outcomes.access")
     app.include_router(fhir.router)
+    app.include_router(registry.router)
 
     async def readiness() -> dict[str, str]:
         return {"database": await run_in_threadpool(database_status, app.state.engine)}

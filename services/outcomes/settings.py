@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.auth import AuthSettings
 from services.common.db import sqlite_url_for
+from services.common.fhir import codes
 
 
 class OutcomesSettings(BaseSettings):
@@ -22,6 +23,8 @@ class OutcomesSettings(BaseSettings):
     max_body_bytes: int = 50 * 1024**2
     workers: int = 1  # HTTP worker processes (uvicorn); each has its own connection pool
     log_level: str = "INFO"
+    mrn_system: str = codes.MRN_SYSTEM_DEFAULT  # identifier system of the registry's MRNs
+    registry_mapping: Path | None = None  # TOML mapping of the registry export; None: KEOPS
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @property
