@@ -1,8 +1,10 @@
-"""``python -m services.imaging serve | worker | backfill | analyze PATH``.
+"""``python -m services.imaging serve | worker | backfill | retrieve-cohort | analyze PATH``.
 
 ``serve`` runs the HTTP API and the DICOM SCP in one process (and the analysis threads in
 the embedded engine); ``worker`` runs a Celery analysis worker (``IMAGING_QUEUE=celery``);
-``backfill`` analyses a cohort's studies again and reports what changed; ``analyze``
+``backfill`` analyses a cohort's studies again and reports what changed;
+``retrieve-cohort`` brings each operated patient's pre- and post-operative studies in from
+the PACS (resumable, paced) and reports per patient; ``analyze``
 measures the study in a folder of DICOM files and prints the result (the API's JSON).
 """
 
@@ -52,6 +54,50 @@ def _backfill(args: argparse.Namespace) -> int:
     return 0 if report.summary["failed"] == 0 else 1
 
 
+def _retrieve_cohort(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from services.imaging.intake.cohort import entries_from_csv, entries_from_fhir, statuses
+    from services.imaging.runtime import build_cohort_tool
+    from services.imaging.settings import ImagingSettings
+
+    settings = ImagingSettings()
+    try:
+        retrieval, fhir = build_cohort_tool(settings)
+        if args.list:
+            entries = entries_from_csv(args.list.read_text(encoding="utf-8-sig"))
+        elif fhir is not None:
+            with fhir:
+                entries = entries_from_fhir(fhir, mrn_system=settings.mrn_system)
+        else:
+            raise ValueError("give --list FILE, or set IMAGING_FHIR_URL to list the cohort")
+    except (ValueError, OSError) as exc:
+        print(f"retrieve-cohort: {exc}", file=sys.stderr)
+        return 2
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[instances]} instances"),
+        disable=args.json or not sys.stderr.isatty(),
+    ) as bar:
+        task = bar.add_task("studies", total=2 * len(entries), instances=0)
+        counted = {"instances": 0}
+
+        def progress(what: str, instances: int) -> None:
+            counted["instances"] += instances
+            bar.update(task, advance=1, description=what[:40], instances=counted["instances"])
+
+        report = retrieval.run(entries, progress=progress)
+    if args.json:
+        print(json.dumps({"report": report.as_json(), "patients": statuses(retrieval.engine)}))
+    else:
+        print(report.text())
+        for item in statuses(retrieval.engine):
+            print(f"  {item['patient_id']:>12} {item['surgery_date']}  {item['status']}")
+    return 0 if report.failed == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.imaging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("--no-wait", action="store_true", help="queue and return")
     backfill.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait")
     backfill.add_argument("--json", action="store_true", help="print the report as JSON")
+    cohort = sub.add_parser("retrieve-cohort", help="retrieve the cohort's studies from the PACS")
+    cohort.add_argument("--list", type=Path, help="CSV: PatientID, SurgeryDate[, Group]")
+    cohort.add_argument("--json", action="store_true", help="print the report as JSON")
     analyze = sub.add_parser("analyze", help="measure the study in a folder of DICOM files")
     analyze.add_argument("path", type=Path)
     analyze.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -73,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return _analyze(args)
     if args.command == "backfill":
         return _backfill(args)
+    if args.command == "retrieve-cohort":
+        return _retrieve_cohort(args)
     if args.command == "worker":
         from services.imaging.runtime import build_producer
         from services.imaging.settings import ImagingSettings

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from services.common.auth import Authenticator
 from services.common.logging import AccessLogMiddleware
 from services.common.operations import install_operations
-from services.imaging.api import dicomweb, measurements, studies
+from services.imaging.api import cohort, dicomweb, measurements, studies
 from services.imaging.api.errors import install_error_handlers
 from services.imaging.runtime import build_service
 from services.imaging.settings import ImagingSettings
@@ -52,6 +52,7 @@ def create_app(settings: ImagingSettings | None = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(measurements.router)
     app.include_router(measurements.results_router)
+    app.include_router(cohort.router)
 
     async def readiness() -> dict[str, str]:
         """Database, storage, the DICOM listener and the queue engine's needs."""

@@ -19,6 +19,7 @@ place for each protocol (``dimse.handle_store`` and ``api.errors``)::
     ├── NotAcceptable          a transfer syntax we cannot produce        406
     ├── UnsupportedMediaType   a body that is not multipart/related DICOM 415
     ├── PacsNotConfigured      no PACS is configured for this service     409
+    ├── Conflict               the request conflicts with what is running 409
     ├── PacsRefused            the PACS refused the request (its 4xx)     400
     ├── PacsError              the configured PACS failed or is down      502
     └── StaleResult            a stored result outside this version's     409
@@ -99,6 +100,10 @@ class UnsupportedMediaType(ImagingError):
 
 
 class StaleResult(ImagingError):
+    http_status = 409
+
+
+class Conflict(ImagingError):
     http_status = 409
 
 

@@ -238,3 +238,40 @@ class ManualMeasurement(ImagingModel, table=True):
     unit: str = Field(max_length=8)
     note: str | None = Field(default=None, max_length=256)
     created_at: datetime
+
+
+class CohortPatient(ImagingModel, table=True):
+    """One operated patient of the retrospective cohort: which studies the PACS holds
+    around the surgery, which were chosen, and where their retrieval stands."""
+
+    __tablename__ = "cohort_patient"
+    __table_args__ = (UniqueConstraint("patient_id", "surgery_date", name="uq_cohort_patient"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: str = Field(max_length=64, index=True)
+    surgery_date: str = Field(max_length=8)  # YYYYMMDD
+    modality: str = Field(max_length=16)
+    group: str | None = Field(default=None, max_length=32)
+    pre_state: str = Field(default="pending", max_length=16)  # see services.imaging.intake.cohort
+    post_state: str = Field(default="pending", max_length=16)
+    pre_study_uid: str | None = Field(default=None, max_length=64)
+    post_study_uid: str | None = Field(default=None, max_length=64)
+    candidates: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+    reason: str | None = Field(default=None, max_length=512)
+    updated_at: datetime
+
+
+class CohortStudy(ImagingModel, table=True):
+    """A study the cohort retrieval asked the PACS for (C-MOVE arrivals are recognised by
+    it: they are pulls, not routed studies)."""
+
+    __tablename__ = "cohort_study"
+
+    study_instance_uid: str = Field(primary_key=True, max_length=64)
+    patient_id: str = Field(max_length=64, index=True)
+    state: str = Field(default="queued", max_length=16)  # queued | retrieving | retrieved | failed
+    expected: int | None = None  # instances the PACS says it holds
+    received: int = 0
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=512)
+    updated_at: datetime

@@ -33,8 +33,11 @@ from services.common.auth import Authenticator, ServiceBearer
 from services.common.db import make_engine, upgrade_schema
 from services.common.operations import database_status
 from services.imaging.completion.lifecycle import StudyLifecycle
+from services.imaging.errors import Conflict, PacsNotConfigured
 from services.imaging.intake import pacs
+from services.imaging.intake.cohort import CohortEntry, CohortRetrieval, entries_from_fhir
 from services.imaging.intake.dimse import start_scp
+from services.imaging.intake.priors import PriorFetcher
 from services.imaging.intake.store import InstanceStore
 from services.imaging.jobs.queue import AnalysisQueue, QueueEngine, engine_class
 from services.imaging.jobs.runner import AnalysisRunner
@@ -50,6 +53,7 @@ from services.imaging.settings import ImagingSettings
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 FHIR_SCOPE = "system/Patient.crs system/ImagingStudy.crs system/Observation.crus"
+COHORT_SCOPE = "system/Procedure.rs system/Patient.rs"
 MANUFACTURER = "spine-outcomes"
 
 
@@ -88,17 +92,49 @@ def _targets(
                 manufacturer=MANUFACTURER,
             )
         )
-    if settings.fhir_url:
-        client = httpx.Client(
-            base_url=settings.fhir_url.rstrip("/") + "/",
-            auth=ServiceBearer(
-                Authenticator(settings.auth), "imaging", FHIR_SCOPE, settings.fhir_token
-            ),
-            timeout=settings.fhir_timeout_seconds,
-            headers={"Accept": "application/fhir+json"},
-        )
+    client = fhir_client(settings, FHIR_SCOPE)
+    if client is not None:
         targets.append(FhirTarget(engine, FhirPublisher(client, mrn_system=settings.mrn_system)))
     return targets
+
+
+def fhir_client(settings: ImagingSettings, scope: str) -> httpx.Client | None:
+    """The outcomes FHIR store, with a service token of ``scope`` (None when unset)."""
+    if not settings.fhir_url:
+        return None
+    return httpx.Client(
+        base_url=settings.fhir_url.rstrip("/") + "/",
+        auth=ServiceBearer(Authenticator(settings.auth), "imaging", scope, settings.fhir_token),
+        timeout=settings.fhir_timeout_seconds,
+        headers={"Accept": "application/fhir+json"},
+    )
+
+
+def build_cohort_retrieval(
+    settings: ImagingSettings, engine: Engine, store: InstanceStore, client: pacs.Pacs
+) -> CohortRetrieval:
+    return CohortRetrieval(
+        engine,
+        store,
+        client,
+        pre_days=settings.cohort_pre_days,
+        post_days=settings.cohort_post_days,
+        min_instances=settings.cohort_min_instances,
+        concurrency=settings.cohort_concurrency,
+        per_minute=settings.cohort_per_minute,
+    )
+
+
+def build_cohort_tool(settings: ImagingSettings) -> tuple[CohortRetrieval, httpx.Client | None]:
+    """The cohort retrieval of the command line (its own store writer on the shared
+    database and storage), and the FHIR client that lists the cohort."""
+    client = pacs.build_pacs(settings)
+    if client is None:
+        raise ValueError("no PACS is configured (IMAGING_PACS_DICOMWEB_URL or IMAGING_PACS_*)")
+    engine = make_engine(settings.resolved_database_url)
+    upgrade_schema(engine, MIGRATIONS)
+    retrieval = build_cohort_retrieval(settings, engine, _store(settings, engine), client)
+    return retrieval, fhir_client(settings, COHORT_SCOPE)
 
 
 def build_dispatcher(
@@ -160,7 +196,9 @@ class ImagingRuntime:
     runner: AnalysisRunner
     queue_engine: QueueEngine
     analysis: AnalysisQueue
+    cohort: CohortRetrieval | None = None
     scp: ThreadedAssociationServer | None = None
+    cohort_run: threading.Thread | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -219,6 +257,31 @@ class ImagingRuntime:
         checks.update(self.queue_engine.readiness())
         return checks
 
+    def start_cohort_run(self, entries: list[CohortEntry] | None) -> int:
+        """Retrieve the cohort in the background (the list, or every index surgery of
+        the FHIR store); returns the number of patients. One run at a time."""
+        if self.cohort is None:
+            raise PacsNotConfigured("no PACS is configured for this service")
+        if self.cohort_run is not None and self.cohort_run.is_alive():
+            raise Conflict("a cohort retrieval is already running")
+        if entries is None:
+            client = fhir_client(self.settings, COHORT_SCOPE)
+            if client is None:
+                raise Conflict("no FHIR store is configured (IMAGING_FHIR_URL) to list the cohort")
+            with client:
+                entries = entries_from_fhir(client, mrn_system=self.settings.mrn_system)
+        retrieval = self.cohort
+
+        def run() -> None:
+            try:
+                retrieval.run(entries)
+            except Exception:
+                log.exception("cohort retrieval failed")
+
+        self.cohort_run = threading.Thread(target=run, name="cohort-retrieval", daemon=True)
+        self.cohort_run.start()
+        return len(entries)
+
     def refresh_gauges(self) -> None:
         counts = self.jobs.counts()
         for state in JobState:
@@ -241,19 +304,17 @@ def build_service(settings: ImagingSettings) -> ImagingRuntime:
         quiet_seconds=settings.study_quiet_seconds,
         gap_tolerance=settings.slice_gap_tolerance,
     )
-    client: pacs.Pacs | None = None
-    if settings.pacs_dicomweb_url:
-        client = pacs.DicomwebPacs(settings.pacs_dicomweb_url, pacs.make_session(settings))
-        if settings.prior_fetch_enabled:
-            lifecycle.subscribe(
-                pacs.PriorFetcher(
-                    engine,
-                    store,
-                    client,
-                    lookback_days=settings.prior_lookback_days,
-                    modalities=settings.prior_modalities,
-                )
+    client = pacs.build_pacs(settings)
+    if client is not None and settings.prior_fetch_enabled:
+        lifecycle.subscribe(
+            PriorFetcher(
+                engine,
+                store,
+                client,
+                lookback_days=settings.prior_lookback_days,
+                modalities=settings.prior_modalities,
             )
+        )
     results = ResultsFolder(settings.key_images_dir)
     dispatcher = build_dispatcher(settings, engine, results)
     jobs = JobTable(engine, max_attempts=settings.analysis_max_attempts)
@@ -274,4 +335,5 @@ def build_service(settings: ImagingSettings) -> ImagingRuntime:
         runner,
         queue_engine,
         analysis,
+        cohort=build_cohort_retrieval(settings, engine, store, client) if client else None,
     )

@@ -48,8 +48,13 @@ class ImagingSettings(BaseSettings):
     completion_poll_seconds: float = 1.0
     slice_gap_tolerance: float = 0.5  # a step > (1 + tolerance) x the median step is a gap
 
-    # Pulling from the PACS (DICOMweb)
+    # Pulling from the PACS: DICOMweb (QIDO/WADO) or DIMSE (C-FIND, then C-GET or C-MOVE)
+    pacs_protocol: Literal["dicomweb", "dimse"] = "dicomweb"
     pacs_dicomweb_url: str | None = None
+    pacs_dicom_host: str | None = None
+    pacs_dicom_port: int = 104
+    pacs_called_aet: str = "PACS"
+    pacs_retrieve: Literal["get", "move"] = "get"  # C-MOVE: the PACS must know our AE
     pacs_username: str | None = None
     pacs_password: SecretStr | None = None
     pacs_bearer_token: SecretStr | None = None
@@ -61,6 +66,12 @@ class ImagingSettings(BaseSettings):
     analysis_max_attempts: int = Field(default=3, ge=1, le=10)
     analysis_poll_seconds: float = 0.5
     prior_lookback_days: int = 3 * 365
+    # The retrospective cohort's retrieval (services.imaging.intake.cohort)
+    cohort_pre_days: int = Field(default=180, ge=0, le=3650)
+    cohort_post_days: int = Field(default=365, ge=0, le=3650)
+    cohort_min_instances: int = Field(default=20, ge=1)
+    cohort_concurrency: int = Field(default=1, ge=1, le=16)
+    cohort_per_minute: float = Field(default=0.0, ge=0)  # studies per minute; 0: unpaced
     prior_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR"])
 
     # Where analysis jobs run: a queue engine of services.imaging.jobs.queue.ENGINES,

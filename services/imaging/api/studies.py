@@ -193,7 +193,7 @@ def _pacs(request: Request) -> pacs.Pacs:
 async def query_pacs(request: Request, query: PacsQuery, _principal: Reader) -> list[Any]:
     """Search the configured PACS for studies (QIDO-RS); returns DICOM JSON."""
     filters = {k: v for k, v in query.model_dump().items() if v}
-    return await run_in_threadpool(pacs.search, _pacs(request), filters)
+    return await run_in_threadpool(_pacs(request).search_studies, filters)
 
 
 @router.post("/pacs/retrieve")
@@ -202,6 +202,6 @@ async def retrieve_from_pacs(
 ) -> dict[str, Any]:
     """Retrieve a study from the configured PACS (WADO-RS) into our store."""
     report = await run_in_threadpool(
-        pacs.retrieve, _pacs(request), request.app.state.store, body.study_instance_uid
+        _pacs(request).retrieve, body.study_instance_uid, request.app.state.store
     )
     return report.__dict__

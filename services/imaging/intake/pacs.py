@@ -1,59 +1,163 @@
-"""Pulling from the hospital PACS over DICOMweb (dicomweb-client), and the prior
-fetcher: when a routed study completes, retrieve the same patient's earlier CT/MR
-studies that we do not hold, so the pre-operative comparison is here for analysis.
+"""Pulling from the hospital PACS, by either protocol a PACS offers:
+
+* **DICOMweb** (dicomweb-client): QIDO-RS searches, WADO-RS retrieval instance by instance;
+* **DIMSE** (pynetdicom as SCU): C-FIND at study and series level, then **C-GET** (the
+  PACS sends the instances back on our association) or **C-MOVE** (the PACS opens an
+  association to our SCP, whose AE title it must know).
+
+Both answer searches in DICOM JSON (the QIDO-RS shape), so the callers — the operator's
+pull, the prior fetcher, the cohort retrieval — do not care which is configured. Every
+failure becomes a :class:`~services.imaging.errors.PacsError` (the PACS failed or is
+unreachable), :class:`~services.imaging.errors.PacsRefused` (it refused the request) or
+:class:`~services.imaging.errors.NotFound` (it does not hold the study), with the DIMSE
+status or HTTP status in the reason.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
 from io import BytesIO
 from typing import Any, Protocol
 
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset, dcmwrite
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from pydicom.uid import (
+    UID,
+    BasicTextSRStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    EnhancedSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    KeyObjectSelectionDocumentStorage,
+    MRImageStorage,
+    SecondaryCaptureImageStorage,
+)
+from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
 
-from services.imaging.completion.lifecycle import StudyCompleted
 from services.imaging.errors import ImagingError, NotFound, PacsError, PacsRefused
+from services.imaging.intake.dimse import TRANSFER_SYNTAXES
 from services.imaging.intake.store import InstanceStore
-from services.imaging.models import Study
 from services.imaging.settings import ImagingSettings
 
 log = logging.getLogger(__name__)
+PULL_SOURCE = "pull"
+# PS3.4 Annex C, Study Root Query/Retrieve Information Model.
+StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
+StudyRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.2.2")
+StudyRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.2.3")
+# What a C-GET brings back on our association: the study's images and what describes them.
+RETRIEVED_CLASSES = (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    MRImageStorage,
+    EnhancedMRImageStorage,
+    SecondaryCaptureImageStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    BasicTextSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+)
+STUDY_KEYS = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "PatientID",
+    "IssuerOfPatientID",
+    "ModalitiesInStudy",
+    "AccessionNumber",
+    "NumberOfStudyRelatedInstances",
+)
+SERIES_KEYS = (
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "SeriesNumber",
+    "NumberOfSeriesRelatedInstances",
+)
+
+
+@dataclass(frozen=True)
+class RetrieveReport:
+    study_instance_uid: str
+    stored: int
+    duplicates: int
+    conflicts: int
+    failed: int
+
+    @property
+    def received(self) -> int:
+        return self.stored + self.duplicates + self.conflicts
 
 
 class Pacs(Protocol):
-    """What we need of a PACS: search studies, iterate a study's instances."""
+    """What we need of a PACS."""
 
-    def search_studies(
-        self, filters: dict[str, str], fields: list[str] | None = None
-    ) -> list[dict[str, Any]]: ...
-
-    def iter_study(self, study_instance_uid: str) -> Any: ...
-
-
-class DicomwebPacs:
-    """A PACS reached over DICOMweb; the HTTP session is created by the caller."""
-
-    def __init__(self, url: str, session: requests.Session) -> None:
-        self._client = DICOMwebClient(url=url, session=session)
+    name: str
 
     def search_studies(
         self, filters: dict[str, str], fields: list[str] | None = None
     ) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._client.search_for_studies(
-            search_filters=filters, fields=fields, get_remaining=True
+        """Studies matching C-FIND/QIDO ``filters``, as DICOM JSON."""
+        ...
+
+    def search_series(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """The series of one study, as DICOM JSON."""
+        ...
+
+    def retrieve(self, study_instance_uid: str, store: InstanceStore) -> RetrieveReport:
+        """Bring one study into the store."""
+        ...
+
+
+def study_json_value(entry: dict[str, Any], tag: str) -> str | None:
+    values = entry.get(tag, {}).get("Value")
+    if not values:
+        return None
+    value = values[0]
+    if isinstance(value, dict):
+        return str(value.get("Alphabetic", "")) or None
+    return str(value)
+
+
+def _to_part10(ds: Dataset) -> bytes:
+    out = BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.values = {"stored": 0, "duplicate": 0, "conflict": 0, "failed": 0}
+
+    def put(self, store: InstanceStore, data: bytes) -> int:
+        try:
+            result = store.put(data, source=PULL_SOURCE)
+        except ImagingError as exc:
+            self.values["failed"] += 1
+            log.warning("pulled instance refused", extra={"reason": exc.reason})
+            return exc.dimse_status
+        self.values[result.outcome] += 1
+        return 0x0000
+
+    def report(self, study_instance_uid: str) -> RetrieveReport:
+        v = self.values
+        return RetrieveReport(
+            study_instance_uid, v["stored"], v["duplicate"], v["conflict"], v["failed"]
         )
-        return result
-
-    def iter_study(self, study_instance_uid: str) -> Any:
-        return self._client.iter_study(study_instance_uid)
 
 
+# -- DICOMweb ------------------------------------------------------------------------------
 def make_session(settings: ImagingSettings) -> requests.Session:
     """The HTTP session for the PACS, with its credentials and timeout."""
     session = requests.Session()
@@ -73,124 +177,225 @@ def make_session(settings: ImagingSettings) -> requests.Session:
     return session
 
 
-@dataclass(frozen=True)
-class RetrieveReport:
-    study_instance_uid: str
-    stored: int
-    duplicates: int
-    conflicts: int
-    failed: int
-
-
-def _to_part10(ds: Dataset) -> bytes:
-    out = BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
-    return out.getvalue()
-
-
-def study_json_value(entry: dict[str, Any], tag: str) -> str | None:
-    values = entry.get(tag, {}).get("Value")
-    if not values:
-        return None
-    value = values[0]
-    if isinstance(value, dict):
-        return str(value.get("Alphabetic", "")) or None
-    return str(value)
-
-
-def search(
-    pacs: Pacs, filters: dict[str, str], fields: list[str] | None = None
-) -> list[dict[str, Any]]:
-    try:
-        return pacs.search_studies(filters, fields)
-    except requests.HTTPError as exc:
+def _http_failure(exc: requests.RequestException, what: str) -> ImagingError:
+    if isinstance(exc, requests.HTTPError):
         status = exc.response.status_code if exc.response is not None else None
         if status is not None and 400 <= status < 500:
-            raise PacsRefused(f"the PACS refused the query (HTTP {status})") from None
-        raise PacsError(f"PACS search failed (HTTP {status})") from None
-    except requests.RequestException as exc:
-        raise PacsError(f"PACS search failed ({type(exc).__name__})") from None
+            return PacsRefused(f"the PACS refused the {what} (HTTP {status})")
+        return PacsError(f"PACS {what} failed (HTTP {status})")
+    return PacsError(f"PACS {what} failed ({type(exc).__name__})")
 
 
-def retrieve(pacs: Pacs, store: InstanceStore, study_instance_uid: str) -> RetrieveReport:
-    """Retrieve one study from the PACS into the store, instance by instance."""
-    counts = {"stored": 0, "duplicate": 0, "conflict": 0, "failed": 0}
-    try:
-        for ds in pacs.iter_study(study_instance_uid):
-            try:
-                result = store.put(_to_part10(ds), source="pull")
-                counts[result.outcome] += 1
-            except ImagingError as exc:
-                counts["failed"] += 1
-                log.warning("pulled instance refused", extra={"reason": exc.reason})
-    except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 404 and not any(counts.values()):
-            raise NotFound("the PACS does not hold that study") from None
-        raise PacsError(f"PACS retrieve failed (HTTP {status})") from None
-    except requests.RequestException as exc:
-        raise PacsError(f"PACS retrieve failed ({type(exc).__name__})") from None
-    log.info(
-        "study retrieved from the PACS", extra={"study_instance_uid": study_instance_uid, **counts}
-    )
-    return RetrieveReport(
-        study_instance_uid,
-        counts["stored"],
-        counts["duplicate"],
-        counts["conflict"],
-        counts["failed"],
-    )
+class DicomwebPacs:
+    """A PACS reached over DICOMweb; the HTTP session is created by the caller."""
+
+    name = "dicomweb"
+
+    def __init__(self, url: str, session: requests.Session) -> None:
+        self._client = DICOMwebClient(url=url, session=session)
+
+    def search_studies(
+        self, filters: dict[str, str], fields: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        try:
+            result: list[dict[str, Any]] = self._client.search_for_studies(
+                search_filters=filters, fields=fields, get_remaining=True
+            )
+        except requests.RequestException as exc:
+            raise _http_failure(exc, "search") from None
+        return result
+
+    def search_series(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        try:
+            result: list[dict[str, Any]] = self._client.search_for_series(
+                study_instance_uid, fields=list(SERIES_KEYS), get_remaining=True
+            )
+        except requests.RequestException as exc:
+            raise _http_failure(exc, "series search") from None
+        return result
+
+    def retrieve(self, study_instance_uid: str, store: InstanceStore) -> RetrieveReport:
+        counts = _Counts()
+        try:
+            for ds in self._client.iter_study(study_instance_uid):
+                counts.put(store, _to_part10(ds))
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 404 and not any(counts.values.values()):
+                raise NotFound("the PACS does not hold that study") from None
+            raise _http_failure(exc, "retrieve") from None
+        except requests.RequestException as exc:
+            raise _http_failure(exc, "retrieve") from None
+        return counts.report(study_instance_uid)
 
 
-class PriorFetcher:
-    """Subscriber to ``study.complete``: fetch the patient's prior CT/MR studies."""
+# -- DIMSE ---------------------------------------------------------------------------------
+_PENDING = (0xFF00, 0xFF01)
+_SUCCESS = (0x0000,)
+_WARNING = (0xB000,)
+
+
+class DimsePacs:
+    """A PACS reached by DIMSE: C-FIND, then C-GET or C-MOVE (``mode``)."""
+
+    name = "dimse"
 
     def __init__(
         self,
-        engine: Engine,
-        store: InstanceStore,
-        pacs: Pacs,
+        host: str,
+        port: int,
         *,
-        lookback_days: int,
-        modalities: list[str],
+        called_aet: str,
+        calling_aet: str,
+        mode: str,
+        move_destination: str,
+        timeout: float,
     ) -> None:
-        self.engine = engine
-        self.store = store
-        self.pacs = pacs
-        self.lookback_days = lookback_days
-        self.modalities = modalities
+        if mode not in ("get", "move"):
+            raise ValueError(f"the DIMSE retrieve mode is 'get' or 'move', not '{mode}'")
+        self.host, self.port = host, port
+        self.called_aet, self.calling_aet = called_aet, calling_aet
+        self.mode, self.move_destination, self.timeout = mode, move_destination, timeout
 
-    def __call__(self, event: StudyCompleted) -> None:
-        if event.source == "pull":
-            return  # priors of a retrieved prior would cascade through the archive
-        with Session(self.engine) as session:
-            study = session.get(Study, event.study_instance_uid)
-            if study is None or not study.patient_id:
-                return
-            patient_id, issuer, study_date = (
-                study.patient_id,
-                study.issuer_of_patient_id,
-                study.study_date,
-            )
-        # Modalities are filtered here: PACSs differ on multi-valued ModalitiesInStudy.
-        filters: dict[str, str] = {"PatientID": patient_id}
-        if issuer:
-            filters["IssuerOfPatientID"] = issuer
-        if study_date:
-            end = date(int(study_date[:4]), int(study_date[4:6]), int(study_date[6:8]))
-            start = end - timedelta(days=self.lookback_days)
-            filters["StudyDate"] = f"{start:%Y%m%d}-{end:%Y%m%d}"
-        fields = ["IssuerOfPatientID", "ModalitiesInStudy", "StudyDate"]
-        for entry in search(self.pacs, filters, fields):
-            uid = study_json_value(entry, "0020000D")
-            if uid is None or uid == event.study_instance_uid:
-                continue
-            if issuer and study_json_value(entry, "00100021") not in (None, issuer):
-                continue  # same PatientID from another issuer: another patient
-            modalities = set(entry.get("00080061", {}).get("Value", []))
-            if modalities and not modalities & set(self.modalities):
-                continue
-            with Session(self.engine) as session:
-                if session.get(Study, uid) is not None:
+    def _ae(self) -> AE:
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        return ae
+
+    def _associate(self, ae: AE, **kwargs: Any) -> Association:
+        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet, **kwargs)
+        if not assoc.is_established:
+            what = "rejected" if assoc.is_rejected else "could not be established"
+            raise PacsError(f"the association with the PACS was {what}")
+        return assoc
+
+    def _find(self, identifier: Dataset) -> list[dict[str, Any]]:
+        ae = self._ae()
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = self._associate(ae)
+        found: list[dict[str, Any]] = []
+        try:
+            for status, answer in assoc.send_c_find(
+                identifier, StudyRootQueryRetrieveInformationModelFind
+            ):
+                code = getattr(status, "Status", None)
+                if code is None:
+                    raise PacsError("the PACS stopped answering the C-FIND (timeout)")
+                if code in _PENDING:
+                    if answer is not None:
+                        found.append(answer.to_json_dict())
                     continue
-            retrieve(self.pacs, self.store, uid)
+                if code == 0xFE00:
+                    raise PacsError("the PACS cancelled the C-FIND")
+                if code not in _SUCCESS:
+                    raise PacsRefused(f"the PACS refused the C-FIND (status 0x{code:04X})")
+        finally:
+            assoc.release()
+        return found
+
+    def search_studies(
+        self, filters: dict[str, str], fields: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        for keyword in (*STUDY_KEYS, *(fields or ())):
+            setattr(query, keyword, "")
+        for keyword, value in filters.items():
+            setattr(query, keyword, value)
+        return self._find(query)
+
+    def search_series(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        for keyword in SERIES_KEYS:
+            setattr(query, keyword, "")
+        query.StudyInstanceUID = study_instance_uid
+        return self._find(query)
+
+    def retrieve(self, study_instance_uid: str, store: InstanceStore) -> RetrieveReport:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_instance_uid
+        counts = _Counts()
+        final = self._c_get(query, store, counts) if self.mode == "get" else self._c_move(query)
+        completed = int(final.get("NumberOfCompletedSuboperations", 0) or 0)
+        failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
+        code = int(final.Status)
+        if code in _SUCCESS + _WARNING and completed == 0 and failed == 0:
+            raise NotFound("the PACS does not hold that study")
+        if code not in _SUCCESS + _WARNING:
+            raise PacsError(
+                f"the PACS ended the C-{self.mode.upper()} with status 0x{code:04X} after "
+                f"{completed} instances ({failed} failed)"
+            )
+        report = counts.report(study_instance_uid)
+        if self.mode == "move":  # the instances arrived through our SCP
+            report = RetrieveReport(study_instance_uid, completed, 0, 0, failed)
+        return report
+
+    def _c_get(self, query: Dataset, store: InstanceStore, counts: _Counts) -> Dataset:
+        ae = self._ae()
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        roles = []
+        for sop_class in RETRIEVED_CLASSES:
+            ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
+            roles.append(build_role(sop_class, scp_role=True))
+
+        def on_store(event: Any) -> int:
+            try:
+                data = event.encoded_dataset(include_meta=True)
+            except Exception:
+                return 0xC000
+            return counts.put(store, data)
+
+        assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        try:
+            return self._final(
+                assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet), "C-GET"
+            )
+        finally:
+            assoc.release()
+
+    def _c_move(self, query: Dataset) -> Dataset:
+        ae = self._ae()
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = self._associate(ae)
+        try:
+            return self._final(
+                assoc.send_c_move(
+                    query, self.move_destination, StudyRootQueryRetrieveInformationModelMove
+                ),
+                "C-MOVE",
+            )
+        finally:
+            assoc.release()
+
+    @staticmethod
+    def _final(responses: Iterator[tuple[Dataset, Dataset | None]], what: str) -> Dataset:
+        final: Dataset | None = None
+        for status, _ in responses:
+            if getattr(status, "Status", None) is None:
+                raise PacsError(f"the PACS stopped answering the {what} (timeout)")
+            final = status
+        if final is None:
+            raise PacsError(f"the PACS sent no {what} response")
+        return final
+
+
+def build_pacs(settings: ImagingSettings) -> Pacs | None:
+    """The PACS the settings configure, or None."""
+    if settings.pacs_protocol == "dimse":
+        if not settings.pacs_dicom_host:
+            raise ValueError("IMAGING_PACS_PROTOCOL=dimse needs IMAGING_PACS_DICOM_HOST")
+        return DimsePacs(
+            settings.pacs_dicom_host,
+            settings.pacs_dicom_port,
+            called_aet=settings.pacs_called_aet,
+            calling_aet=settings.ae_title,
+            mode=settings.pacs_retrieve,
+            move_destination=settings.ae_title,
+            timeout=settings.pacs_timeout_seconds,
+        )
+    if settings.pacs_dicomweb_url:
+        return DicomwebPacs(settings.pacs_dicomweb_url, make_session(settings))
+    return None

@@ -38,6 +38,7 @@ from services.imaging.errors import (
 from services.imaging.intake.dicom_io import InstanceHeader, read_part10
 from services.imaging.metrics import INSTANCES_RECEIVED
 from services.imaging.models import (
+    CohortStudy,
     ImagingModel,
     Instance,
     InstanceVersion,
@@ -66,6 +67,11 @@ _SELECT_STUDY = select(_STUDY.c.state, _STUDY.c.version).where(
 )
 _SELECT_SERIES = select(_SERIES.c.series_instance_uid, _SERIES.c.study_instance_uid).where(
     _SERIES.c.series_instance_uid == bindparam("uid")
+)
+_COHORT_STUDY: Table = ImagingModel.metadata.tables[CohortStudy.__tablename__]
+_SELECT_ASKED = select(_COHORT_STUDY.c.study_instance_uid).where(
+    _COHORT_STUDY.c.study_instance_uid == bindparam("uid"),
+    _COHORT_STUDY.c.state.in_(["queued", "retrieving"]),
 )
 _TOUCH_STUDY = (
     update(_STUDY)
@@ -306,7 +312,7 @@ class InstanceStore:
                     "last_received_at": now,
                     "state": StudyState.RECEIVING,
                     "version": 1,
-                    "source": "pull" if source == "pull" else "push",
+                    "source": self._study_source(conn, header.study_instance_uid, source),
                     "state_reason": None,
                     "completed_at": None,
                     **header.patient,
@@ -374,6 +380,19 @@ class InstanceStore:
         )
         self._known_series[header.series_instance_uid] = header.study_instance_uid
         return self._result("stored", header, study_version, new_study=new_study)
+
+    @staticmethod
+    def _study_source(conn: Connection, study_instance_uid: str, source: str) -> str:
+        """``pull`` for what we asked the PACS for — retrieved by DICOMweb or C-GET, or
+        sent by the PACS on our C-MOVE request (its C-STOREs look like any push) —
+        ``push`` for what was routed to us."""
+        if source == "pull":
+            return "pull"
+        if source.startswith("dimse:"):
+            asked = conn.execute(_SELECT_ASKED, {"uid": study_instance_uid}).first()
+            if asked is not None:
+                return "pull"
+        return "push"
 
     @staticmethod
     def _result(
