@@ -20,7 +20,7 @@ install: $(STAMP)
 system-deps:
 	./scripts/install-system-deps.sh
 
-demo: install
+demo: install system-deps
 	$(PY) -m tools.demo
 
 lint: install

@@ -9,7 +9,6 @@ httpx over loopback.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import subprocess
@@ -28,15 +27,14 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
+from bench._servers import KEY, start_service  # noqa: E402
 from services.common import vocabulary  # noqa: E402
 from services.common.auth import Authenticator, AuthSettings  # noqa: E402
 from services.common.db import make_engine  # noqa: E402
 from services.common.fhir import builders as b  # noqa: E402
 from services.common.fhir import codes  # noqa: E402
-from tests.harness.net import free_port, wait_until  # noqa: E402
 from tests.harness.postgres import PostgresServer  # noqa: E402
 
-KEY = "bench-signing-key-" + "y" * 32
 PROMS = [("odi", 0, 100), ("back-pain-nrs", 0, 10), ("leg-pain-nrs", 0, 10), ("eq5d-index", 0, 1)]
 TIME_POINTS = ["baseline", "day-1", "week-6", "month-3", "month-6", "month-12", "month-24"]
 assert set(TIME_POINTS) <= set(vocabulary.TIME_POINT_CODES)
@@ -45,35 +43,8 @@ assert set(TIME_POINTS) <= set(vocabulary.TIME_POINT_CODES)
 def start_server(
     workdir: Path, database_url: str | None, workers: int
 ) -> tuple[subprocess.Popen[bytes], str]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = dict(
-        os.environ,
-        OUTCOMES_HTTP_PORT=str(port),
-        OUTCOMES_DATA_DIR=str(workdir),
-        OUTCOMES_LOG_LEVEL="WARNING",
-        AUTH_SECRET_KEY=KEY,
-    )
-    if database_url:
-        env["OUTCOMES_DATABASE_URL"] = database_url
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.outcomes", "serve"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "server.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    if not wait_until(ready, 60, 0.2):
-        proc.kill()
-        raise RuntimeError("outcomes service did not start")
+    env = {"OUTCOMES_DATABASE_URL": database_url} if database_url else {}
+    proc, url = start_service("outcomes", workdir, env)
     return proc, f"{url}/fhir"
 
 

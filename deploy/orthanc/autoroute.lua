@@ -5,6 +5,10 @@
 -- entry "spineimg" once stable (no new instance for StableAge seconds). The imaging
 -- service fetches the pre-operative comparison itself, over DICOMweb.
 --
+-- A site that back-loads its archive into the PACS sets "SpineRouteSince" (YYYYMMDD) in the
+-- Orthanc configuration: only studies acquired on or after that day are routed; the
+-- retrospective cohort's older studies are pulled by the imaging service instead.
+--
 -- Only CT/MR series are sent, and each series once: a routed series is marked with the
 -- "SpineRouted" metadata, so the SR the imaging service sends back (which makes the study
 -- unstable, then stable again) is neither routed back nor causes the images to be resent.
@@ -34,8 +38,16 @@ local function already_routed(seriesId)
   return false
 end
 
+local function recent_enough(studyDate)
+  local since = GetOrthancConfiguration()['SpineRouteSince']
+  if since == nil or studyDate == nil then
+    return true
+  end
+  return studyDate >= since
+end
+
 function OnStableStudy(studyId, tags, metadata)
-  if not is_postop(tags['StudyDescription']) then
+  if not is_postop(tags['StudyDescription']) or not recent_enough(tags['StudyDate']) then
     return
   end
   local resources = {}

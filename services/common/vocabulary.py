@@ -184,24 +184,26 @@ GROUPS: dict[str, StudyGroup] = {
 # -- time points -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TimePoint:
-    """An assessment time point; ``day`` is its nominal day after surgery."""
+    """An assessment time point; ``day`` is its nominal day after surgery, ``window`` the
+    days after surgery within which an assessment counts for it (follow-up tracking)."""
 
     code: str
     display: str
     day: int | None  # None: baseline (before surgery)
+    window: tuple[int, int]
     early: bool = False  # the first post-operative days (early results)
 
 
 TIME_POINTS: tuple[TimePoint, ...] = (
-    TimePoint("baseline", "Baseline (pre-operative)", None),
-    TimePoint("day-1", "Day 1", 1, early=True),
-    TimePoint("day-2", "Day 2", 2, early=True),
-    TimePoint("day-3", "Day 3", 3, early=True),
-    TimePoint("week-6", "6 weeks", 42),
-    TimePoint("month-3", "3 months", 91),
-    TimePoint("month-6", "6 months", 182),
-    TimePoint("month-12", "12 months", 365),
-    TimePoint("month-24", "24 months", 730),
+    TimePoint("baseline", "Baseline (pre-operative)", None, (-90, 0)),
+    TimePoint("day-1", "Day 1", 1, (1, 2), early=True),
+    TimePoint("day-2", "Day 2", 2, (2, 3), early=True),
+    TimePoint("day-3", "Day 3", 3, (3, 4), early=True),
+    TimePoint("week-6", "6 weeks", 42, (28, 70)),
+    TimePoint("month-3", "3 months", 91, (70, 135)),
+    TimePoint("month-6", "6 months", 182, (135, 270)),
+    TimePoint("month-12", "12 months", 365, (270, 545)),
+    TimePoint("month-24", "24 months", 730, (545, 910)),
 )
 TIME_POINT_CODES: tuple[str, ...] = tuple(tp.code for tp in TIME_POINTS)
 EARLY_TIME_POINTS: tuple[str, ...] = tuple(tp.code for tp in TIME_POINTS if tp.early)
@@ -306,6 +308,33 @@ PROMS: dict[PromCode, Prom] = {
         ),
     )
 }
+
+
+# -- the study's follow-up schedule -----------------------------------------------------
+@dataclass(frozen=True)
+class Expected:
+    """What the study expects of every operated patient, and when: a PROM (any of
+    ``codes`` counts) at each of ``time_points``, or imaging (``codes`` empty) in a window
+    of days around the surgery. A coordinator's follow-up list is computed from it."""
+
+    item: str
+    display: str
+    codes: tuple[str, ...]
+    time_points: tuple[str, ...] = ()
+    window: tuple[int, int] | None = None  # imaging: days from surgery (open, close)
+    due: int | None = None  # imaging: the day by which it should be there
+
+
+_FULL = ("baseline", "week-6", "month-3", "month-6", "month-12", "month-24")
+_PAIN = ("baseline", "day-1", "day-2", "week-6", "month-3", "month-6", "month-12", "month-24")
+FOLLOW_UP: tuple[Expected, ...] = (
+    Expected("odi", "ODI", (PromCode.ODI,), _FULL),
+    Expected("eq5d", "EQ-5D", (PromCode.EQ5D_INDEX,), _FULL),
+    Expected("back-pain", "Back pain", (PromCode.BACK_PAIN_NRS, PromCode.BACK_PAIN_VAS), _PAIN),
+    Expected("leg-pain", "Leg pain", (PromCode.LEG_PAIN_NRS, PromCode.LEG_PAIN_VAS), _PAIN),
+    Expected("imaging-pre", "Pre-operative imaging", (), window=(-183, 0), due=0),
+    Expected("imaging-post", "Post-operative imaging", (), window=(0, 365), due=91),
+)
 
 
 # -- early post-operative results --------------------------------------------------------

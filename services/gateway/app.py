@@ -29,7 +29,7 @@ from services.common.operations import database_status, install_operations
 from services.common.params import After
 from services.gateway import audit
 from services.gateway.access import Auditor
-from services.gateway.api import cases, cohort, dashboard, exports
+from services.gateway.api import cases, cohort, dashboard, exports, followup
 from services.gateway.api.errors import install_error_handlers
 from services.gateway.errors import UpstreamError
 from services.gateway.models import AccessRecord
@@ -179,6 +179,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(cases.router)
     app.include_router(cohort.router)
     app.include_router(exports.router)
+    app.include_router(followup.router)
     app.include_router(dashboard.router)
 
     @app.get("/", include_in_schema=False)

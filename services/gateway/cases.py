@@ -98,6 +98,10 @@ class ImagingSection(BaseModel):
     post: list[StudyRef]
     other: list[StudyRef]
     metrics: list[MetricRow]
+    # Where the retrospective retrieval from the PACS stands for this patient (found,
+    # retrieving, retrieved, analysed, missing pre-op, missing post-op, missing,
+    # ambiguous, failed); None when the patient is not in a cohort retrieval.
+    retrieval: str | None = None
 
 
 class Surgeon(BaseModel):
@@ -322,8 +326,15 @@ def mrn_of(record: ClinicalRecord, mrn_system: str) -> str | None:
 
 
 class _Builder:
-    def __init__(self, record: ClinicalRecord, studies: list[StudyResult], view: View) -> None:
+    def __init__(
+        self,
+        record: ClinicalRecord,
+        studies: list[StudyResult],
+        view: View,
+        retrieval: str | None = None,
+    ) -> None:
         self.record, self.studies, self.view = record, studies, view
+        self.retrieval = retrieval
         self.procedure_id = str(record.procedure.get("id"))
         # Researchers see a keyed pseudonym: the EHR's Procedure id links back to the record.
         self.case_id = (
@@ -577,7 +588,12 @@ class _Builder:
                 )
             )
         return ImagingSection(
-            modality=modality, pre=pre_ref, post=post_refs, other=other_refs, metrics=rows
+            modality=modality,
+            pre=pre_ref,
+            post=post_refs,
+            other=other_refs,
+            metrics=rows,
+            retrieval=self.retrieval,
         )
 
     def _active(self) -> list[dict[str, Any]]:
@@ -734,7 +750,12 @@ class _Builder:
         )
 
 
-def build_case(record: ClinicalRecord, studies: list[StudyResult], view: View) -> Case:
+def build_case(
+    record: ClinicalRecord,
+    studies: list[StudyResult],
+    view: View,
+    retrieval: str | None = None,
+) -> Case:
     """Assemble one case.
 
     Parameters
@@ -745,10 +766,12 @@ def build_case(record: ClinicalRecord, studies: list[StudyResult], view: View) -
         The patient's studies as the imaging service's ``/api/results`` lists them.
     view
         Identified or pseudonymised.
+    retrieval
+        The patient's cohort retrieval status in the imaging service, if any.
 
     Returns
     -------
     Case
         Everything in the viewer's frame (pseudonyms and shifted dates for researchers).
     """
-    return _Builder(record, studies, view).build()
+    return _Builder(record, studies, view, retrieval).build()

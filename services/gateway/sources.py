@@ -48,6 +48,7 @@ class Snapshot:
     as_of: datetime
     load_seconds: float
     warnings: list[str] = field(default_factory=list)
+    retrieval: dict[str, str] = field(default_factory=dict)  # PatientID -> PACS retrieval
     _built: dict[tuple[bool, str], list[Case]] = field(default_factory=dict, repr=False)
     _case_ids: dict[int, dict[str, str]] = field(default_factory=dict, repr=False)
 
@@ -65,12 +66,12 @@ class Snapshot:
         """Every case in the viewer's frame; built once per kind of view and snapshot."""
         key = (view.identified, repr(view.key_image_url))
         if key not in self._built:
-            self._built[key] = [
-                build_case(
-                    r, self.studies_by_patient.get(mrn_of(r, view.mrn_system) or "", []), view
-                )
-                for r in self.records
-            ]
+            built = []
+            for record in self.records:
+                mrn = mrn_of(record, view.mrn_system) or ""
+                studies = self.studies_by_patient.get(mrn, [])
+                built.append(build_case(record, studies, view, self.retrieval.get(mrn)))
+            self._built[key] = built
         return self._built[key]
 
 
@@ -81,9 +82,10 @@ class Gathered:
     record: ClinicalRecord
     studies: list[StudyResult]
     warnings: list[str]
+    retrieval: str | None = None
 
     def build(self, view: View) -> Case:
-        case = build_case(self.record, self.studies, view)
+        case = build_case(self.record, self.studies, view, self.retrieval)
         case.warnings.extend(self.warnings)
         return case
 
@@ -143,9 +145,20 @@ class CaseSource:
                 return []
             return await self.imaging.results(mrn)
 
-        found, studies = await asyncio.gather(clinical(), imaging(), return_exceptions=True)
+        async def retrieval() -> str | None:
+            if not mrn or not observations:
+                return None
+            try:
+                return (await self.imaging.retrieval(mrn)).get(mrn)
+            except UpstreamError:  # the studies' own call reports an unavailable imaging
+                return None
+
+        found, studies, pulled = await asyncio.gather(
+            clinical(), imaging(), retrieval(), return_exceptions=True
+        )
         record.observations = _or_warn("outcomes", found, warnings)
-        return Gathered(record, _or_warn("imaging", studies, warnings), warnings)
+        status = pulled if isinstance(pulled, str) else None
+        return Gathered(record, _or_warn("imaging", studies, warnings), warnings, status)
 
     async def resolve(self, case: str, view: View) -> str:
         """The Procedure id of a case as the viewer names it: itself for identified
@@ -168,17 +181,23 @@ class CaseSource:
         started = time.perf_counter()
         cohort_task = asyncio.create_task(self.outcomes.cohort())
         studies_task = asyncio.create_task(self.imaging.results())
+        retrieval_task = asyncio.create_task(self.imaging.retrieval())
         warnings: list[str] = []
         try:
             records, observations = await cohort_task
         except BaseException:
             studies_task.cancel()
+            retrieval_task.cancel()
             raise
         try:
             studies = await studies_task
         except UpstreamError as exc:
             warnings.append(f"imaging unavailable ({exc.reason}): no imaging in this snapshot")
             studies = []
+        try:
+            retrieval = await retrieval_task
+        except UpstreamError:  # no retrieval status is no warning: the studies say enough
+            retrieval = {}
         by_patient: dict[str, list[StudyResult]] = {}
         for study in studies:
             if study.patient_id:
@@ -188,7 +207,7 @@ class CaseSource:
             record.observations = observations.get(subject, [])
         elapsed = time.perf_counter() - started
         log.info("cohort snapshot loaded", extra={"cases": len(records), "seconds": elapsed})
-        return Snapshot(records, by_patient, datetime.now(UTC), elapsed, warnings)
+        return Snapshot(records, by_patient, datetime.now(UTC), elapsed, warnings, retrieval)
 
     async def _reload(self) -> Snapshot:
         async with self._lock:

@@ -110,3 +110,16 @@ def test_enumerations_declared_as_types_match_their_tables() -> None:
     assert {g.code for g in vocabulary.GROUPS.values()} == set(vocabulary.GROUPS)
     assert set(get_args(contracts.AnalysisState)) == {"none"} | {s.value for s in JobState}
     assert set(vocabulary.PAIN_SCORES) <= {p.value for p in vocabulary.PROMS}
+
+
+def test_the_follow_up_schedule_is_spelled_from_the_vocabulary() -> None:
+    time_points = {tp.code: tp for tp in vocabulary.TIME_POINTS}
+    for tp in vocabulary.TIME_POINTS:
+        opens, closes = tp.window
+        assert opens <= (tp.day if tp.day is not None else 0) <= closes, tp.code
+    for expected in vocabulary.FOLLOW_UP:
+        assert set(expected.codes) <= set(vocabulary.PROMS), expected.item
+        assert set(expected.time_points) <= set(time_points), expected.item
+        if not expected.codes:  # imaging: its own window and due day
+            assert expected.window is not None and expected.due is not None
+            assert expected.window[0] <= expected.due <= expected.window[1]

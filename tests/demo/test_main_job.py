@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.net import free_port
+from tests.harness.orthanc import dicomweb_plugin, orthanc_binary
 from tools.demo.__main__ import _port_free
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,8 +25,8 @@ def _three_free_ports() -> int:
     raise RuntimeError("no three consecutive free ports")
 
 
-def _run(data: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "tools.demo", "--patients", "2", "--no-serve"]
+def _run(data: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tools.demo", "--patients", "3", "--no-serve", *options]
     command += ["--data-dir", str(data), "--base-port", str(_three_free_ports())]
     command += ["--dicom-port", str(free_port())]
     return subprocess.run(
@@ -33,19 +34,32 @@ def _run(data: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_sends_analyses_summarises_and_writes_the_report(tmp_path: Path) -> None:
+def test_demo_imports_the_registry_retrieves_the_cohort_and_summarises(tmp_path: Path) -> None:
+    """The retrospective story: the export and the PACS's archive of two operated patients
+    (one per group), imported and retrieved over DICOMweb, plus one prospective patient
+    whose post-operative CT the PACS routes; then the summary and the report."""
+    if not (orthanc_binary() and dicomweb_plugin()):
+        pytest.skip("Orthanc is not installed (run `make system-deps`)")
     data = tmp_path / "demo"
     run = _run(data)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "registry import: 2 rows, 2 patients loaded, 0 rejected" in run.stdout
+    assert "cohort retrieval (dicomweb):" in run.stdout
+    assert run.stdout.count("  retrieved") + run.stdout.count("  analysed") == 2
+    assert "routed by its rule" in run.stdout
     assert (
-        "Cases: 2 (foraminal-stenosis: 1, central-stenosis: 1); with a pre/post pair: 2"
+        "Cases: 3 (foraminal-stenosis: 2, central-stenosis: 1); with a pre/post pair: 3"
         in run.stdout
     )
     assert "Foraminal height (mm)" in run.stdout and "Dural sac area (mm2)" in run.stdout
+    assert "SRs back in the PACS" in run.stdout
     report = (data / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 6
     assert "MRN1" not in report  # the report is the researcher's (pseudonymised) view
-    assert "analysing: 4/4" in run.stderr
-    again = _run(data)  # re-runnable: starts from an empty store
+    assert "retrieving from PACS: 2/2" in run.stderr
+    assert "analysing: 6/6" in run.stderr
+    # Re-runnable (it starts from an empty store), and by DIMSE C-FIND + C-MOVE as well.
+    again = _run(data, "--pacs-protocol", "c-move")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "with a pre/post pair: 2" in again.stdout
+    assert "cohort retrieval (c-move):" in again.stdout
+    assert "with a pre/post pair: 3" in again.stdout

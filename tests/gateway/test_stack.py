@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
@@ -284,9 +284,98 @@ def test_openapi_documents_every_endpoint(stack: Stack) -> None:
         "/api/cohort/plots/{kind}.{fmt}",
         "/api/export/cases.csv",
         "/api/export/data-dictionary.csv",
+        "/api/follow-up",
+        "/api/export/follow-up.csv",
         "/api/audit",
         "/readyz",
     ):
         assert path in schema["paths"], path
         for operation in schema["paths"][path].values():
             assert operation.get("description") or operation.get("summary"), path
+
+
+def test_follow_up_lists_what_each_case_has_and_lacks(stack: Stack) -> None:
+    """The coordinator's list through the real services: patients 0 and 1 have their
+    imaging and every PROM the demo plan schedules; patient 2 has no imaging at all."""
+    with stack.gateway.client(role="clinician") as client:
+        page = client.get("/api/follow-up")
+        assert page.status_code == 200, page.text
+        body = page.json()
+        by_patient = {e["patient"]: e for e in body["items"]}
+        assert set(by_patient) == {p.mrn for p in stack.plans}
+
+        def status(mrn: str, item: str, time_point: str | None) -> str:
+            entry = by_patient[mrn]
+            return next(
+                i["status"]
+                for i in entry["items"]
+                if i["item"] == item and i["time_point"] == time_point
+            )
+
+        for plan in stack.plans[:2]:
+            assert status(plan.mrn, "imaging-pre", None) == "present"
+            assert status(plan.mrn, "imaging-post", None) == "present"
+            assert status(plan.mrn, "odi", "month-12") == "present"
+            assert by_patient[plan.mrn]["surgery_date"] == plan.surgery_date.isoformat()
+        no_imaging = stack.plans[2].mrn
+        assert status(no_imaging, "imaging-post", None) == "missing"  # years after surgery
+        missing = client.get("/api/follow-up", params={"status": "missing"}).json()
+        assert no_imaging in {e["patient"] for e in missing["items"]}
+        assert missing["totals"]["missing"] >= 2
+        # As of a day before the surgeries, nothing after the baseline is expected yet.
+        early = client.get("/api/follow-up", params={"as_of": "2023-12-01"}).json()
+        assert early["totals"]["overdue"] == early["totals"]["missing"] == 0
+        exported = client.get("/api/export/follow-up.csv")
+        assert exported.status_code == 200
+        assert exported.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(exported.text)))
+        assert {r["patient"] for r in rows} == set(by_patient)
+        assert next(r for r in rows if r["patient"] == no_imaging)["imaging-pre"] == "missing"
+        assert client.get("/api/follow-up", params={"status": "late"}).status_code == 422
+        grid = client.get("/dashboard/follow-up")
+        assert grid.status_code == 200 and 'id="follow-up"' in grid.text
+    # Due dates computed from real surgery dates would undo the researcher's date shift.
+    with stack.gateway.client(role="researcher") as client:
+        refused = client.get("/api/follow-up")
+        assert refused.status_code == 403 and "identified" in refused.json()["reason"]
+        assert client.get("/api/export/follow-up.csv").status_code == 403
+
+
+def test_the_case_list_shows_where_the_pacs_retrieval_stands(stack: Stack) -> None:
+    """A cohort retrieval that found no pre-operative study for patient 2 (the imaging
+    service's own record of it): the case list and the case say so, in both views."""
+    from sqlmodel import Session, delete
+
+    from services.imaging.models import CohortPatient
+
+    plan = stack.plans[2]
+    engine = stack.imaging.app.state.engine
+    with Session(engine) as session:
+        session.add(
+            CohortPatient(
+                patient_id=plan.mrn,
+                surgery_date=f"{plan.surgery_date:%Y%m%d}",
+                modality=plan.modality,
+                group=plan.group,
+                pre_state="missing",
+                post_state="missing",
+                reason="no CT in the windows",
+                updated_at=datetime.now(UTC),
+            )
+        )
+        session.commit()
+    try:
+        for role in ("clinician", "researcher"):
+            with stack.gateway.client(role=role) as client:
+                page = client.get("/api/cases", params={"refresh": "true"}).json()
+                shown = {c["patient"]: c["retrieval"] for c in page["items"]}
+                case_id = stack.case_id(plan.mrn, role)
+                item = next(c for c in page["items"] if c["case_id"] == case_id)
+                assert item["retrieval"] == "missing"
+                assert list(shown.values()).count(None) == 2  # never in a retrieval
+                case = client.get(f"/api/cases/{case_id}").json()
+                assert case["imaging"]["retrieval"] == "missing"
+    finally:
+        with Session(engine) as session:
+            session.exec(delete(CohortPatient))  # type: ignore[call-overload]
+            session.commit()

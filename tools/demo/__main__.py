@@ -1,18 +1,26 @@
-"""The main job: ``python -m tools.demo`` (``make demo``).
+"""The main job: ``python -m tools.demo`` (``make demo``) — the retrospective study.
 
 Starts the three services on embedded defaults (SQLite, local folders, in-process analysis
-workers), generates a synthetic cohort (pre- and post-operative CT or MR phantoms with
-stenosis and post-operative changes, surgeries, complications, PROMs over two years), sends
-the images through the real protocols (C-STORE for half the patients, STOW-RS for the
-others) and the outcomes through FHIR (fhirpy), waits for the analyses, prints the cohort
-summary and writes an HTML report. Then it serves the dashboard until Ctrl-C; with
-``--no-serve`` (or without a terminal) it stops after the report.
+workers) and Orthanc as the hospital PACS, then tells the study's story from what a
+hospital has:
 
-When Orthanc is installed it plays the hospital PACS, as in production: the images are
-stored into Orthanc, whose Lua rule (``deploy/orthanc``) routes the post-operative studies
-to the imaging service, which fetches the pre-operative ones from Orthanc over DICOMweb and
-sends its SRs back to it. Without Orthanc (or with ``--no-orthanc``) the images go to the
-imaging service directly. Either way the metrics are posted to the outcomes FHIR server.
+1. **the history**: a synthetic cohort (pre- and post-operative CT or MR phantoms with
+   stenosis and post-operative changes) already in the PACS, and the department's registry
+   export (KEOPS layout, Windows-1252, with a missing date and a mistyped Clavien-Dindo
+   grade) on disk;
+2. **the registry import** (the coordinator's upload): every valid patient loaded, every bad
+   cell reported;
+3. **the cohort retrieval**: the imaging service queries the PACS for each operated patient,
+   chooses the pre- and post-operative studies and retrieves them (``--pacs-protocol``:
+   DICOMweb, or DIMSE C-GET / C-MOVE); they are analysed as they arrive;
+4. **the prospective path**, on one more patient: the EHR posts the surgery, the new
+   post-operative CT arrives in the PACS, whose Lua rule routes it to the imaging service,
+   which fetches the pre-operative study itself and sends its SR back;
+5. the cohort summary and an HTML report; then the dashboard until Ctrl-C (with
+   ``--no-serve``, or without a terminal, it stops after the report).
+
+Without Orthanc (``--no-orthanc``) the images go straight to the imaging service and the
+outcomes through FHIR, as a prospective feed would send them.
 
 Every run starts from an empty ``--data-dir`` (default ``var/demo``), so it is re-runnable.
 """
@@ -28,7 +36,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +51,13 @@ from services.imaging.app import create_app as imaging_app
 from services.imaging.settings import ImagingSettings
 from services.outcomes.app import create_app as outcomes_app
 from services.outcomes.settings import OutcomesSettings
-from tools.demo.cohort import PatientPlan, phantom_specs, plan_patient, surgeon_resources
+from tools.demo.cohort import PROM_DAYS, PatientPlan, phantom_specs, plan_patient, surgeon_resources
 from tools.demo.cohort import transaction as fhir_transaction
 from tools.demo.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
+from tools.demo.registry import PAIN
+from tools.demo.registry import export as registry_export
 from tools.demo.report import html_report, summary_text
-from tools.demo.send import c_store, stow
+from tools.demo.send import SendError, c_store, stow
 from tools.phantom import PhantomSpec, write_phantom
 
 
@@ -102,11 +112,24 @@ class Demo:
         self.pacs: OrthancServer | None = None
         pacs_options: dict[str, Any] = {}
         if not args.no_orthanc and orthanc_binary() and dicomweb_plugin():
-            self.pacs = OrthancServer(self.data / "orthanc", autoroute=True, stable_age=2)
+            # Only what is acquired from now on is routed: the archive is pulled.
+            since = (date.today() - timedelta(days=30)).strftime("%Y%m%d")
+            self.pacs = OrthancServer(
+                self.data / "orthanc",
+                autoroute=True,
+                stable_age=2,
+                extra={"SpineRouteSince": since},
+            )
             pacs_options = {
                 "pacs_dicomweb_url": self.pacs.dicomweb_url,
                 "prior_fetch_enabled": True,
                 "results_destination": "stow",
+                "pacs_protocol": "dimse" if args.pacs_protocol != "dicomweb" else "dicomweb",
+                "pacs_dicom_host": "127.0.0.1",
+                "pacs_dicom_port": self.pacs.dicom_port,
+                "pacs_called_aet": self.pacs.aet,
+                "pacs_retrieve": "move" if args.pacs_protocol == "c-move" else "get",
+                "cohort_min_instances": 10,
             }
         self.imaging = ImagingSettings(
             data_dir=self.data / "imaging",
@@ -149,7 +172,8 @@ class Demo:
             self.pacs.stop()
 
     def _send(self, plan: PatientPlan, files: list[Path]) -> None:
-        """C-STORE for even patients, STOW-RS for odd ones: to the PACS, or to us."""
+        """C-STORE for even patients, STOW-RS for odd ones: into the PACS's archive, or
+        (without a PACS) straight to us."""
         if self.pacs is not None:
             if plan.index % 2 == 0:
                 c_store("127.0.0.1", self.pacs.dicom_port, self.pacs.aet, files)
@@ -161,9 +185,10 @@ class Demo:
             token = self.token("imaging.read imaging.write")
             stow(f"http://127.0.0.1:{self.imaging.http_port}/dicomweb", token, files)
 
-    def send_images(self, plans: list[PatientPlan]) -> None:
-        folders: dict[Path, PatientPlan] = {}
-        jobs = []
+    def send_images(self, plans: list[PatientPlan], label: str) -> None:
+        """Render every plan's pre- and post-operative studies, each sent once ready. With a
+        PACS this is its archive (older than its routing rule's start: nothing is routed)."""
+        jobs: dict[Path, tuple[PatientPlan, PhantomSpec]] = {}
         for plan in plans:
             pre, post = phantom_specs(
                 plan,
@@ -171,34 +196,87 @@ class Demo:
                 slice_spacing=1.5 if plan.modality == "CT" else None,
             )
             for name, spec in (("pre", pre), ("post", post)):
-                folder = self.data / "phantoms" / f"{plan.mrn}-{name}"
-                folders[folder] = plan
-                jobs.append((spec, folder))
-        total = len(jobs)
-        sent = 0
-        held: dict[str, list[Path]] = {}  # post-op studies waiting for their pre-op one
-        pre_sent: set[str] = set()
-        _bar("rendering + sending", 0, total)
+                jobs[self.data / "phantoms" / f"{plan.mrn}-{name}"] = (plan, spec)
+        _bar(label, 0, len(jobs))
         with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            futures = [pool.submit(_render, spec, folder) for spec, folder in jobs]
-            for future in as_completed(futures):
+            futures = [pool.submit(_render, spec, folder) for folder, (_, spec) in jobs.items()]
+            for done, future in enumerate(as_completed(futures), start=1):
                 folder = future.result()
-                plan = folders[folder]
-                files = sorted(folder.glob("*.dcm"))
-                # Through the PACS, the pre-op study must be there when the post-op one
-                # arrives: its arrival is what fetches the comparison.
-                waiting = plan.mrn not in pre_sent and folder.name.endswith("-post")
-                if self.pacs is not None and waiting:
-                    held[plan.mrn] = files
-                    continue
-                self._send(plan, files)
-                sent += 1
-                if folder.name.endswith("-pre"):
-                    pre_sent.add(plan.mrn)
-                    if plan.mrn in held:
-                        self._send(plan, held.pop(plan.mrn))
-                        sent += 1
-                _bar("rendering + sending", sent, total)
+                self._send(jobs[folder][0], sorted(folder.glob("*.dcm")))
+                _bar(label, done, len(jobs))
+
+    # -- the retrospective study ------------------------------------------------------
+    def import_registry(self, plans: list[PatientPlan]) -> None:
+        """The coordinator uploads the registry export; the report lists every bad cell."""
+        data, broken = registry_export(plans, defects=True)
+        path = self.data / "registry" / "keops-export.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        print(f"registry export: {path} ({len(plans)} rows)")
+        for defect in broken:
+            print(f"  (a real export's defect, on purpose: {defect})")
+        response = httpx.post(
+            f"http://127.0.0.1:{self.outcomes.http_port}/registry/import",
+            params={"filename": path.name},
+            content=data,
+            headers={
+                "Authorization": f"Bearer {self.token('registry.import')}",
+                "Content-Type": "text/csv",
+            },
+            timeout=600,
+        )
+        response.raise_for_status()
+        report = response.json()
+        s = report["summary"]
+        print(
+            f"registry import: {s['rows']} rows, {s['patients_loaded']} patients loaded, "
+            f"{s['patients_rejected']} rejected; {s['resources_created']} FHIR resources written"
+        )
+        for error in report["errors"]:
+            print(
+                f"  row {error['row']}, column '{error['column']}', value "
+                f"'{error['value']}': {error['reason']}"
+            )
+
+    def retrieve_cohort(self) -> int:
+        """The imaging service pulls each operated patient's studies from the PACS; returns
+        how many studies it brought in."""
+        base = f"http://127.0.0.1:{self.imaging.http_port}/api/cohort"
+        headers = {"Authorization": f"Bearer {self.token('imaging.read imaging.write')}"}
+        started = httpx.post(f"{base}/retrieve", json={}, headers=headers, timeout=120)
+        started.raise_for_status()
+        total = started.json()["patients"]
+        deadline = time.monotonic() + self.args.timeout
+        settled: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            listed = httpx.get(base, headers=headers, timeout=60).json()
+            settled = [p for p in listed if p["status"] not in ("found", "retrieving")]
+            _bar("retrieving from PACS", len(settled), total)
+            if len(settled) >= total:
+                break
+            time.sleep(1.0)
+        studies = 0
+        print(f"cohort retrieval ({self.args.pacs_protocol}):")
+        for patient in settled:
+            slots = [patient[s]["state"] for s in ("pre", "post")]
+            studies += sum(state in ("retrieved", "analysed") for state in slots)
+            print(
+                f"  {patient['patient_id']}  surgery {patient['surgery_date']}  {patient['status']}"
+            )
+        return studies
+
+    def prospective(self, plan: PatientPlan) -> None:
+        """A new patient: the EHR posts the surgery, the post-op CT arrives in the PACS
+        today and is routed to us; the pre-op study is fetched as its prior."""
+        assert self.pacs is not None
+        self.post_outcomes([plan])
+        pre, post = phantom_specs(plan, pixel_spacing=1.2, slice_spacing=1.5)
+        pre_folder = _render(pre, self.data / "phantoms" / f"{plan.mrn}-pre")
+        for path in sorted(pre_folder.glob("*.dcm")):
+            self.pacs.upload(path.read_bytes())  # archived, not routed (not post-op)
+        post_folder = _render(post, self.data / "phantoms" / f"{plan.mrn}-post")
+        c_store("127.0.0.1", self.pacs.dicom_port, self.pacs.aet, sorted(post_folder.glob("*.dcm")))
+        print(f"prospective: {plan.mrn}'s post-operative CT stored in the PACS, routed by its rule")
 
     def post_outcomes(self, plans: list[PatientPlan]) -> None:
         client = SyncFHIRClient(
@@ -245,6 +323,7 @@ class Demo:
     def report(self) -> Path:
         gateway = f"http://127.0.0.1:{self.gateway.http_port}"
         headers = {"Authorization": f"Bearer {self.token('gateway.read', role='researcher')}"}
+        leg = "leg-pain-nrs" if self.pacs is None else "leg-pain-vas"  # the registry's scale
         with httpx.Client(base_url=gateway, headers=headers, timeout=120) as client:
             body = client.get("/api/cohort/summary", params={"refresh": "true"}).json()
             plots = []
@@ -254,7 +333,7 @@ class Demo:
                 ("Changes by group", "changes.png", {}),
                 ("Complications", "complications.png", {}),
                 ("ODI", "proms.png", {"prom": "odi"}),
-                ("Leg pain NRS", "proms.png", {"prom": "leg-pain-nrs"}),
+                (f"Leg pain {leg[-3:].upper()}", "proms.png", {"prom": leg}),
             ):
                 response = client.get(f"/api/cohort/plots/{name}", params=params)
                 response.raise_for_status()
@@ -303,9 +382,17 @@ class Demo:
                 f"{self.imaging.ae_title}@127.0.0.1:{self.imaging.dicom_port}"
             )
             print(f"outcomes http://127.0.0.1:{self.outcomes.http_port}/fhir")
-            self.post_outcomes(plans)  # the EHR first, as in the hospital
-            self.send_images(plans)
-            self.wait_for_analysis(2 * len(plans))
+            if self.pacs is None:
+                self.post_outcomes(plans)  # the EHR first, as in the hospital
+                self.send_images(plans, "rendering + sending")
+                self.wait_for_analysis(2 * len(plans))
+            else:
+                history, new = plans[:-1], _prospective_plan(len(plans) - 1)
+                self.send_images(history, "PACS archive")
+                self.import_registry(history)
+                retrieved = self.retrieve_cohort()
+                self.prospective(new)
+                self.wait_for_analysis(retrieved + 2)
             print(self.results_line())
             self.start(gateway_app(self.gateway), self.gateway.http_port)
             report = self.report()
@@ -328,6 +415,21 @@ class Demo:
             self.stop()
 
 
+def _prospective_plan(index: int) -> PatientPlan:
+    """A foraminal patient operated three days ago (the index makes its group CT)."""
+    index += index % 2  # even indices are foraminal-stenosis (CT): the route is shown on CT
+    base = date.today() - timedelta(days=3 + 7 * index // 2)
+    plan = plan_patient(index, start=base)
+    plan.surgery_date = date.today() - timedelta(days=3)
+    # Only what three days allow: the baseline and first days' scores, early complications.
+    plan.proms = {  # pain on the registry's scale (VAS), as the retrospective patients
+        PAIN.get(code, code): {tp: v for tp, v in by_time.items() if PROM_DAYS[tp] <= 3}
+        for code, by_time in plan.proms.items()
+    }
+    plan.complications = [c for c in plan.complications if c[2] <= 3]
+    return plan
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__)
     parser.add_argument("--patients", type=int, default=20, help="cohort size (both groups)")
@@ -341,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-orthanc", action="store_true", help="send to the imaging service, not via Orthanc"
     )
+    parser.add_argument(
+        "--pacs-protocol",
+        choices=("dicomweb", "c-get", "c-move"),
+        default="dicomweb",
+        help="how the imaging service pulls the cohort from the PACS",
+    )
     args = parser.parse_args(argv)
     if args.patients < 2:
         parser.error("--patients must be at least 2 (one per group)")
@@ -348,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         return Demo(args).run()
     except KeyboardInterrupt:
         return 130
+    except (SendError, httpx.HTTPError) as exc:
+        print(f"demo stopped: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

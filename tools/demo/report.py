@@ -47,15 +47,18 @@ def summary_text(summary: dict[str, Any]) -> str:
         "",
         f"Complications: {rate['count']}/{rate['n']} patients "
         f"({100 * (rate['rate'] or 0):.1f} %, Wilson 95 % CI "
-        f"{100 * (rate['ci95_low'] or 0):.1f}-{100 * (rate['ci95_high'] or 0):.1f} %); "
-        + ", ".join(f"{r['display']} {r['proportion']['count']}" for r in comp["by_type"]),
+        f"{100 * (rate['ci95_low'] or 0):.1f}-{100 * (rate['ci95_high'] or 0):.1f} %)"
+        + "".join(
+            f"{'; ' if i == 0 else ', '}{r['display']} {r['proportion']['count']}"
+            for i, r in enumerate(comp["by_type"])
+        ),
     ]
     stay = summary["early"]["length_of_stay_days"]
     lines.append(
         f"Length of stay: median {_n(stay['median'])} d [{_n(stay['q1'])}-{_n(stay['q3'])}]"
     )
     for prom in summary["proms"]:
-        if prom["code"] not in ("odi", "leg-pain-nrs"):
+        if prom["code"] not in ("odi", "leg-pain-nrs", "leg-pain-vas"):
             continue
         points = [
             f"{p['time_point']} {_n(p['change']['mean_difference'])} "

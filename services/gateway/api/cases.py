@@ -54,6 +54,7 @@ class CaseListItem(BaseModel):
     primary_change: float | None  # first post - pre, mean at the operated levels
     complications: int
     missing: str | None  # why the primary comparison is not possible
+    retrieval: str | None  # where the PACS retrieval of the patient's studies stands
 
 
 class CasePage(BaseModel):
@@ -84,6 +85,7 @@ def list_item(case: Case) -> CaseListItem:
         primary_change=change,
         complications=len(case.complications),
         missing=reason,
+        retrieval=case.imaging.retrieval,
     )
 
 

@@ -22,8 +22,11 @@ from services.common import vocabulary
 from services.common.auth import Authenticator, Principal, current_principal
 from services.gateway.access import READ_SCOPE, Viewer, viewer_for
 from services.gateway.api.cases import FilterDep, list_cases, resolve_case, source_of
+from services.gateway.api.followup import follow_up_page
 from services.gateway.cohort import summarize
 from services.gateway.errors import Forbidden
+from services.gateway.followup import STATUSES, Status, columns
+from services.gateway.sources import CaseFilter
 
 router = APIRouter(prefix="/dashboard", tags=["Dashboard"], include_in_schema=True)
 TEMPLATES = jinja2.Environment(
@@ -86,6 +89,21 @@ def _to_login(request: Request) -> RedirectResponse:
 def _query(request: Request, drop: tuple[str, ...] = ("offset",)) -> str:
     kept = [(k, v) for k, v in request.query_params.multi_items() if v and k not in drop]
     return urlencode(kept)
+
+
+def _filtered(
+    name: str, request: Request, viewer: Viewer, keep: CaseFilter, **context: Any
+) -> HTMLResponse:
+    """A page of cases under the filter form."""
+    return _page(
+        name,
+        viewer=viewer,
+        filters=keep,
+        groups=vocabulary.GROUP_CODES,
+        levels=vocabulary.LEVELS,
+        query=_query(request),
+        **context,
+    )
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -192,16 +210,7 @@ async def cases_page(
     if viewer is None:
         return _to_login(request)
     page = await list_cases(request, viewer, keep, limit=50, offset=offset, refresh=False)
-    return _page(
-        "cases.html",
-        viewer=viewer,
-        page=page,
-        warnings=page.warnings,
-        filters=keep,
-        groups=vocabulary.GROUP_CODES,
-        levels=vocabulary.LEVELS,
-        query=_query(request),
-    )
+    return _filtered("cases.html", request, viewer, keep, page=page, warnings=page.warnings)
 
 
 @router.get("/cases/{case}", response_class=HTMLResponse)
@@ -228,4 +237,27 @@ async def case_page(request: Request, case: str) -> Response:
         c=built,
         time_points=vocabulary.TIME_POINT_CODES,
         prom_rows=prom_rows,
+    )
+
+
+@router.get("/follow-up", response_class=HTMLResponse)
+async def follow_up_view(
+    request: Request, keep: FilterDep, status: Status | None = None
+) -> Response:
+    """The coordinator's follow-up grid: each case's PROM time points and imaging."""
+    viewer = _signed_in(request)
+    if viewer is None:
+        return _to_login(request)
+    page = await follow_up_page(request, viewer, keep, None, status)
+    return _filtered(
+        "followup.html",
+        request,
+        viewer,
+        keep,
+        page=page,
+        warnings=page.warnings,
+        columns=columns(),
+        statuses=STATUSES,
+        status=status,
+        items={e.item: e.display for e in vocabulary.FOLLOW_UP},
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -33,10 +33,15 @@ class RetrieveIn(BaseModel):
 
 
 @router.get("")
-def cohort_status(request: Request, _: Reader) -> list[dict[str, Any]]:
-    """Per patient: the chosen pre- and post-operative studies and their state
-    (missing, ambiguous with the candidates, retrieving, retrieved, analysed, failed)."""
-    return statuses(request.app.state.engine)
+def cohort_status(
+    request: Request,
+    _: Reader,
+    patient_id: Annotated[str | None, Query(alias="PatientID", min_length=1, max_length=64)] = None,
+) -> list[dict[str, Any]]:
+    """Per patient (or the one ``PatientID``): the chosen pre- and post-operative studies
+    and their state (missing, ambiguous with the candidates, retrieving, retrieved,
+    analysed, failed)."""
+    return statuses(request.app.state.engine, patient_id)
 
 
 @router.post("/retrieve", status_code=202)

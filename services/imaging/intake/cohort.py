@@ -364,12 +364,16 @@ class CohortRetrieval:
         return report
 
 
-def statuses(engine: Engine) -> list[dict[str, Any]]:
-    """Every cohort patient's status, with the analysis state of the chosen studies."""
+def statuses(engine: Engine, patient_id: str | None = None) -> list[dict[str, Any]]:
+    """Every cohort patient's status (or one patient's), with the analysis state of the
+    chosen studies."""
     from services.imaging.models import AnalysisJob
 
+    query = select(CohortPatient).order_by(col(CohortPatient.patient_id))
+    if patient_id is not None:
+        query = query.where(CohortPatient.patient_id == patient_id)
     with Session(engine) as session:
-        rows = session.exec(select(CohortPatient).order_by(col(CohortPatient.patient_id))).all()
+        rows = session.exec(query).all()
         uids = [u for r in rows for u in (r.pre_study_uid, r.post_study_uid) if u]
         jobs: dict[str, str] = {}
         for job in session.exec(
