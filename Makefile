@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install system-deps lint typecheck pytest fuzz bench bench-scale clean
+.PHONY: demo test install system-deps lint typecheck pytest fuzz bench bench-scale bench-retrospective clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
@@ -43,6 +43,10 @@ bench: install system-deps
 
 bench-scale: install system-deps
 	$(PY) bench/scale.py
+
+bench-retrospective: install system-deps
+	$(PY) bench/retrieval.py
+	$(PY) bench/registry.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

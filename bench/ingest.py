@@ -23,6 +23,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._servers import dcmtk_nodelay  # noqa: E402
 from tests.harness.dcmtk import echoscu  # noqa: E402
 from tests.harness.net import free_port, wait_until  # noqa: E402
 from tests.harness.orthanc import OrthancServer  # noqa: E402
@@ -118,7 +119,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--nagle", action="store_true", help="leave dcmtk's Nagle on")
     args = parser.parse_args()
+    print(dcmtk_nodelay(args.nagle))
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         workdir = Path(tmp)
         results: dict[tuple[str, int], float] = {}

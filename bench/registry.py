@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)  # not bench/: its fhir.py would shadow the fhir package
 
 from bench._servers import start_service, stop, token  # noqa: E402
 from tools.demo.cohort import PatientPlan, plan_patient, surgeon_resources, transaction  # noqa: E402

@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)  # not bench/: its fhir.py would shadow the fhir package
 
-from bench._servers import start_service, stop, token  # noqa: E402
+from bench._servers import dcmtk_nodelay, start_service, stop, token  # noqa: E402
 from tests.harness.dcmtk import echoscu, storescu  # noqa: E402
 from tests.harness.net import free_port, wait_until  # noqa: E402
 from tests.harness.orthanc import OrthancServer  # noqa: E402
@@ -130,7 +130,9 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=1, help="studies at once")
+    parser.add_argument("--nagle", action="store_true", help="leave dcmtk's Nagle on")
     args = parser.parse_args()
+    print(dcmtk_nodelay(args.nagle))
     studies = 2 * args.patients
     instances = studies * args.slices
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as tmp:

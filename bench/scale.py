@@ -32,6 +32,7 @@ sys.path[0] = str(ROOT)  # not bench/: its fhir.py would shadow the fhir package
 
 from sqlmodel import Session, select  # noqa: E402
 
+from bench._servers import dcmtk_nodelay  # noqa: E402
 from services.imaging.models import AnalysisJob  # noqa: E402
 from tests.harness.dcmtk import storescu  # noqa: E402
 from tests.harness.imaging import ImagingServer  # noqa: E402
@@ -161,7 +162,9 @@ def main() -> int:
         help="e2e: analyse while receiving; drain: receive all, then start the workers",
     )
     parser.add_argument("--skip-peer", action="store_true", help="do not run Orthanc")
+    parser.add_argument("--nagle", action="store_true", help="leave dcmtk's Nagle on")
     args = parser.parse_args()
+    print(dcmtk_nodelay(args.nagle))
     args.workdir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     studies = render(args.workdir / "phantoms", args.patients)

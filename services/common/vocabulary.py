@@ -332,7 +332,8 @@ FOLLOW_UP: tuple[Expected, ...] = (
     Expected("eq5d", "EQ-5D", (PromCode.EQ5D_INDEX,), _FULL),
     Expected("back-pain", "Back pain", (PromCode.BACK_PAIN_NRS, PromCode.BACK_PAIN_VAS), _PAIN),
     Expected("leg-pain", "Leg pain", (PromCode.LEG_PAIN_NRS, PromCode.LEG_PAIN_VAS), _PAIN),
-    Expected("imaging-pre", "Pre-operative imaging", (), window=(-183, 0), due=0),
+    # The imaging windows are the cohort retrieval's defaults (IMAGING_COHORT_*_DAYS).
+    Expected("imaging-pre", "Pre-operative imaging", (), window=(-180, 0), due=0),
     Expected("imaging-post", "Post-operative imaging", (), window=(0, 365), due=91),
 )
 

@@ -269,11 +269,17 @@ def _dicom_datetime(day: str | None, clock: str | None) -> tuple[date | None, ti
 
 
 def interval_label(days: int) -> str:
-    """The protocol time point nearest to ``days`` after surgery (log scale)."""
+    """The protocol time point of a day after surgery: the one whose window holds it (the
+    nearest nominal day, on a log scale, where windows meet), else the nearest one."""
     if days <= 0:
         return "baseline"
-    nominal = vocabulary.TIME_POINT_DAYS
-    return min(nominal, key=lambda tp: abs(math.log(days) - math.log(nominal[tp])))
+    after = [tp for tp in vocabulary.TIME_POINTS if tp.day is not None]
+    inside = [tp for tp in after if tp.window[0] <= days <= tp.window[1]]
+    nearest = min(
+        inside or after,
+        key=lambda tp: abs(math.log(days) - math.log(tp.day or 1)),
+    )
+    return nearest.code
 
 
 def _time_point(resource: dict[str, Any]) -> str | None:
@@ -320,6 +326,15 @@ def _person_name(resource: dict[str, Any] | None) -> str | None:
 # ------------------------------------------------------------------------- the build
 
 
+def surgery_time(record: ClinicalRecord) -> datetime | None:
+    """When the index surgery was performed (``performedDateTime``, else the period's start)."""
+    procedure = record.procedure
+    when = parse_fhir_datetime(procedure.get("performedDateTime"))
+    if when is None:
+        when = parse_fhir_datetime((procedure.get("performedPeriod") or {}).get("start"))
+    return when
+
+
 def mrn_of(record: ClinicalRecord, mrn_system: str) -> str | None:
     """The patient's MRN (the DICOM PatientID the imaging service files studies under)."""
     return _mrn(record.patient, mrn_system)
@@ -343,10 +358,7 @@ class _Builder:
             else view.pseudonymizer.case(self.procedure_id)
         )
         self.warnings: list[str] = []
-        self.surgery_at = parse_fhir_datetime(record.procedure.get("performedDateTime"))
-        if self.surgery_at is None:
-            period = record.procedure.get("performedPeriod") or {}
-            self.surgery_at = parse_fhir_datetime(period.get("start"))
+        self.surgery_at = surgery_time(record)
         self.surgery_day = self.surgery_at.date() if self.surgery_at else None
         mrn = mrn_of(record, view.mrn_system) or ""
         self.mrn = mrn

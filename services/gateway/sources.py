@@ -1,9 +1,9 @@
 """Where cases come from: one case live from both upstreams, the cohort from a snapshot.
 
-A case is read live (three upstream calls: the Procedure with its Patient and surgeon,
-then the patient's Observations and imaging results in parallel). When the imaging or
-the outcomes Observations cannot be had, the case is answered with what is available
-and says so in ``warnings``; without the Procedure there is no case (503).
+A case is read live (four upstream calls: the Procedure with its Patient and surgeon,
+then the patient's Observations, imaging results and PACS retrieval status in parallel).
+When the imaging or the outcomes Observations cannot be had, the case is answered with
+what is available and says so in ``warnings``; without the Procedure there is no case (503).
 
 The cohort needs every case at once, which is a bulk read of both upstreams (a few
 seconds for a thousand cases). It is held as a snapshot, refreshed in the background
@@ -22,7 +22,14 @@ from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from services.common.contracts import StudyResult
-from services.gateway.cases import Case, ClinicalRecord, View, build_case, mrn_of
+from services.gateway.cases import (
+    Case,
+    ClinicalRecord,
+    View,
+    build_case,
+    mrn_of,
+    surgery_time,
+)
 from services.gateway.errors import NotFound, UpstreamError, UpstreamNotFound
 from services.gateway.privacy import Pseudonymizer
 from services.gateway.upstream import ImagingClient, OutcomesClient
@@ -41,6 +48,12 @@ def _or_warn(service: str, result: list[T] | BaseException, warnings: list[str])
     return result
 
 
+def retrieval_key(record: ClinicalRecord, mrn: str) -> tuple[str, str]:
+    """How the imaging service's cohort retrieval names a case's surgery."""
+    when = surgery_time(record)
+    return mrn, f"{when:%Y%m%d}" if when else ""
+
+
 @dataclass
 class Snapshot:
     records: list[ClinicalRecord]
@@ -48,7 +61,8 @@ class Snapshot:
     as_of: datetime
     load_seconds: float
     warnings: list[str] = field(default_factory=list)
-    retrieval: dict[str, str] = field(default_factory=dict)  # PatientID -> PACS retrieval
+    # (PatientID, surgery date YYYYMMDD) -> where the PACS retrieval stands
+    retrieval: dict[tuple[str, str], str] = field(default_factory=dict)
     _built: dict[tuple[bool, str], list[Case]] = field(default_factory=dict, repr=False)
     _case_ids: dict[int, dict[str, str]] = field(default_factory=dict, repr=False)
 
@@ -70,7 +84,8 @@ class Snapshot:
             for record in self.records:
                 mrn = mrn_of(record, view.mrn_system) or ""
                 studies = self.studies_by_patient.get(mrn, [])
-                built.append(build_case(record, studies, view, self.retrieval.get(mrn)))
+                pulled = self.retrieval.get(retrieval_key(record, mrn))
+                built.append(build_case(record, studies, view, pulled))
             self._built[key] = built
         return self._built[key]
 
@@ -149,15 +164,17 @@ class CaseSource:
             if not mrn or not observations:
                 return None
             try:
-                return (await self.imaging.retrieval(mrn)).get(mrn)
+                return (await self.imaging.retrieval(mrn)).get(retrieval_key(record, mrn))
             except UpstreamError:  # the studies' own call reports an unavailable imaging
                 return None
 
         found, studies, pulled = await asyncio.gather(
             clinical(), imaging(), retrieval(), return_exceptions=True
         )
+        if isinstance(pulled, BaseException):
+            raise pulled
         record.observations = _or_warn("outcomes", found, warnings)
-        status = pulled if isinstance(pulled, str) else None
+        status = pulled
         return Gathered(record, _or_warn("imaging", studies, warnings), warnings, status)
 
     async def resolve(self, case: str, view: View) -> str:
@@ -185,19 +202,18 @@ class CaseSource:
         warnings: list[str] = []
         try:
             records, observations = await cohort_task
-        except BaseException:
-            studies_task.cancel()
-            retrieval_task.cancel()
-            raise
-        try:
-            studies = await studies_task
-        except UpstreamError as exc:
-            warnings.append(f"imaging unavailable ({exc.reason}): no imaging in this snapshot")
-            studies = []
-        try:
-            retrieval = await retrieval_task
-        except UpstreamError:  # no retrieval status is no warning: the studies say enough
-            retrieval = {}
+            try:
+                studies = await studies_task
+            except UpstreamError as exc:
+                warnings.append(f"imaging unavailable ({exc.reason}): no imaging in this snapshot")
+                studies = []
+            try:
+                retrieval = await retrieval_task
+            except UpstreamError:  # no retrieval status is no warning: the studies say enough
+                retrieval = {}
+        finally:
+            for task in (studies_task, retrieval_task):
+                task.cancel()
         by_patient: dict[str, list[StudyResult]] = {}
         for study in studies:
             if study.patient_id:

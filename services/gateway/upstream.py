@@ -186,14 +186,15 @@ class ImagingClient:
                 log.warning("imaging result outside the contract skipped")
         return ResultsPage(items=kept, next_after=after if isinstance(after, str) else None)
 
-    async def retrieval(self, patient_id: str | None = None) -> dict[str, str]:
-        """The PACS retrieval status of each cohort patient (or one), by PatientID: found,
-        retrieving, retrieved, analysed, missing pre-op, ambiguous... (``/api/cohort``)."""
+    async def retrieval(self, patient_id: str | None = None) -> dict[tuple[str, str], str]:
+        """The PACS retrieval status of each cohort surgery (or one patient's), by
+        (PatientID, surgery date YYYYMMDD): found, retrieving, retrieved, analysed,
+        missing pre-op, ambiguous... (``/api/cohort``)."""
         params = {"PatientID": patient_id} if patient_id is not None else None
         response = await _get(self.http, self.service, "/api/cohort", params)
         try:
             rows = response.json()
-            return {str(r["patient_id"]): str(r["status"]) for r in rows}
+            return {(str(r["patient_id"]), str(r["surgery_date"])): str(r["status"]) for r in rows}
         except (ValueError, KeyError, TypeError):
             reason = "answered an unreadable cohort status"
             raise UpstreamUnavailable(self.service, reason) from None

@@ -11,7 +11,7 @@ import pytest
 from services.common import vocabulary
 from services.common.contracts import StudyResult
 from services.common.fhir import builders
-from services.gateway.cases import Case, build_case
+from services.gateway.cases import Case, build_case, interval_label
 from services.gateway.followup import HEADER, FollowUp, columns, follow_up, row
 from tests.gateway.test_cases import RESEARCH, VIEW, fh, record, study
 
@@ -113,3 +113,13 @@ def test_the_csv_has_a_column_per_expected_item() -> None:
     assert cells["present"] == "1"
     expected_columns = sum(len(e.time_points) if e.codes else 1 for e in vocabulary.FOLLOW_UP)
     assert len(columns()) == expected_columns
+
+
+def test_an_uncoded_answer_counts_for_the_window_that_holds_its_day() -> None:
+    """Day 65 is inside week-6's window (28-70), not month-3's (70-135), although it is
+    nearer month-3's nominal day on a log scale: the coordinator must not chase it."""
+    entry = follow_up(_case([_odi(SURGERY + timedelta(days=65), None)]), SURGERY + timedelta(66))
+    assert _status(entry, "odi", "week-6") == "present"
+    assert _status(entry, "odi", "month-3") == "upcoming"
+    for day, expected in ((130, "month-3"), (260, "month-6"), (530, "month-12"), (70, "month-3")):
+        assert interval_label(day) == expected, day

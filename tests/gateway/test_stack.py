@@ -339,6 +339,9 @@ def test_follow_up_lists_what_each_case_has_and_lacks(stack: Stack) -> None:
         refused = client.get("/api/follow-up")
         assert refused.status_code == 403 and "identified" in refused.json()["reason"]
         assert client.get("/api/export/follow-up.csv").status_code == 403
+        page = client.get("/dashboard/follow-up")
+        assert page.status_code == 403 and "date shift" in page.text
+        assert stack.plans[0].mrn not in page.text
 
 
 def test_the_case_list_shows_where_the_pacs_retrieval_stands(stack: Stack) -> None:
@@ -360,6 +363,17 @@ def test_the_case_list_shows_where_the_pacs_retrieval_stands(stack: Stack) -> No
                 pre_state="missing",
                 post_state="missing",
                 reason="no CT in the windows",
+                updated_at=datetime.now(UTC),
+            )
+        )
+        session.add(  # the same patient's other surgery: not this case's status
+            CohortPatient(
+                patient_id=plan.mrn,
+                surgery_date="20200101",
+                modality=plan.modality,
+                group=plan.group,
+                pre_state="retrieved",
+                post_state="retrieved",
                 updated_at=datetime.now(UTC),
             )
         )

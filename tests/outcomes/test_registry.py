@@ -117,9 +117,17 @@ def test_a_second_import_writes_nothing_and_a_correction_amends_what_changed(
     rows[3]["Complication 1"] = ""  # a complication withdrawn by the registry
     rows[3]["Clavien-Dindo 1"] = ""
     rows[3]["Date complication 1"] = ""
-    corrected = _upload(server, as_csv(rows), "corrected.csv").json()["summary"]
+    report = _upload(server, as_csv(rows), "corrected.csv").json()
+    corrected = report["summary"]
     assert (corrected["resources_updated"], corrected["resources_withdrawn"]) == (1, 1)
     assert corrected["resources_created"] == 0
+    # The per-value report: exactly what changed, old -> new.
+    changes = {(c["row"], c["resource"], c["element"]): c for c in report["changes"]}
+    value = changes[(2, "Observation REG00000/2023-01-01/odi/month-3", "valueQuantity.value")]
+    assert value["new"] == 31 and value["old"] != 31
+    status = changes[(5, "Observation REG00003/2023-04-04/complication/1", "status")]
+    assert (status["old"], status["new"]) == ("final", "entered-in-error")
+    assert len(changes) == 2
     assert _versions(server) == before + 2
     odi = _search(
         server, "Observation", identifier=f"{REGISTRY_SYSTEM}|REG00000/2023-01-01/odi/month-3"

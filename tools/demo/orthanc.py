@@ -8,6 +8,7 @@ and folders, and uses the same auto-routing Lua script as the deployment.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -110,6 +111,8 @@ class OrthancServer:
             [binary, "--logdir=" + str(self.workdir), str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Nagle off in its DCMTK, as docker-compose.yml runs it (DCMTK FAQ #48).
+            env={"TCP_NODELAY": "1", **os.environ},
         )
         if not wait_until(self._alive, timeout=30):
             self.stop()

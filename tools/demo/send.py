@@ -22,7 +22,8 @@ ATTEMPTS = 4
 
 def c_store(host: str, port: int, called_aet: str, files: Sequence[Path]) -> int:
     """Send files, retrying with backoff what a busy receiver drops (no association, no
-    response); returns how many were stored (status 0x0000)."""
+    response); returns how many were stored (success 0x0000, or a warning 0xB000/B006/B007:
+    stored with coercion). Any other status is a refusal, not retried."""
     pending = list(files)
     stored = 0
     for attempt in range(1, ATTEMPTS + 1):

@@ -8,6 +8,7 @@ check and one audit trail with the JSON API.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -242,13 +243,25 @@ async def case_page(request: Request, case: str) -> Response:
 
 @router.get("/follow-up", response_class=HTMLResponse)
 async def follow_up_view(
-    request: Request, keep: FilterDep, status: Status | None = None
+    request: Request,
+    keep: FilterDep,
+    status: Status | None = None,
+    on: Annotated[date | None, Query(alias="as_of")] = None,
 ) -> Response:
     """The coordinator's follow-up grid: each case's PROM time points and imaging."""
     viewer = _signed_in(request)
     if viewer is None:
         return _to_login(request)
-    page = await follow_up_page(request, viewer, keep, None, status)
+    if not viewer.identified:
+        return _page(
+            "followup.html",
+            status_code=403,
+            viewer=viewer,
+            page=None,
+            error="Follow-up tracking is for the clinical team and the study coordinator: "
+            "its due dates would undo the pseudonymised view's date shift.",
+        )
+    page = await follow_up_page(request, viewer, keep, on, status)
     return _filtered(
         "followup.html",
         request,
@@ -259,5 +272,6 @@ async def follow_up_view(
         columns=columns(),
         statuses=STATUSES,
         status=status,
+        unfiltered=_query(request, drop=("offset", "status")),
         items={e.item: e.display for e in vocabulary.FOLLOW_UP},
     )

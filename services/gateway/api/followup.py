@@ -3,7 +3,7 @@ overdue for (identified roles only: the coordinator and the clinical team)."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -42,7 +42,7 @@ async def follow_up_page(
 ) -> FollowUpPage:
     _identified(viewer)
     cases, snapshot = await source_of(request).cases(viewer.view, keep)
-    today = on or datetime.now(UTC).date()
+    today = on or date.today()  # the hospital's day: the server's local time zone
 
     def build() -> list[FollowUp]:
         entries = [follow_up(c, today) for c in cases]

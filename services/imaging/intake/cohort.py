@@ -369,7 +369,9 @@ def statuses(engine: Engine, patient_id: str | None = None) -> list[dict[str, An
     chosen studies."""
     from services.imaging.models import AnalysisJob
 
-    query = select(CohortPatient).order_by(col(CohortPatient.patient_id))
+    query = select(CohortPatient).order_by(
+        col(CohortPatient.patient_id), col(CohortPatient.surgery_date)
+    )
     if patient_id is not None:
         query = query.where(CohortPatient.patient_id == patient_id)
     with Session(engine) as session:

@@ -41,6 +41,22 @@ REGISTRY_SYSTEM = "http://spine-outcomes.example.org/fhir/registry"
 Action = Literal["created", "updated", "unchanged", "withdrawn"]
 
 
+@dataclass(frozen=True)
+class Change:
+    """One value a corrected export changed: which resource (its registry identifier, or
+    the patient's MRN), which element, from what to what. Identified, like the rest of the
+    report (it goes to the coordinator who uploaded the file): never logged."""
+
+    row: int
+    resource: str  # e.g. "Observation 123456/2024-05-14/odi/month-3"
+    element: str  # e.g. "valueQuantity.value"
+    old: Any
+    new: Any
+
+    def text(self) -> str:
+        return f"row {self.row}: {self.resource} {self.element}: {self.old!r} -> {self.new!r}"
+
+
 @dataclass
 class PatientResult:
     row: int
@@ -48,6 +64,7 @@ class PatientResult:
     loaded: bool
     actions: Counter[str] = field(default_factory=Counter)
     errors: list[CellError] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
 
 
 @dataclass
@@ -63,6 +80,10 @@ class ImportReport:
     @property
     def errors(self) -> list[CellError]:
         return [e for p in self.patients for e in p.errors]
+
+    @property
+    def changes(self) -> list[Change]:
+        return [c for p in self.patients if p.loaded for c in p.changes]
 
     @property
     def summary(self) -> dict[str, int]:
@@ -92,6 +113,16 @@ class ImportReport:
                 {"row": e.row, "column": e.column, "value": e.value, "reason": e.reason}
                 for e in self.errors
             ],
+            "changes": [
+                {
+                    "row": c.row,
+                    "resource": c.resource,
+                    "element": c.element,
+                    "old": c.old,
+                    "new": c.new,
+                }
+                for c in self.changes
+            ],
         }
 
     def text(self) -> str:
@@ -111,11 +142,40 @@ class ImportReport:
         if self.unknown_columns:
             lines.append("  columns the mapping does not use: " + ", ".join(self.unknown_columns))
         lines += [f"  {e.text()}" for e in self.errors]
+        changed = "would change" if self.dry_run else "changed"
+        lines += [f"  {changed} {c.text()}" for c in self.changes]
         return "\n".join(lines)
 
 
 def _identifier(value: str) -> dict[str, str]:
     return {"system": REGISTRY_SYSTEM, "value": value}
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """The leaf values that differ between two JSON documents, with their dotted paths
+    (list items by index); ``id``, ``meta`` and the registry's own identifiers aside."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            if not path and key in ("id", "meta", "identifier"):
+                continue
+            where = f"{path}.{key}" if path else key
+            out += differences(old.get(key), new.get(key), where)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            d
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            for d in differences(a, b, f"{path}[{i}]")
+        ]
+    return [] if old == new else [(path, old, new)]
+
+
+def _label(resource_type: str, resource: dict[str, Any]) -> str:
+    idents = resource.get("identifier", [])
+    ident = next((i.get("value") for i in idents if i.get("system") == REGISTRY_SYSTEM), None)
+    ident = ident or next((i.get("value") for i in idents if i.get("value")), None)  # the MRN
+    return f"{resource_type} {ident}" if ident else resource_type
 
 
 def _comparable(resource: dict[str, Any]) -> str:
@@ -167,7 +227,15 @@ class _Writer:
             access=self.access,
         )
         self.result.actions["updated"] += 1
+        self.changed(resource_type, existing.content, wanted)
         return f"{resource_type}/{existing.logical_id}"
+
+    def changed(self, resource_type: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        label = _label(resource_type, new)
+        for element, before, after in differences(old, new):
+            if element == "status" and after == "amended":
+                continue  # the consequence of a changed value, not a value
+            self.result.changes.append(Change(self.result.row, label, element, before, after))
 
 
 class RegistryImporter:
@@ -220,6 +288,7 @@ class RegistryImporter:
 
         def work(conn: Connection) -> None:
             result.actions.clear()
+            result.changes.clear()
             self._write(_Writer(conn, result), patient)
 
         try:
@@ -236,6 +305,7 @@ class RegistryImporter:
             error = as_fhir_error(exc)
             result.loaded = False
             result.actions.clear()
+            result.changes.clear()
             result.errors.append(
                 CellError(patient.row, "", patient.mrn, f"not stored: {error.diagnostics}")
             )
@@ -380,11 +450,9 @@ class RegistryImporter:
                 continue
             if stored.content.get("status") == "entered-in-error":
                 continue
+            withdrawn = {**stored.content, "status": "entered-in-error"}
             interactions.update(
-                w.conn,
-                "Observation",
-                stored.logical_id,
-                {**stored.content, "status": "entered-in-error"},
-                access=w.access,
+                w.conn, "Observation", stored.logical_id, withdrawn, access=w.access
             )
             w.result.actions["withdrawn"] += 1
+            w.changed("Observation", stored.content, withdrawn)
