@@ -236,8 +236,14 @@ def test_a_c_store_on_the_verification_context_is_refused(server: ImagingServer)
         request.Priority = 2
         request.DataSet = BytesIO(encode(ds, False, True))
         context = assoc.accepted_contexts[0]
-        assoc.dimse.send_msg(request, context.context_id)
-        _, response = assoc.dimse.get_msg(block=True)
+        # Hold the association's reactor as its own send_c_* do, or it may take the
+        # response off the queue first ("unexpected C-STORE service message").
+        assoc._reactor_checkpoint.clear()
+        try:
+            assoc.dimse.send_msg(request, context.context_id)
+            _, response = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
         assert response is not None and response.Status == 0x0122
     finally:
         assoc.release()
