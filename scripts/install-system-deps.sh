@@ -3,7 +3,8 @@
 # Runs as root (CI, a fresh machine) or through sudo when available.
 set -euo pipefail
 
-PACKAGES=(orthanc orthanc-dicomweb dcmtk postgresql chromium chromium-driver fonts-dejavu-core redis-server)
+# libpango: WeasyPrint's text layout (the study report's PDF).
+PACKAGES=(orthanc orthanc-dicomweb dcmtk postgresql chromium chromium-driver fonts-dejavu-core redis-server libpango-1.0-0 libpangoft2-1.0-0)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
