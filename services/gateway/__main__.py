@@ -1,19 +1,73 @@
-"""``python -m services.gateway serve``: the research gateway."""
+"""``python -m services.gateway serve | report``: the research gateway, and the study report
+from the command line (the same report as ``GET /api/report.pdf``)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+from pathlib import Path
 
 from services.common.serve import serve
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
 
+async def _report(args: argparse.Namespace) -> int:
+    from services.common.auth import Authenticator
+    from services.gateway.access import KeyImageLinker
+    from services.gateway.analysis import report
+    from services.gateway.app import case_source, pseudonymizer
+    from services.gateway.cases import View
+    from services.gateway.errors import UpstreamError
+    from services.gateway.sources import CaseFilter
+
+    settings = GatewaySettings()
+    view = View(
+        identified=args.view == "identified",
+        pseudonymizer=pseudonymizer(settings),
+        mrn_system=settings.mrn_system,
+        key_image_url=KeyImageLinker(settings.public_base_url or ""),
+    )
+    async with case_source(settings, Authenticator(settings.auth)) as source:
+        try:
+            cases, snapshot = await source.cases(view, CaseFilter(group=args.group))
+        except UpstreamError as exc:
+            print(f"report: {exc.reason}", file=sys.stderr)
+            return 2
+        numbers = snapshot.case_numbers(view)
+    built, data = report.build(
+        cases, numbers, as_of=snapshot.as_of, filters={"group": args.group} if args.group else {}
+    )
+    if args.format == "pdf":
+        content = report.pdf(built)
+    elif args.format == "html":
+        content = report.html(built).encode()
+    else:
+        content = report.export_zip(data, as_of=snapshot.as_of, pseudonymised=not view.identified)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(content)
+    print(f"{args.out}: {len(cases)} cases, {args.format}, {args.view} view")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway (API and dashboard)")
+    rep = sub.add_parser("report", help="write the study report or the analysis export")
+    rep.add_argument("--format", choices=("pdf", "html", "zip"), default="pdf")
+    rep.add_argument("--out", type=Path, required=True)
+    rep.add_argument(
+        "--view",
+        choices=("researcher", "identified"),
+        default="researcher",
+        help="pseudonymised (default) or identified",
+    )
+    rep.add_argument("--group", choices=("foraminal-stenosis", "central-stenosis"))
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return asyncio.run(_report(args))
     if args.command == "serve":
         serve(create_app, GatewaySettings())
     return 0

@@ -29,7 +29,7 @@ from services.common.operations import database_status, install_operations
 from services.common.params import After
 from services.gateway import audit
 from services.gateway.access import Auditor
-from services.gateway.api import cases, cohort, dashboard, exports, followup
+from services.gateway.api import cases, cohort, dashboard, exports, followup, report
 from services.gateway.api.errors import install_error_handlers
 from services.gateway.errors import UpstreamError
 from services.gateway.models import AccessRecord
@@ -110,6 +110,48 @@ class NoStoreMiddleware:
         await self.app(scope, receive, with_header)
 
 
+@asynccontextmanager
+async def case_source(
+    settings: GatewaySettings, authenticator: Authenticator
+) -> AsyncIterator[CaseSource]:
+    """The cases' source over the two upstream services (the app's and the CLI's)."""
+    timeout = httpx.Timeout(settings.read_timeout_seconds, connect=settings.connect_timeout_seconds)
+    limits = httpx.Limits(max_connections=settings.max_connections)
+    imaging_http = httpx.AsyncClient(
+        base_url=settings.imaging_url,
+        timeout=timeout,
+        limits=limits,
+        auth=ServiceBearer(authenticator, "gateway", "imaging.read", settings.imaging_token),
+    )
+    outcomes_http = httpx.AsyncClient(
+        base_url=settings.outcomes_url.rstrip("/") + "/",
+        timeout=timeout,
+        limits=limits,
+        headers={"Accept": "application/fhir+json"},
+        auth=ServiceBearer(authenticator, "gateway", "system/*.rs", settings.outcomes_token),
+    )
+    source = CaseSource(
+        OutcomesClient(outcomes_http),
+        ImagingClient(imaging_http),
+        max_age_seconds=settings.cohort_max_age_seconds,
+    )
+    try:
+        yield source
+    finally:
+        await source.close()
+        await imaging_http.aclose()
+        await outcomes_http.aclose()
+
+
+def pseudonymizer(settings: GatewaySettings) -> Pseudonymizer:
+    return Pseudonymizer(
+        secret_key(
+            settings.pseudonym_key, settings.pseudonym_key_file, name="GATEWAY_PSEUDONYM_KEY"
+        ),
+        max_shift_days=settings.max_date_shift_days,
+    )
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway's ASGI application."""
     settings = settings or GatewaySettings()
@@ -119,39 +161,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.resolved_database_url)
         upgrade_schema(engine, MIGRATIONS)
-        timeout = httpx.Timeout(
-            settings.read_timeout_seconds, connect=settings.connect_timeout_seconds
-        )
-        limits = httpx.Limits(max_connections=settings.max_connections)
-        imaging_http = httpx.AsyncClient(
-            base_url=settings.imaging_url,
-            timeout=timeout,
-            limits=limits,
-            auth=ServiceBearer(authenticator, "gateway", "imaging.read", settings.imaging_token),
-        )
-        outcomes_http = httpx.AsyncClient(
-            base_url=settings.outcomes_url.rstrip("/") + "/",
-            timeout=timeout,
-            limits=limits,
-            headers={"Accept": "application/fhir+json"},
-            auth=ServiceBearer(authenticator, "gateway", "system/*.rs", settings.outcomes_token),
-        )
-        source = CaseSource(
-            OutcomesClient(outcomes_http),
-            ImagingClient(imaging_http),
-            max_age_seconds=settings.cohort_max_age_seconds,
-        )
-        app.state.engine = engine
-        app.state.source = source
-        if settings.cohort_warm_up:
-            source.warm_up()  # the first researcher should not wait for the bulk read
-        try:
-            yield
-        finally:
-            await source.close()
-            await imaging_http.aclose()
-            await outcomes_http.aclose()
-            engine.dispose()
+        async with case_source(settings, authenticator) as source:
+            app.state.engine = engine
+            app.state.source = source
+            if settings.cohort_warm_up:
+                source.warm_up()  # the first researcher should not wait for the bulk read
+            try:
+                yield
+            finally:
+                engine.dispose()
 
     app = FastAPI(
         title="Spine outcomes research gateway",
@@ -166,12 +184,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.authenticator = authenticator
     app.state.session_cookie = settings.session_cookie
-    app.state.pseudonymizer = Pseudonymizer(
-        secret_key(
-            settings.pseudonym_key, settings.pseudonym_key_file, name="GATEWAY_PSEUDONYM_KEY"
-        ),
-        max_shift_days=settings.max_date_shift_days,
-    )
+    app.state.pseudonymizer = pseudonymizer(settings)
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     app.add_middleware(NoStoreMiddleware)
@@ -180,6 +193,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(cohort.router)
     app.include_router(exports.router)
     app.include_router(followup.router)
+    app.include_router(report.router)
     app.include_router(dashboard.router)
 
     @app.get("/", include_in_schema=False)

@@ -48,6 +48,12 @@ def _or_warn(service: str, result: list[T] | BaseException, warnings: list[str])
     return result
 
 
+def _surgeon_of(record: ClinicalRecord) -> str:
+    performers = record.procedure.get("performer") or []
+    actor = (performers[0].get("actor") or {}) if performers else {}
+    return str(actor.get("reference") or "")
+
+
 def retrieval_key(record: ClinicalRecord, mrn: str) -> tuple[str, str]:
     """How the imaging service's cohort retrieval names a case's surgery."""
     when = surgery_time(record)
@@ -65,6 +71,40 @@ class Snapshot:
     retrieval: dict[tuple[str, str], str] = field(default_factory=dict)
     _built: dict[tuple[bool, str], list[Case]] = field(default_factory=dict, repr=False)
     _case_ids: dict[int, dict[str, str]] = field(default_factory=dict, repr=False)
+    _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+
+    def memo(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """A value computed once per snapshot (plots, the report): the data do not change
+        until the next snapshot, so neither do they."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        value: T = self._memo[key]
+        return value
+
+    def case_numbers(self, view: View) -> dict[str, int]:
+        """Each case's chronological number among its surgeon's cases (by the real surgery
+        dates: a researcher's shifted dates would reorder them), keyed by the case id the
+        viewer sees."""
+        ordered = sorted(
+            self.records,
+            key=lambda r: (
+                _surgeon_of(r),
+                surgery_time(r) or datetime.max,
+                str(r.procedure.get("id")),
+            ),
+        )
+        counters: dict[str, int] = {}
+        numbers: dict[str, int] = {}
+        for record in ordered:
+            surgeon = _surgeon_of(record)
+            counters[surgeon] = counters.get(surgeon, 0) + 1
+            procedure = str(record.procedure.get("id"))
+            if view.identified or view.pseudonymizer is None:
+                shown = procedure
+            else:
+                shown = view.pseudonymizer.case(procedure)
+            numbers[shown] = counters[surgeon]
+        return numbers
 
     def procedure_id(self, case: str, pseudonymizer: Pseudonymizer) -> str | None:
         """The Procedure a researcher's case pseudonym names (None when none does)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,11 @@ def test_demo_imports_the_registry_retrieves_the_cohort_and_summarises(tmp_path:
     assert "Foraminal height (mm)" in run.stdout and "Dural sac area (mm2)" in run.stdout
     assert "SRs back in the PACS" in run.stdout
     report = (data / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 6
+    assert report.count("data:image/png;base64,") >= 9
+    assert "Table 1. Baseline characteristics by group" in report
     assert "MRN1" not in report  # the report is the researcher's (pseudonymised) view
+    assert (data / "report.pdf").read_bytes().startswith(b"%PDF")
+    assert zipfile.is_zipfile(data / "analysis.zip")
     assert "retrieving from PACS: 2/2" in run.stderr
     assert "analysing: 6/6" in run.stderr
     # Re-runnable (it starts from an empty store), and by DIMSE C-FIND + C-MOVE as well.

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
+import zipfile
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from pypdf import PdfReader
 from scipy import stats as sps
 
 from tests.gateway.conftest import Stack
+from tests.harness.gateway import PSEUDONYM_KEY
+from tests.harness.imaging import TEST_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -285,6 +293,9 @@ def test_openapi_documents_every_endpoint(stack: Stack) -> None:
         "/api/export/cases.csv",
         "/api/export/data-dictionary.csv",
         "/api/follow-up",
+        "/api/report.html",
+        "/api/report.pdf",
+        "/api/export/analysis.zip",
         "/api/export/follow-up.csv",
         "/api/audit",
         "/readyz",
@@ -393,3 +404,52 @@ def test_the_case_list_shows_where_the_pacs_retrieval_stands(stack: Stack) -> No
         with Session(engine) as session:
             session.exec(delete(CohortPatient))  # type: ignore[call-overload]
             session.commit()
+
+
+def test_the_study_report_and_the_analysis_export_through_the_real_services(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The researcher's report (HTML, PDF) and export carry pseudonyms only; the command
+    line writes the same report from the same upstreams."""
+    plan = stack.plans[0]
+    with stack.gateway.client(role="researcher") as client:
+        page = client.get("/api/report.html")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "Table 1. Baseline characteristics by group" in page.text
+        assert plan.mrn not in page.text and plan.family not in page.text
+        document = client.get("/api/report.pdf")
+        assert document.status_code == 200 and document.content.startswith(b"%PDF")
+        text = " ".join(
+            " ".join(
+                p.extract_text() for p in PdfReader(io.BytesIO(document.content)).pages
+            ).split()
+        )
+        assert "Flow of the consecutive series" in text and plan.mrn not in text
+        exported = client.get("/api/export/analysis.zip")
+        assert exported.status_code == 200
+        archive = zipfile.ZipFile(io.BytesIO(exported.content))
+        patients = archive.read("patients.csv").decode()
+        assert plan.mrn not in patients and patients.count("\n") == len(stack.plans) + 1
+        assert client.get("/api/report.pdf", params={"group": "none"}).status_code == 422
+    assert httpx.get(f"{stack.gateway.url}/api/report.pdf").status_code == 401
+    settings = stack.gateway.settings
+    env = {
+        **os.environ,
+        "GATEWAY_IMAGING_URL": settings.imaging_url,
+        "GATEWAY_OUTCOMES_URL": settings.outcomes_url,
+        "GATEWAY_PSEUDONYM_KEY": PSEUDONYM_KEY,
+        "GATEWAY_DATA_DIR": str(tmp_path),
+        "AUTH_SECRET_KEY": TEST_KEY,
+    }
+    out = tmp_path / "report.pdf"
+    run = subprocess.run(
+        [sys.executable, "-m", "services.gateway", "report", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"{len(stack.plans)} cases" in run.stdout
+    assert len(PdfReader(out).pages) >= 3

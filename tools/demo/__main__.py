@@ -16,8 +16,10 @@ hospital has:
 4. **the prospective path**, on one more patient: the EHR posts the surgery, the new
    post-operative CT arrives in the PACS, whose Lua rule routes it to the imaging service,
    which fetches the pre-operative study itself and sends its SR back;
-5. the cohort summary and an HTML report; then the dashboard until Ctrl-C (with
-   ``--no-serve``, or without a terminal, it stops after the report).
+5. the cohort summary, the study report (``report.pdf``, ``report.html``: flow, Table 1,
+   endpoints, models, figures, methods) and the analysis-ready export (``analysis.zip``);
+   then the dashboard until Ctrl-C (with ``--no-serve``, or without a terminal, it stops
+   after the report).
 
 Without Orthanc (``--no-orthanc``) the images go straight to the imaging service and the
 outcomes through FHIR, as a prospective feed would send them.
@@ -36,7 +38,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,7 @@ from tools.demo.cohort import transaction as fhir_transaction
 from tools.demo.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
 from tools.demo.registry import PAIN
 from tools.demo.registry import export as registry_export
-from tools.demo.report import html_report, summary_text
+from tools.demo.report import summary_text
 from tools.demo.send import SendError, c_store, stow
 from tools.phantom import PhantomSpec, write_phantom
 
@@ -320,37 +322,27 @@ class Demo:
             line += f", {len(srs)} SRs back in the PACS"
         return line
 
-    def report(self) -> Path:
+    def report(self) -> list[Path]:
+        """The cohort summary on the terminal; the study report (PDF and HTML) and the
+        analysis-ready export, as a researcher gets them from the gateway."""
         gateway = f"http://127.0.0.1:{self.gateway.http_port}"
         headers = {"Authorization": f"Bearer {self.token('gateway.read', role='researcher')}"}
-        leg = "leg-pain-nrs" if self.pacs is None else "leg-pain-vas"  # the registry's scale
-        with httpx.Client(base_url=gateway, headers=headers, timeout=120) as client:
+        written = []
+        with httpx.Client(base_url=gateway, headers=headers, timeout=600) as client:
             body = client.get("/api/cohort/summary", params={"refresh": "true"}).json()
-            plots = []
-            for title, name, params in (
-                ("Foraminal height, pre vs post", "paired.png", {"quantity": "foraminal_height"}),
-                ("Dural sac area, pre vs post", "paired.png", {"quantity": "dural_sac_area"}),
-                ("Changes by group", "changes.png", {}),
-                ("Complications", "complications.png", {}),
-                ("ODI", "proms.png", {"prom": "odi"}),
-                (f"Leg pain {leg[-3:].upper()}", "proms.png", {"prom": leg}),
+            print()
+            print(summary_text(body["summary"]))
+            for route, name in (
+                ("/api/report.pdf", "report.pdf"),
+                ("/api/report.html", "report.html"),
+                ("/api/export/analysis.zip", "analysis.zip"),
             ):
-                response = client.get(f"/api/cohort/plots/{name}", params=params)
+                response = client.get(route)
                 response.raise_for_status()
-                plots.append((title, response.content))
-        summary = body["summary"]
-        print()
-        print(summary_text(summary))
-        path = self.data / "report.html"
-        path.write_text(
-            html_report(
-                summary,
-                plots,
-                generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                dashboard=f"{gateway}/dashboard/",
-            )
-        )
-        return path
+                path = self.data / name
+                path.write_bytes(response.content)
+                written.append(path)
+        return written
 
     def run(self) -> int:
         ports = [self.gateway.http_port, self.imaging.http_port, self.outcomes.http_port]
@@ -395,9 +387,12 @@ class Demo:
                 self.wait_for_analysis(retrieved + 2)
             print(self.results_line())
             self.start(gateway_app(self.gateway), self.gateway.http_port)
-            report = self.report()
+            written = self.report()
             dashboard = f"http://127.0.0.1:{self.gateway.http_port}/dashboard/"
-            print(f"\nreport:    {report}")
+            print(
+                f"\nreport:    {written[0]} (and {written[1].name}; the analysis tables: "
+                f"{written[2].name})"
+            )
             print(f"dashboard: {dashboard}")
             print(f"           user 'researcher' or 'clinician', password {self.password}")
             if self.args.no_serve or not sys.stdout.isatty():

@@ -1,12 +1,9 @@
-"""The demo's outputs: the cohort summary as a text table, and an HTML report with the
-plots embedded (one self-contained file)."""
+"""The demo's terminal output: the cohort summary as a text table (the study report itself
+comes from the gateway)."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
-
-import jinja2
 
 
 def _n(value: float | None, digits: int = 1) -> str:
@@ -73,36 +70,3 @@ def summary_text(summary: dict[str, Any]) -> str:
             f"{summary['missing'][0]['reason']}"
         )
     return "\n".join(lines)
-
-
-REPORT = jinja2.Environment(autoescape=True).from_string(
-    """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Spine outcomes demo report</title>
-<style>body{font-family:sans-serif;margin:2em;max-width:1200px} pre{background:#f4f4f4;padding:1em}
-img{max-width:48%;border:1px solid #ddd;margin:0.3em}</style></head><body>
-<h1>Spine outcomes: demo cohort report</h1>
-<p>Generated {{ generated }} from {{ cases }} synthetic cases (pseudonymised researcher view).
-Dashboard: <a href="{{ dashboard }}">{{ dashboard }}</a></p>
-<h2>Summary</h2><pre>{{ text }}</pre>
-<h2>Plots</h2>
-{% for title, png in plots %}<figure style="display:inline-block;width:48%">
-<img alt="{{ title }}" src="data:image/png;base64,{{ png }}" style="max-width:100%">
-<figcaption>{{ title }}</figcaption></figure>{% endfor %}
-</body></html>"""
-)
-
-
-def html_report(
-    summary: dict[str, Any],
-    plots: list[tuple[str, bytes]],
-    *,
-    generated: str,
-    dashboard: str,
-) -> str:
-    return REPORT.render(
-        text=summary_text(summary),
-        plots=[(title, base64.b64encode(png).decode()) for title, png in plots],
-        generated=generated,
-        cases=summary["counts"]["cases"],
-        dashboard=dashboard,
-    )
