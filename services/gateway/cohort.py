@@ -16,7 +16,7 @@ silently dropped.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import fmean
 
 from services.common import vocabulary
@@ -178,6 +178,15 @@ def metric_summaries(cases: list[Case]) -> tuple[list[MetricSummary], list[Missi
             ("patient", patient_pre, patient_post),
             ("site", site_pre, site_post),
         ):
+            change = paired(a, b)
+            if unit_of_analysis == "site":  # correlated within patients: descriptive, no test
+                change = replace(
+                    change,
+                    t_statistic=None,
+                    t_p_value=None,
+                    wilcoxon_statistic=None,
+                    wilcoxon_p_value=None,
+                )
             summaries.append(
                 MetricSummary(
                     quantity=quantity,
@@ -186,7 +195,7 @@ def metric_summaries(cases: list[Case]) -> tuple[list[MetricSummary], list[Missi
                     unit_of_analysis=unit_of_analysis,
                     pre=describe(a),
                     post=describe(b),
-                    change=paired(a, b),
+                    change=change,
                 )
             )
     return summaries, missing

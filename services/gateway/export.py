@@ -17,6 +17,7 @@ from typing import Any
 
 from services.common import vocabulary
 from services.common.fhir import builders
+from services.gateway.analysis.dataset import variable_name
 from services.gateway.cases import (
     Case,
     ClinicalRecord,
@@ -30,9 +31,12 @@ from services.gateway.privacy import AGE_CAP, ResearchSerializer
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str  # string | integer | number | date | boolean
+    type: str  # string | integer | number | date | boolean (1/0)
     unit: str
     description: str
+
+    def __post_init__(self) -> None:  # names that SPSS, Stata and R accept
+        object.__setattr__(self, "name", variable_name(self.name))
 
 
 def _metric_columns() -> list[Column]:
@@ -121,7 +125,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return "1" if value else "0"
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
@@ -180,7 +184,7 @@ def _metric_columns_of(row: MetricRow) -> dict[str, Any]:
 
 def case_rows(case: Case) -> Iterator[list[str]]:
     """The CSV rows of one case (without the header)."""
-    common = _case_columns(case)
+    common = {variable_name(k): v for k, v in _case_columns(case).items()}
     sites: dict[tuple[str, str], dict[str, Any]] = {}
     for row in case.imaging.metrics:
         key = (row.level, row.side or "midline")

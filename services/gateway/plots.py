@@ -144,11 +144,27 @@ def proms(cases: list[Case], code: str, fmt: Format) -> bytes:
             [vocabulary.TIME_POINT_CODES.index(tp) for tp in tps]
         ]
         mean = np.asarray([s[0] for s in stats], dtype=float)
-        low = np.asarray([s[1] if s[1] is not None else s[0] for s in stats], dtype=float)
-        high = np.asarray([s[2] if s[2] is not None else s[0] for s in stats], dtype=float)
+        # The band stays within the instrument's range (ODI 0-100, EQ-5D at most 1).
+        low = np.clip(
+            np.asarray([s[1] if s[1] is not None else s[0] for s in stats], dtype=float),
+            prom.low,
+            prom.high,
+        )
+        high = np.clip(
+            np.asarray([s[2] if s[2] is not None else s[0] for s in stats], dtype=float),
+            prom.low,
+            prom.high,
+        )
         colour = GROUP_COLOURS.get(group or "", "#7f7f7f")
         label = GROUP_LABELS.get(group or "", "No group")
-        axes.plot(x, mean, marker="o", color=colour, label=f"{label} (n = {len(members)})")
+        axes.plot(
+            x,
+            mean,
+            linestyle="-" if group != "central-stenosis" else "--",
+            marker="o" if group != "central-stenosis" else "s",
+            color=colour,
+            label=f"{label} (n = {len(members)})",
+        )
         axes.fill_between(x, low, high, color=colour, alpha=0.2)
         drawn = True
     if not drawn:

@@ -36,6 +36,7 @@ from services.gateway.upstream import ImagingClient, OutcomesClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MEMO_ENTRIES = 128  # plots and reports kept per snapshot
 
 
 def _or_warn(service: str, result: list[T] | BaseException, warnings: list[str]) -> list[T]:
@@ -77,7 +78,10 @@ class Snapshot:
         """A value computed once per snapshot (plots, the report): the data do not change
         until the next snapshot, so neither do they."""
         if key not in self._memo:
-            self._memo[key] = compute()
+            computed = compute()
+            while len(self._memo) >= MEMO_ENTRIES:  # bounded, whatever filters are asked
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = computed
         value: T = self._memo[key]
         return value
 

@@ -11,6 +11,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 
 from services.common import contracts, vocabulary
 from services.common.fhir import builders, codes
+from services.gateway.analysis.dataset import NAME, variable_name
 from services.gateway.export import HEADER
 from services.imaging.analysis.report import AnalysisResult, Measurement
 from services.imaging.analysis.sr import build_sr
@@ -96,7 +97,8 @@ def test_csv_columns_are_spelled_from_the_vocabulary() -> None:
             assert f"{quantity.value}_{suffix}" in HEADER
     for prom in vocabulary.PROMS:
         for time_point in vocabulary.TIME_POINT_CODES:
-            assert f"{prom.value}_{time_point}" in HEADER
+            assert variable_name(f"{prom.value}_{time_point}") in HEADER
+    assert all(NAME.match(c) for c in HEADER)  # names that SPSS, Stata and R accept
     measured = {c.rsplit("_", 1)[0] for c in HEADER if c.endswith("_pre")}
     assert measured == {q.value for q in vocabulary.QUANTITIES}
 

@@ -9,6 +9,7 @@ import re
 import zipfile
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,7 +18,7 @@ import statsmodels.formula.api as smf
 from pypdf import PdfReader
 from scipy import stats as sps
 
-from services.gateway.analysis import dataset, models, report
+from services.gateway.analysis import dataset, models, plan, report
 from services.gateway.analysis.dataset import NAME, VARIABLES
 from services.gateway.cases import Case
 from tests.gateway.synthetic import LONE_SURGEON, RESEARCHER, cohort
@@ -238,3 +239,16 @@ def test_the_researchers_pdf_renders_without_identity() -> None:
     assert "generalised estimating equations" in text
     html = report.html(built)
     assert html.count("data:image/png;base64,") == len(built.figures) >= 9
+
+
+def test_the_analysis_plan_document_quotes_the_plans_values() -> None:
+    text = (
+        Path(__file__).resolve().parents[2] / "docs" / "statistical-analysis-plan.md"
+    ).read_text()
+    assert f"version {plan.PLAN_VERSION}" in text
+    for threshold in plan.THRESHOLDS:
+        assert f"{threshold.value:g}" in text and threshold.source.split(",")[0] in text
+    assert f"alpha = {plan.ALPHA}" in text
+    assert plan.ASSOCIATION_TIME_POINT in text and plan.LEARNING_TIME_POINT in text
+    for paragraph in plan.methods():
+        assert paragraph  # the report's methods come from the same module

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from pypdf import PdfReader
-from scipy import stats as sps
 
 from tests.gateway.conftest import Stack
 from tests.harness.gateway import PSEUDONYM_KEY
@@ -199,7 +198,8 @@ def test_cohort_summary_matches_scipy_on_the_case_values(stack: Stack) -> None:
     assert site["change"]["n"] == len(pre) >= 2
     diff = [b - a for a, b in zip(pre, post, strict=True)]
     assert site["change"]["mean_difference"] == pytest.approx(sum(diff) / len(diff))
-    assert site["change"]["t_p_value"] == pytest.approx(sps.ttest_rel(post, pre).pvalue)
+    assert site["change"]["t_p_value"] is None  # sites are correlated: descriptive, no test
+    assert site["change"]["wilcoxon_p_value"] is None
     # PROMs: every plan's ODI baseline is counted.
     odi = next(p for p in summary["proms"] if p["code"] == "odi")
     baseline = next(t for t in odi["points"] if t["time_point"] == "baseline")
@@ -453,3 +453,22 @@ def test_the_study_report_and_the_analysis_export_through_the_real_services(
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"{len(stack.plans)} cases" in run.stdout
     assert len(PdfReader(out).pages) >= 3
+
+
+def test_dashboard_errors_are_pages_and_filters_offer_the_viewers_surgeons(stack: Stack) -> None:
+    with stack.gateway.client(role="researcher") as client:
+        missing = client.get("/dashboard/cases/no-such-case")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("text/html")
+        assert "Not found" in missing.text and "<html" in missing.text
+        bad = client.get("/dashboard/", params={"group": "bogus"})
+        assert bad.status_code == 422 and "not understood" in bad.text
+        assert client.get("/api/cases/no-such-case").json()["error"] == "NotFound"  # API: JSON
+        cases = client.get("/dashboard/cases")
+        assert cases.status_code == 200
+        assert '<select name="surgeon">' in cases.text and "S-" in cases.text
+        assert "shifted dates" in cases.text
+        assert "Foraminal stenosis" in cases.text  # labels, not codes
+    with stack.gateway.client(role="clinician") as client:
+        cases = client.get("/dashboard/cases").text
+        assert "shifted dates" not in cases and "Dr " in cases

@@ -42,6 +42,20 @@ SHORT = {
 }
 
 
+def variable_name(text: str) -> str:
+    """A column name valid in SPSS, Stata and R (``odi_month-3`` -> ``odi_month_3``).
+
+    Raises
+    ------
+    ValueError
+        When the result would still be invalid (too long, not starting with a letter).
+    """
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text)
+    if not NAME.match(name):
+        raise ValueError(f"{text!r} is no valid variable name (letters, digits, _, <= 32)")
+    return name
+
+
 @dataclass(frozen=True)
 class Variable:
     table: str

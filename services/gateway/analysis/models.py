@@ -155,6 +155,8 @@ def table_one(data: AnalysisData) -> tuple[Table, pd.DataFrame | None]:
         }
     )
     frame["group"] = p["study_group"].map(GROUP_LABELS).astype("object")
+    techniques = {c.code: c.display for c in vocabulary.TECHNIQUES}
+    frame["technique"] = p["technique"].astype("object").map(lambda t: techniques.get(t, t))
     frame["n_levels"] = p["n_levels"].astype("object")
     present = [c for c in TABLE_ONE_COLUMNS if frame[c].notna().any()]
     categorical = [c for c in TABLE_ONE_CATEGORICAL if c in present]

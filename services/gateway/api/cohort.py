@@ -61,18 +61,31 @@ async def cohort_plot(
 ) -> Response:
     """``paired`` pre/post lines per patient (``quantity``), ``changes`` by group,
     ``complications`` with Wilson CIs, ``proms`` trajectories with 95 % bands."""
-    cases, _ = await source_of(request).cases(viewer.view, keep)
-    if kind == "paired":
-        if quantity is None:
-            raise InvalidRequest("the paired plot needs ?quantity=")
-        content = await run_in_threadpool(plots.paired, cases, quantity, fmt)
-    elif kind == "changes":
-        content = await run_in_threadpool(plots.changes, cases, fmt)
-    elif kind == "complications":
-        summary = await run_in_threadpool(summarize, cases, keep.group)
-        content = await run_in_threadpool(
-            plots.complications, summary.complications, len(cases), fmt
-        )
-    else:
-        content = await run_in_threadpool(plots.proms, cases, prom, fmt)
+    cases, snapshot = await source_of(request).cases(viewer.view, keep)
+    if kind == "paired" and quantity is None:
+        raise InvalidRequest("the paired plot needs ?quantity=")
+
+    def draw() -> bytes:
+        if kind == "paired":
+            assert quantity is not None
+            return plots.paired(cases, quantity, fmt)
+        if kind == "changes":
+            return plots.changes(cases, fmt)
+        if kind == "complications":
+            summary = summarize(cases, keep.group)
+            return plots.complications(summary.complications, len(cases), fmt)
+        return plots.proms(cases, prom, fmt)
+
+    # Drawn once per snapshot: the cohort page asks for nine of them on every visit.
+    filters = tuple(sorted((k, str(v)) for k, v in asdict(keep).items() if v is not None))
+    key = (
+        "plot",
+        kind,
+        fmt,
+        quantity,
+        prom if kind == "proms" else None,
+        viewer.identified,
+        filters,
+    )
+    content = await run_in_threadpool(snapshot.memo, key, draw)
     return Response(content, media_type=plots.MEDIA_TYPES[fmt])

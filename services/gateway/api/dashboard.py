@@ -27,6 +27,7 @@ from services.gateway.api.followup import follow_up_page
 from services.gateway.cohort import summarize
 from services.gateway.errors import Forbidden
 from services.gateway.followup import STATUSES, Status, columns
+from services.gateway.plots import GROUP_LABELS
 from services.gateway.sources import CaseFilter
 
 router = APIRouter(prefix="/dashboard", tags=["Dashboard"], include_in_schema=True)
@@ -58,7 +59,19 @@ def _status_class(status: str) -> str:
     return {"ok": "ok", "manual": "manual", "needs_review": "review"}.get(status, "")
 
 
-TEMPLATES.filters.update(num=_num, pct=_pct, pval=_pval, status_class=_status_class)
+LABELS: dict[str, str] = {
+    **GROUP_LABELS,
+    **{c.code: c.display for c in (*vocabulary.TECHNIQUES, *vocabulary.COMPLICATIONS)},
+    **{q.name.value: q.display for q in vocabulary.QUANTITIES.values()},
+}
+
+
+def _label(code: str | None) -> str:
+    """The study's label of a code (the code itself when it has none)."""
+    return "" if code is None else LABELS.get(code, code)
+
+
+TEMPLATES.filters.update(num=_num, pct=_pct, pval=_pval, status_class=_status_class, label=_label)
 
 
 def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -67,6 +80,22 @@ def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("error", None)
     html = TEMPLATES.get_template(name).render(**context)
     return HTMLResponse(html, status_code=status_code)
+
+
+TITLES = {
+    400: "The request was not understood",
+    403: "Not allowed",
+    404: "Not found",
+    422: "The request was not understood",
+    502: "An upstream service refused the request",
+    503: "A service is unavailable",
+}
+
+
+def error_page(status: int, reason: str) -> HTMLResponse:
+    """An error as a page of the dashboard (the API answers the same error in JSON)."""
+    title = TITLES.get(status, "Something went wrong")
+    return _page("error.html", status_code=status, status=status, title=title, reason=reason)
 
 
 def _signed_in(request: Request) -> Viewer | None:
@@ -92,7 +121,15 @@ def _query(request: Request, drop: tuple[str, ...] = ("offset",)) -> str:
     return urlencode(kept)
 
 
-def _filtered(
+async def _surgeons(request: Request, viewer: Viewer) -> list[tuple[str, str]]:
+    """The surgeons the filter offers: (id, display) as the viewer sees them (pseudonyms
+    for researchers), from the cohort snapshot."""
+    cases, _ = await source_of(request).cases(viewer.view, lambda _case: True)
+    seen = {c.surgery.surgeon.id: c.surgery.surgeon.display for c in cases if c.surgery.surgeon}
+    return sorted(seen.items(), key=lambda kv: kv[1])
+
+
+async def _filtered(
     name: str, request: Request, viewer: Viewer, keep: CaseFilter, **context: Any
 ) -> HTMLResponse:
     """A page of cases under the filter form."""
@@ -103,6 +140,8 @@ def _filtered(
         groups=vocabulary.GROUP_CODES,
         levels=vocabulary.LEVELS,
         query=_query(request),
+        surgeons=await _surgeons(request, viewer),
+        max_shift_days=request.app.state.settings.max_date_shift_days,
         **context,
     )
 
@@ -182,6 +221,16 @@ async def cohort_page(request: Request, keep: FilterDep) -> Response:
     cases, snapshot = await source_of(request).cases(viewer.view, keep)
     summary = await run_in_threadpool(summarize, cases, keep.group)
     groups = [keep.group] if keep.group else list(vocabulary.GROUPS)
+    # PROM tables by group, like the plots (the summary pools the groups).
+    prom_groups = [
+        (
+            g,
+            (
+                await run_in_threadpool(summarize, [c for c in cases if c.surgery.group == g], g)
+            ).proms,
+        )
+        for g in groups
+    ]
     quantities = [q.value for g in groups for q in vocabulary.GROUPS[g].quantities]
     prom_codes = [p.code for p in summary.proms if p.code in vocabulary.PROMS]
     return _page(
@@ -196,7 +245,11 @@ async def cohort_page(request: Request, keep: FilterDep) -> Response:
         levels=vocabulary.LEVELS,
         query=_query(request),
         paired_quantities=quantities,
+        surgeons=await _surgeons(request, viewer),
+        max_shift_days=request.app.state.settings.max_date_shift_days,
         prom_codes=prom_codes,
+        prom_groups=prom_groups,
+        group_labels=GROUP_LABELS,
     )
 
 
@@ -211,7 +264,7 @@ async def cases_page(
     if viewer is None:
         return _to_login(request)
     page = await list_cases(request, viewer, keep, limit=50, offset=offset, refresh=False)
-    return _filtered("cases.html", request, viewer, keep, page=page, warnings=page.warnings)
+    return await _filtered("cases.html", request, viewer, keep, page=page, warnings=page.warnings)
 
 
 @router.get("/cases/{case}", response_class=HTMLResponse)
@@ -262,7 +315,7 @@ async def follow_up_view(
             "its due dates would undo the pseudonymised view's date shift.",
         )
     page = await follow_up_page(request, viewer, keep, on, status)
-    return _filtered(
+    return await _filtered(
         "followup.html",
         request,
         viewer,
