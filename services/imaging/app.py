@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 
 from services.common.auth import Authenticator
 from services.common.logging import AccessLogMiddleware
@@ -48,6 +49,17 @@ def create_app(settings: ImagingSettings | None = None) -> FastAPI:
     app.state.authenticator = Authenticator(settings.auth)
     install_error_handlers(app)
     app.add_middleware(AccessLogMiddleware, logger_name="services.imaging.access")
+    if settings.cors_origins:
+        # A web viewer served from another origin (a hospital's OHIF) reads DICOMweb with
+        # a bearer token; no cookies are involved, so credentials stay off.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+            expose_headers=["Content-Location", "Content-Type", "Warning"],
+            max_age=600,
+        )
     app.include_router(dicomweb.router)
     app.include_router(studies.router)
     app.include_router(measurements.router)

@@ -27,6 +27,11 @@ class ImagingSettings(BaseSettings):
     public_base_url: str | None = Field(
         default=None, description="Base URL used in RetrieveURL (00081190); derived if unset"
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (scheme://host:port) whose pages may call DICOMweb; "
+        "empty = no cross-origin access",
+    )
 
     # DICOM association policy
     allowed_calling_aets: list[str] = Field(

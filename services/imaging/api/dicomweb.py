@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from sqlalchemy.engine import Engine
 
 from services.common.auth import Principal, require_scope
@@ -37,6 +37,10 @@ from services.imaging.intake.multipart import (
 )
 from services.imaging.intake.store import InstanceStore, StoreResult
 from services.imaging.models import Instance, Series, Study
+from services.imaging.retrieve import frames as frames_mod
+from services.imaging.retrieve.media import OCTET_STREAM, frame_rendition, rendered_media
+from services.imaging.retrieve.rendered import RenderOptions, render
+from services.imaging.retrieve.rendered import parse_options as parse_render_options
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
@@ -396,10 +400,12 @@ def _multipart_instances(request: Request, instances: list[Instance]) -> Respons
         )
     boundary = new_boundary()
 
-    def parts() -> Iterator[tuple[str, bytes]]:
+    base = _base_url(request)
+
+    def parts() -> Iterator[tuple[str, bytes, str]]:
         for inst in instances:
             ts, data = _instance_bytes(store, inst, wanted)
-            yield f"application/dicom; transfer-syntax={ts}", data
+            yield f"application/dicom; transfer-syntax={ts}", data, _instance_url(base, inst)
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(encode_parts(parts(), boundary), media_type=media)
@@ -432,12 +438,41 @@ async def retrieve_instance(
     return _multipart_instances(request, instances)
 
 
+def _instance_url(base: str, inst: Instance) -> str:
+    return (
+        f"{base}/studies/{inst.study_instance_uid}/series/{inst.series_instance_uid}"
+        f"/instances/{inst.sop_instance_uid}"
+    )
+
+
+BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+BULK_THRESHOLD = 1024  # top-level binary values above this many bytes go by BulkDataURI
+
+
 def _metadata(request: Request, instances: list[Instance]) -> list[dict[str, Any]]:
+    """DICOM JSON of each instance; Pixel Data and large top-level binary values as a
+    BulkDataURI (``.../bulk/{tag}``), as PS3.18 F.2.6 describes, nested ones inline."""
     store: InstanceStore = request.app.state.store
+    base = _base_url(request)
     out = []
     for inst in instances:
         ds = dcmread(store.path_of(inst), stop_before_pixels=True)
-        out.append(ds.to_json_dict(bulk_data_threshold=65536, bulk_data_element_handler=None))
+        url = _instance_url(base, inst)
+        bulk: dict[str, dict[str, Any]] = {}
+        for element in ds:
+            if element.VR in BULK_VRS and len(element.value or b"") > BULK_THRESHOLD:
+                tag = f"{element.tag:08X}"
+                bulk[tag] = {"vr": element.VR, "BulkDataURI": f"{url}/bulk/{tag}"}
+        if inst.rows:
+            compressed = UID(inst.transfer_syntax_uid).is_compressed
+            vr = "OB" if compressed or int(ds.get("BitsAllocated", 16)) <= 8 else "OW"
+            bulk["7FE00010"] = {"vr": vr, "BulkDataURI": f"{url}/bulk/7FE00010"}
+        for tag in bulk:
+            if int(tag, 16) in ds:
+                del ds[int(tag, 16)]
+        payload = ds.to_json_dict(bulk_data_threshold=1 << 30, bulk_data_element_handler=None)
+        payload.update(bulk)
+        out.append(dict(sorted(payload.items())))
     return out
 
 
@@ -467,6 +502,184 @@ async def instance_metadata(
     """The DICOM JSON of one instance, without pixel data."""
     instances = await run_in_threadpool(_instances_or_404, request, study, series, instance)
     return _dicom_json(await run_in_threadpool(_metadata, request, instances))
+
+
+# -- WADO-RS frames, bulk data, rendered and thumbnail ---------------------------------------
+INSTANCE_PATH = "/studies/{study}/series/{series}/instances/{instance}"
+
+
+def _one_instance(request: Request, study: str, series: str, instance: str) -> Instance:
+    return _instances_or_404(request, study, series, instance)[0]
+
+
+def _frames_response(
+    request: Request, inst: Instance, numbers: list[int] | None, location: str
+) -> Response:
+    """Frames as multipart/related, negotiated before the first byte (406 cannot follow 200)."""
+    store: InstanceStore = request.app.state.store
+    rendition = frame_rendition(request.headers.get("accept"), inst.transfer_syntax_uid)
+    ds = frames_mod.read_instance(store.path_of(inst).read_bytes())
+    wanted = numbers or list(range(1, frames_mod.number_of_frames(ds) + 1))
+    chunks = list(frames_mod.frames(ds, wanted, rendition))
+    if rendition.as_stored is False and UID(inst.transfer_syntax_uid).is_compressed:
+        content_type = f"{OCTET_STREAM}; transfer-syntax={ExplicitVRLittleEndian}"
+    else:
+        content_type = rendition.content_type
+    boundary = new_boundary()
+    parts = (
+        (content_type, chunk, f"{location}/frames/{n}" if numbers else location)
+        for n, chunk in zip(wanted, chunks, strict=True)
+    )
+    media = f'multipart/related; type="{content_type.split(";")[0]}"; boundary={boundary}'
+    return StreamingResponse(encode_parts(parts, boundary), media_type=media)
+
+
+@router.get(INSTANCE_PATH + "/frames/{frame_list}", summary="WADO-RS: retrieve frames")
+async def retrieve_frames(
+    request: Request, study: str, series: str, instance: str, frame_list: str, _principal: Reader
+) -> Response:
+    """Frames (1-based, comma-separated) as multipart/related: native
+    (``application/octet-stream``, Explicit VR Little Endian) or, when the client accepts
+    it, in the stored compressed syntax."""
+    numbers = frames_mod.parse_frame_list(frame_list)
+    inst = await run_in_threadpool(_one_instance, request, study, series, instance)
+    location = _instance_url(_base_url(request), inst)
+    return await run_in_threadpool(_frames_response, request, inst, numbers, location)
+
+
+@router.get(INSTANCE_PATH + "/bulk/{tag}", summary="WADO-RS: retrieve bulk data")
+async def retrieve_bulk(
+    request: Request, study: str, series: str, instance: str, tag: str, _principal: Reader
+) -> Response:
+    """A top-level binary value named by a metadata BulkDataURI; Pixel Data goes out as
+    its frames (negotiated like ``frames``)."""
+    if len(tag) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag):
+        raise InvalidQuery("the bulk data tag is eight hexadecimal digits")
+    inst = await run_in_threadpool(_one_instance, request, study, series, instance)
+    location = f"{_instance_url(_base_url(request), inst)}/bulk/{tag.upper()}"
+    if int(tag, 16) == 0x7FE00010:
+        return await run_in_threadpool(_frames_response, request, inst, None, location)
+    store: InstanceStore = request.app.state.store
+    ds = await run_in_threadpool(dcmread, store.path_of(inst), stop_before_pixels=True)
+    element = ds.get(int(tag, 16))
+    if element is None or element.VR not in BULK_VRS:
+        raise NotFound(f"the instance has no binary value at {tag.upper()}")
+    accept = request.headers.get("accept")
+    if accept and not any(
+        parse_content_type(a.strip()).media_type in ("multipart/related", "*/*")
+        for a in accept.split(",")
+    ):
+        raise NotAcceptable(
+            'bulk data is served as multipart/related; type="application/octet-stream"'
+        )
+    boundary = new_boundary()
+    body = encode_parts([(OCTET_STREAM, bytes(element.value), location)], boundary)
+    return StreamingResponse(
+        body, media_type=f'multipart/related; type="{OCTET_STREAM}"; boundary={boundary}'
+    )
+
+
+def _render_options(request: Request, *, thumbnail: bool) -> tuple[RenderOptions, str]:
+    q = request.query_params
+    options = parse_render_options(
+        q.get("window"), q.get("viewport"), q.get("quality"), thumbnail=thumbnail
+    )
+    return options, rendered_media(request.headers.get("accept"))
+
+
+def _render_one(
+    request: Request, inst: Instance, frame: int, options: RenderOptions, media: str
+) -> bytes:
+    store: InstanceStore = request.app.state.store
+    ds = dcmread(store.path_of(inst))
+    if frame > frames_mod.number_of_frames(ds):
+        raise NotFound(f"frame {frame} does not exist")
+    return render(ds, frame, options, media)
+
+
+def _image(payload: bytes, media: str) -> Response:
+    return Response(payload, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _representative(instances: list[Instance]) -> Instance:
+    """The middle image of the first image series (by series then instance number)."""
+    images = [i for i in instances if i.rows]
+    if not images:
+        raise NotAcceptable("no image in this study or series to render")
+    first_series = images[0].series_instance_uid
+    series = [i for i in images if i.series_instance_uid == first_series]
+    return series[len(series) // 2]
+
+
+@router.get(INSTANCE_PATH + "/rendered", summary="WADO-RS: rendered instance")
+@router.get(INSTANCE_PATH + "/frames/{frame_list}/rendered", summary="WADO-RS: rendered frame")
+async def rendered_instance(
+    request: Request,
+    study: str,
+    series: str,
+    instance: str,
+    _principal: Reader,
+    frame_list: str | None = None,
+) -> Response:
+    """The instance's first frame (or the one frame named) as JPEG or PNG, windowed by
+    ``window=center,width[,linear|linear-exact|sigmoid]`` or the data set's own window,
+    scaled to ``viewport=width,height``."""
+    options, media = _render_options(request, thumbnail=False)
+    numbers = frames_mod.parse_frame_list(frame_list) if frame_list else [1]
+    if len(numbers) != 1:
+        raise InvalidQuery("a rendered frame is one frame number")
+    inst = await run_in_threadpool(_one_instance, request, study, series, instance)
+    payload = await run_in_threadpool(_render_one, request, inst, numbers[0], options, media)
+    return _image(payload, media)
+
+
+@router.get("/studies/{study}/rendered", summary="WADO-RS: rendered study")
+@router.get("/studies/{study}/series/{series}/rendered", summary="WADO-RS: rendered series")
+async def rendered_many(
+    request: Request, study: str, _principal: Reader, series: str | None = None
+) -> Response:
+    """Every image of the study or series rendered (first frame each), as
+    multipart/related parts with their Content-Location."""
+    options, media = _render_options(request, thumbnail=False)
+    instances = await run_in_threadpool(_instances_or_404, request, study, series)
+    images = [i for i in instances if i.rows]
+    if not images:
+        raise NotAcceptable("no image in this study or series to render")
+    base = _base_url(request)
+    boundary = new_boundary()
+
+    def parts() -> Iterator[tuple[str, bytes, str]]:
+        for inst in images:
+            yield media, _render_one(request, inst, 1, options, media), _instance_url(base, inst)
+
+    return StreamingResponse(
+        encode_parts(parts(), boundary),
+        media_type=f'multipart/related; type="{media}"; boundary={boundary}',
+    )
+
+
+@router.get("/studies/{study}/thumbnail", summary="WADO-RS: study thumbnail")
+@router.get("/studies/{study}/series/{series}/thumbnail", summary="WADO-RS: series thumbnail")
+@router.get(INSTANCE_PATH + "/thumbnail", summary="WADO-RS: instance thumbnail")
+@router.get(INSTANCE_PATH + "/frames/{frame_list}/thumbnail", summary="WADO-RS: frame thumbnail")
+async def thumbnail(
+    request: Request,
+    study: str,
+    _principal: Reader,
+    series: str | None = None,
+    instance: str | None = None,
+    frame_list: str | None = None,
+) -> Response:
+    """A small rendering (128 pixels, or ``viewport``) of the frame, the instance, or the
+    middle image of the series or of the study's first image series."""
+    options, media = _render_options(request, thumbnail=True)
+    numbers = frames_mod.parse_frame_list(frame_list) if frame_list else [1]
+    if len(numbers) != 1:
+        raise InvalidQuery("a thumbnail is of one frame")
+    instances = await run_in_threadpool(_instances_or_404, request, study, series, instance)
+    inst = instances[0] if instance else _representative(instances)
+    payload = await run_in_threadpool(_render_one, request, inst, numbers[0], options, media)
+    return _image(payload, media)
 
 
 __all__ = ["Query", "router"]

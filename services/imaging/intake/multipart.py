@@ -135,11 +135,15 @@ def new_boundary() -> str:
     return f"spine-{secrets.token_hex(16)}"
 
 
-def encode_parts(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
-    """Stream (content type, body) pairs as a multipart/related body."""
+def encode_parts(
+    parts: Iterable[tuple[str, bytes] | tuple[str, bytes, str]], boundary: str
+) -> Iterator[bytes]:
+    """Stream (content type, body[, content location]) parts as a multipart/related body."""
     delimiter = f"--{boundary}\r\n".encode()
-    for content_type, body in parts:
-        yield delimiter + f"Content-Type: {content_type}\r\n\r\n".encode()
+    for part in parts:
+        content_type, body = part[0], part[1]
+        location = f"Content-Location: {part[2]}\r\n" if len(part) == 3 else ""
+        yield delimiter + f"Content-Type: {content_type}\r\n{location}\r\n".encode()
         yield body
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
