@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install system-deps lint typecheck pytest fuzz bench bench-scale bench-retrospective clean
+.PHONY: demo test install viewer system-deps lint typecheck pytest fuzz bench bench-scale bench-retrospective clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
@@ -17,10 +17,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The OHIF viewer the gateway serves at /viewer/: a pinned @ohif/app from the npm registry,
+# checked against its published SHA-512 before it is unpacked.
+VIEWER := var/ohif/3.13.2/.installed
+$(VIEWER): $(STAMP) services/gateway/viewer.py
+	$(PY) -m services.gateway install-viewer --dir var/ohif
+
+viewer: $(VIEWER)
+
 system-deps:
 	./scripts/install-system-deps.sh
 
-demo: install system-deps
+demo: install viewer system-deps
 	$(PY) -m tools.demo
 
 lint: install
@@ -30,7 +38,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install system-deps
+pytest: install viewer system-deps
 	$(PY) -m pytest
 
 test: install system-deps lint typecheck pytest

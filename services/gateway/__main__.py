@@ -1,5 +1,6 @@
-"""``python -m services.gateway serve | report``: the research gateway, and the study report
-from the command line (the same report as ``GET /api/report.pdf``)."""
+"""``python -m services.gateway serve | report | install-viewer``: the research gateway, the
+study report from the command line (the same report as ``GET /api/report.pdf``), and the
+installation of the pinned OHIF viewer it serves at ``/viewer/``."""
 
 from __future__ import annotations
 
@@ -65,7 +66,22 @@ def main(argv: list[str] | None = None) -> int:
         help="pseudonymised (default) or identified",
     )
     rep.add_argument("--group", choices=("foraminal-stenosis", "central-stenosis"))
+    inst = sub.add_parser(
+        "install-viewer", help="fetch, verify and unpack the pinned OHIF build (make viewer)"
+    )
+    inst.add_argument("--dir", type=Path, help="default: GATEWAY_VIEWER_DIR (var/ohif)")
+    inst.add_argument("--tarball", type=Path, help="an already downloaded @ohif/app .tgz")
     args = parser.parse_args(argv)
+    if args.command == "install-viewer":
+        from services.gateway.viewer import OHIF_VERSION, ViewerInstallError, install
+
+        try:
+            build = install(args.dir or GatewaySettings().viewer_dir, tarball=args.tarball)
+        except ViewerInstallError as exc:
+            print(f"install-viewer: {exc}", file=sys.stderr)
+            return 2
+        print(f"OHIF {OHIF_VERSION} installed in {build.root}")
+        return 0
     if args.command == "report":
         return asyncio.run(_report(args))
     if args.command == "serve":

@@ -23,6 +23,8 @@ from services.gateway.privacy import Pseudonymizer
 Role = Literal["researcher", "clinician", "integration"]
 ROLES: tuple[Role, ...] = ("researcher", "clinician", "integration")
 READ_SCOPE = "gateway.read"
+# Who may open images in the viewer (identified pixels and headers): never researchers.
+VIEWER_ROLES: tuple[Role, ...] = ("clinician",)
 AUDIT_SCOPE = "gateway.audit"
 
 

@@ -29,7 +29,7 @@ from services.common.operations import database_status, install_operations
 from services.common.params import After
 from services.gateway import audit
 from services.gateway.access import Auditor
-from services.gateway.api import cases, cohort, dashboard, exports, followup, report
+from services.gateway.api import cases, cohort, dashboard, exports, followup, report, viewer
 from services.gateway.api.errors import install_error_handlers
 from services.gateway.errors import UpstreamError
 from services.gateway.models import AccessRecord
@@ -40,7 +40,9 @@ from services.gateway.upstream import ImagingClient, OutcomesClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION = "0.1.0"
-AUDITED = ("/api", "/dashboard")
+AUDITED = ("/api", "/dashboard", "/viewer/dicomweb")
+# The viewer's pixel fetches (hundreds per study) are covered by its audited metadata read.
+NOT_AUDITED = re.compile(r"^/viewer/dicomweb/.*/(frames|bulk|rendered|thumbnail)(/|$)")
 CASE_PATH = re.compile(r"^/(?:api|dashboard)/cases/([A-Za-z0-9\-.]{1,64})")
 
 
@@ -51,7 +53,11 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(AUDITED):
+        if (
+            scope["type"] != "http"
+            or not scope["path"].startswith(AUDITED)
+            or NOT_AUDITED.match(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         send_wrapper, status = recording_status(send)
@@ -195,6 +201,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(followup.router)
     app.include_router(report.router)
     app.include_router(dashboard.router)
+    app.include_router(viewer.router)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

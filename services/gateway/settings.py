@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.auth import AuthSettings
@@ -49,6 +49,20 @@ class GatewaySettings(BaseSettings):
     session_cookie: str = "gateway_session"
     session_ttl_seconds: int = 8 * 3600
     secure_cookies: bool = False  # set true behind HTTPS
+
+    # The OHIF viewer (make viewer installs the pinned build here) and the link the case
+    # page offers per study: the gateway's /viewer/, or the hospital's own PACS viewer.
+    viewer_dir: Path = Path("var/ohif")
+    viewer_url_template: str = "/viewer/viewer?StudyInstanceUIDs={study_instance_uid}"
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _one_placeholder(cls, value: str) -> str:
+        try:
+            value.format(study_instance_uid="1.2.3")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("viewer_url_template may only use {study_instance_uid}") from None
+        return value
 
     log_level: str = "INFO"
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from services.common.auth import Authenticator, ServiceBearer
 from services.common.db import make_engine, upgrade_schema
 from services.common.operations import database_status
+from services.imaging.analysis.sr import MANUFACTURER
 from services.imaging.completion.lifecycle import StudyLifecycle
 from services.imaging.errors import Conflict, PacsNotConfigured
 from services.imaging.intake import pacs
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 FHIR_SCOPE = "system/Patient.crs system/ImagingStudy.crs system/Observation.crus"
 COHORT_SCOPE = "system/Procedure.rs system/Patient.rs"
-MANUFACTURER = "spine-outcomes"
 
 
 def _store(settings: ImagingSettings, engine: Engine) -> InstanceStore:

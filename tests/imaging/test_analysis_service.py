@@ -19,6 +19,15 @@ from tools.phantom import PhantomSpec, write_phantom
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("dcmtk")]
 
 
+def _items(node: Any) -> list[Any]:
+    """Every content item of an SR tree, depth first."""
+    found = []
+    for item in getattr(node, "ContentSequence", []):
+        found.append(item)
+        found += _items(item)
+    return found
+
+
 def _measurements(server: ImagingServer, study: str) -> tuple[int, Any]:
     with server.client() as client:
         response = client.get(f"/api/studies/{study}/measurements")
@@ -70,6 +79,20 @@ def test_c_store_to_measurements_sr_and_key_images(
         assert sr.Modality == "SR" and sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
         groups = [item for item in sr.ContentSequence if item.ValueType == "CONTAINER"]
         assert groups
+        # Each height line is drawn where it was measured: across the axial slices, so in
+        # the CT's frame of reference (SCOORD3D), two points in the phantom's space.
+        lines = [i for i in _items(sr) if i.ValueType == "SCOORD3D"]
+        assert len(lines) == len(measured)
+        ct_frame = dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
+        assert {i.ReferencedFrameOfReferenceUID for i in lines} == {ct_frame.FrameOfReferenceUID}
+        assert all(i.GraphicType == "POLYLINE" and len(i.GraphicData) == 6 for i in lines)
+        # The key images joined the study as Secondary Capture, listed by QIDO like the SR.
+        captures = client.get(
+            f"/dicomweb/studies/{study}/instances", params={"Modality": "OT"}
+        ).json()
+        sc_uids = {c["00080016"]["Value"][0] for c in captures}
+        assert sc_uids == {"1.2.840.10008.5.1.4.1.1.7"}
+        assert len(captures) == len(body["key_images"])
         # The SR joined the study without reopening it (no version 2, no second analysis).
         status = client.get(f"/api/studies/{study}").json()
         assert status["version"] == 1

@@ -8,10 +8,11 @@ check and one audit trail with the JSON API.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Query, Request
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException
 
 from services.common import vocabulary
 from services.common.auth import Authenticator, Principal, current_principal
-from services.gateway.access import READ_SCOPE, Viewer, viewer_for
+from services.gateway.access import READ_SCOPE, VIEWER_ROLES, Viewer, viewer_for
 from services.gateway.api.cases import FilterDep, list_cases, resolve_case, source_of
 from services.gateway.api.followup import follow_up_page
 from services.gateway.cohort import summarize
@@ -146,18 +147,25 @@ async def _filtered(
     )
 
 
+def _next_page(target: str) -> str:
+    """Where to go after signing in: a page of this gateway, never another site."""
+    local = (
+        target.startswith(("/dashboard", "/viewer/")) and "//" not in target and "\\" not in target
+    )
+    return target if local else "/dashboard/"
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_form(next: str = "/dashboard/") -> HTMLResponse:
     """The sign-in page."""
-    return _page("login.html", next=next if next.startswith("/dashboard") else "/dashboard/")
+    return _page("login.html", next=_next_page(next))
 
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
     """Sign in with a user and password, or a bearer token; sets the session cookie."""
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
-    target = form.get("next", "/dashboard/")
-    target = target if target.startswith("/dashboard") else "/dashboard/"
+    target = _next_page(form.get("next", "/dashboard/"))
     authenticator: Authenticator = request.app.state.authenticator
     settings = request.app.state.settings
     principal: Principal | None = None
@@ -291,7 +299,17 @@ async def case_page(request: Request, case: str) -> Response:
         c=built,
         time_points=vocabulary.TIME_POINT_CODES,
         prom_rows=prom_rows,
+        viewer_link=_viewer_link(request) if viewer.role in VIEWER_ROLES else None,
     )
+
+
+def _viewer_link(request: Request) -> Callable[[str], str]:
+    template: str = request.app.state.settings.viewer_url_template
+
+    def link(study_instance_uid: str) -> str:
+        return template.format(study_instance_uid=quote(study_instance_uid, safe=""))
+
+    return link
 
 
 @router.get("/follow-up", response_class=HTMLResponse)

@@ -13,7 +13,9 @@ from services.gateway.errors import GatewayError, UpstreamError
 
 
 def _dashboard(request: Request) -> bool:
-    return request.url.path.startswith("/dashboard")
+    """Pages answer errors as pages; the APIs (and the viewer's DICOMweb) in JSON."""
+    path = request.url.path
+    return path.startswith(("/dashboard", "/viewer/")) and not path.startswith("/viewer/dicomweb")
 
 
 def _page(status: int, reason: str) -> HTMLResponse:

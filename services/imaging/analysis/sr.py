@@ -1,9 +1,13 @@
 """The analysis result as a DICOM Comprehensive 3D SR: a TID 1500 measurement report.
 
-One measurement group (TID 1501) per measured value, tracked by level, side and quantity,
-each measurement referencing the source image it was taken on, with the algorithm's name
-and version (TID 4019). Values that need review are left out of the report: the SR only
-carries what the service stands behind.
+One measurement group per measured value, tracked by level, side and quantity, with the
+algorithm's name and version (TID 4019). Where the measurement's construction is known
+(the height line's two end points, the sac's contour), the group is a planar ROI (TID
+1410) whose region a viewer draws over the images: a SCOORD on the acquired image when
+the construction lies in that image's plane (the sac contour on an axial slice), else a
+SCOORD3D in the series' frame of reference (a height line across axial slices, which lies
+in a reformatted plane; the key image shows that plane). Values that need review are left
+out: the SR only carries what the service stands behind.
 """
 
 from __future__ import annotations
@@ -12,16 +16,25 @@ import io
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
+from PIL import Image
 from pydicom import Dataset, dcmwrite
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from services.common.vocabulary import QUANTITIES, SR_SCHEME
-from services.imaging.analysis.report import ALGORITHM_NAME, ALGORITHM_VERSION, AnalysisResult
+from services.imaging.analysis.report import (
+    ALGORITHM_NAME,
+    ALGORITHM_VERSION,
+    AnalysisResult,
+    Measurement,
+)
 
 PROCEDURE = Code("SPINE-DECOMP", SR_SCHEME, "Lumbar decompression measurement")
 SR_SERIES_NUMBER = 9001
+KEY_IMAGE_SERIES_NUMBER = 9002
+MANUFACTURER = "spine-outcomes"  # of the SR and the key images we write
 
 
 # What the SR copies from its evidence; Type 2 attributes absent there are sent empty.
@@ -57,6 +70,66 @@ def _header(ds: Dataset) -> Dataset:
     return out
 
 
+def _in_plane_tolerance(ds: Dataset) -> float:
+    thickness = ds.get("SliceThickness")
+    try:
+        return max(0.5 * float(thickness), 0.5) if thickness not in (None, "") else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def region(
+    m: Measurement, source: Dataset | None
+) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D | None:
+    """Where the measurement was constructed, as a viewer draws it over the images."""
+    if not m.points or source is None:
+        return None
+    points = np.asarray(m.points, dtype=np.float64)
+    geometry = QUANTITIES[m.quantity].geometry
+    if geometry == "contour":
+        if len(points) < 3:
+            return None
+        if not np.allclose(points[0], points[-1]):
+            points = np.vstack([points, points[:1]])  # a POLYGON closes on its first point
+        # A closed POLYLINE is the 2D polygon (SCOORD has no POLYGON, SCOORD3D has).
+        graphic_2d = hd.sr.GraphicTypeValues.POLYLINE
+        graphic_3d = hd.sr.GraphicTypeValues3D.POLYGON
+    elif geometry == "line" and len(points) == 2:
+        graphic_2d = hd.sr.GraphicTypeValues.POLYLINE
+        graphic_3d = hd.sr.GraphicTypeValues3D.POLYLINE
+    else:
+        return None
+    try:
+        origin = np.array([float(v) for v in source.ImagePositionPatient])
+        orientation = np.array([float(v) for v in source.ImageOrientationPatient])
+        row_spacing, column_spacing = (float(v) for v in source.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    along_row, along_column = orientation[:3], orientation[3:]
+    normal = np.cross(along_row, along_column)
+    relative = points - origin
+    if np.max(np.abs(relative @ normal)) <= _in_plane_tolerance(source):
+        # Image coordinates: (column, row), (0, 0) the top left corner of the first pixel,
+        # whose centre is Image Position (Patient).
+        columns = relative @ along_row / column_spacing + 0.5
+        rows = relative @ along_column / row_spacing + 0.5
+        return hd.sr.ImageRegion(
+            graphic_type=graphic_2d,
+            graphic_data=np.stack([columns, rows], axis=1),
+            source_image=hd.sr.SourceImageForRegion(
+                str(source.SOPClassUID), str(source.SOPInstanceUID)
+            ),
+        )
+    frame_of_reference = source.get("FrameOfReferenceUID")
+    if not frame_of_reference:
+        return None
+    return hd.sr.ImageRegion3D(
+        graphic_type=graphic_3d,
+        graphic_data=points,
+        frame_of_reference_uid=str(frame_of_reference),
+    )
+
+
 def build_sr(
     result: AnalysisResult,
     evidence: Sequence[Dataset],
@@ -66,6 +139,7 @@ def build_sr(
     """The SR of ``result``; ``evidence`` are the measured series' data sets. An SR that
     replaces earlier ones (a re-analysis) names them in its Predecessor Documents
     Sequence, the DICOM way of superseding a report."""
+    geometry_of = {str(ds.SOPInstanceUID): ds for ds in evidence}
     evidence = [_header(ds) for ds in evidence]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in evidence}
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=ALGORITHM_VERSION)
@@ -76,7 +150,10 @@ def build_sr(
             name=ALGORITHM_NAME,
         ),
     )
-    groups = []
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
     for m in result.measurements:
         if m.value is None:
             continue
@@ -95,11 +172,23 @@ def build_sr(
             algorithm_id=algorithm,
             referenced_images=refs or None,
         )
+        tracking = hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier=f"{where} {m.quantity}"[:64]
+        )
+        drawn = region(m, geometry_of.get(m.sop_instance_uid or ""))
+        if drawn is not None:
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking,
+                    referenced_region=drawn,
+                    measurements=[measurement],
+                    algorithm_id=algorithm,
+                )
+            )
+            continue
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(), identifier=f"{where} {m.quantity}"[:64]
-                ),
+                tracking_identifier=tracking,
                 measurements=[measurement],
                 algorithm_id=algorithm,
             )
@@ -118,7 +207,7 @@ def build_sr(
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=generate_uid(),
         instance_number=1,
-        manufacturer="spine-outcomes",
+        manufacturer=MANUFACTURER,
         series_description=f"{ALGORITHM_NAME} {ALGORITHM_VERSION} measurements",
         is_complete=True,
         previous_versions=list(previous_versions) or None,
@@ -129,3 +218,31 @@ def to_bytes(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def secondary_captures(
+    pngs: Sequence[bytes], reference: Dataset, *, manufacturer: str
+) -> list[Dataset]:
+    """The key images (RGB PNG overlays) as DICOM Secondary Capture instances in one new
+    series of the study ``reference`` belongs to (its patient and study are copied)."""
+    series_uid = generate_uid(entropy_srcs=[str(reference.SOPInstanceUID), "key-images"])
+    out: list[Dataset] = []
+    for number, png in enumerate(pngs, start=1):
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=reference,
+            pixel_array=pixels,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_uid,
+            series_number=KEY_IMAGE_SERIES_NUMBER,
+            sop_instance_uid=generate_uid(entropy_srcs=[series_uid, str(number)]),
+            instance_number=number,
+            manufacturer=manufacturer,
+            patient_orientation=("L", "P"),
+            series_description="Key images of the decompression measurements",
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+        )
+        out.append(sc)
+    return out

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from services.imaging.analysis.pipeline import Analysis, analyze_paths
 from services.imaging.analysis.report import ALGORITHM_NAME, ALGORITHM_VERSION
-from services.imaging.analysis.sr import build_sr, to_bytes
+from services.imaging.analysis.sr import MANUFACTURER, build_sr, secondary_captures, to_bytes
 from services.imaging.intake.store import DERIVED_SOURCE, InstanceStore
 from services.imaging.jobs.table import Claim
 from services.imaging.metrics import ANALYSES, ANALYSIS_SECONDS
@@ -110,6 +110,11 @@ class AnalysisRunner:
             delivery_ids = [d.id for d in deliveries if d.id is not None]
         if sr is not None:  # our copy, for WADO and the next version's predecessor
             self.store.put(to_bytes(sr), source=DERIVED_SOURCE)
+            # The key images join the study as Secondary Capture, as the PACS gets them
+            # (same UIDs), so that a viewer on our DICOMweb lists them beside the SR.
+            pngs = [image.png for image in analysis.key_images]
+            for capture in secondary_captures(pngs, sr, manufacturer=MANUFACTURER):
+                self.store.put(to_bytes(capture), source=DERIVED_SOURCE)
         ANALYSIS_SECONDS.observe(time.perf_counter() - started)
         ANALYSES.labels(outcome=result.status).inc()
         log.info(

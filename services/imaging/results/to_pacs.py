@@ -8,23 +8,19 @@ patient.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import Protocol
 
-import numpy as np
 import requests
 from dicomweb_client.api import DICOMwebClient
-from PIL import Image
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from services.imaging.analysis.sr import secondary_captures
 from services.imaging.errors import DeliveryError
 from services.imaging.models import MeasurementSet
 from services.imaging.results.folder import ResultsFolder
-
-KEY_IMAGE_SERIES_NUMBER = 9002
 
 
 class PacsSender(Protocol):
@@ -80,36 +76,6 @@ class CStoreSender:
         finally:
             assoc.release()
         return f"c-store:{len(datasets)}"
-
-
-def secondary_captures(
-    pngs: Sequence[bytes], reference: Dataset, *, manufacturer: str
-) -> list[Dataset]:
-    """The key images (RGB PNG overlays) as DICOM Secondary Capture instances in one new
-    series of the study ``reference`` belongs to (its patient and study are copied)."""
-    import highdicom as hd
-
-    series_uid = generate_uid(entropy_srcs=[str(reference.SOPInstanceUID), "key-images"])
-    out: list[Dataset] = []
-    for number, png in enumerate(pngs, start=1):
-        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-        sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=reference,
-            pixel_array=pixels,
-            photometric_interpretation="RGB",
-            bits_allocated=8,
-            coordinate_system="PATIENT",
-            series_instance_uid=series_uid,
-            series_number=KEY_IMAGE_SERIES_NUMBER,
-            sop_instance_uid=generate_uid(entropy_srcs=[series_uid, str(number)]),
-            instance_number=number,
-            manufacturer=manufacturer,
-            patient_orientation=("L", "P"),
-            series_description="Key images of the decompression measurements",
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-        )
-        out.append(sc)
-    return out
 
 
 class PacsTarget:
