@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import contourpy
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -143,8 +144,12 @@ def _measure_slice(
     fraction = np.clip((crop - outside) / (inside - outside), 0, 1)
     area_px = float(solid.sum() + fraction[band].sum())
     area = area_px * spacing[0] * spacing[1]
-    edge_mask = core & ~ndimage.binary_erosion(core)
-    jj, ii = np.nonzero(edge_mask)
+    # The mask's border as one ordered, closed polygon (the 0.5 iso-line between inside
+    # and outside pixel centres), as a reader's contour tool would draw it.
+    generator = contourpy.contour_generator(z=np.pad(core, 1).astype(np.float64))
+    lines: list[FloatArray] = list(generator.lines(0.5))  # type: ignore[arg-type]
+    border = max(lines, key=lambda line: line.shape[0]) - 1.0  # undo the padding
+    ii, jj = border[:, 0], border[:, 1]
     pts = np.stack([ii + i_lo, jj + j_lo, np.full(ii.shape, k)], axis=1) * spacing
     contour = origin + pts @ direction.T
     cj, ci = ndimage.center_of_mass(core)

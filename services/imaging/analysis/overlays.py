@@ -104,8 +104,8 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
     origin = centre + 30 * left - 30 * posterior
     image, axes = _render(sampler, origin, -left, posterior, (60, 60), modality)
     draw = ImageDraw.Draw(image)
-    for x, y in _to_pixels(contour, origin, axes):
-        draw.point((x, y), fill=(255, 200, 0))
+    outline = _to_pixels(contour, origin, axes)
+    draw.line([*outline, outline[0]], fill=(255, 200, 0), width=2)
     where = m.level or f"level #{m.level_index}"
     value = f"{m.value:.0f} mm²" if m.value is not None else f"review: {m.reason}"
     draw.text((6, 6), f"{where} dural sac", fill=(255, 255, 255))
