@@ -9,7 +9,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY services ./services
 RUN pip install . && useradd --system --uid 10001 --home /data spine \
-    && mkdir -p /data && chown spine /data
+    && mkdir -p /data && chown spine /data \
+    && python -m services.gateway install-viewer --dir /app/ohif
+ENV GATEWAY_VIEWER_DIR=/app/ohif
 USER spine
 WORKDIR /data
 EXPOSE 8000 8001 8002 11112

@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install viewer system-deps lint typecheck pytest fuzz bench bench-scale bench-retrospective clean
+.PHONY: demo test install viewer system-deps lint typecheck pytest fuzz bench bench-scale bench-retrospective bench-viewer clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
@@ -51,6 +51,9 @@ bench: install system-deps
 
 bench-scale: install system-deps
 	$(PY) bench/scale.py
+
+bench-viewer: install system-deps
+	$(PY) bench/viewer.py
 
 bench-retrospective: install system-deps
 	$(PY) bench/retrieval.py

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,13 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from services.gateway.privacy import Pseudonymizer
-from tests.conftest import _require
 from tests.gateway.conftest import RESEARCHER_PASSWORD, Stack
+from tests.harness.browser import chromium
 from tests.harness.gateway import PSEUDONYM_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,24 +27,8 @@ IMAGES_LOADED = (
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    binary = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver")
-    _require(binary is not None and driver_path is not None, "chromium and chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(binary)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,2400",
-        "--disable-gpu",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(driver_path)), options=options)
-    try:
+    with chromium((1400, 2400), ("--disable-gpu",)) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _drawn(png: bytes, box: tuple[int, int, int, int]) -> float:

@@ -12,6 +12,7 @@ from tests.harness.imaging import TEST_KEY
 from tests.harness.net import free_port
 from tests.harness.server import ServiceHarness
 
+VIEWER_DIR = Path(__file__).resolve().parents[2] / "var" / "ohif"  # make viewer puts it here
 PSEUDONYM_KEY = "test-pseudonym-key-" + "fedcba9876543210" * 2
 
 
@@ -31,6 +32,7 @@ class GatewayServer(ServiceHarness):
             "outcomes_url": outcomes_url,
             "pseudonym_key": PSEUDONYM_KEY,
             "auth": AuthSettings(secret_key=TEST_KEY),
+            "viewer_dir": VIEWER_DIR,
         }
         values.update(overrides)
         self.settings = GatewaySettings(**values)
