@@ -79,13 +79,13 @@ def test_c_store_to_measurements_sr_and_key_images(
         assert sr.Modality == "SR" and sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
         groups = [item for item in sr.ContentSequence if item.ValueType == "CONTAINER"]
         assert groups
-        # Each height line is drawn where it was measured: across the axial slices, so in
-        # the CT's frame of reference (SCOORD3D), two points in the phantom's space.
-        lines = [i for i in _items(sr) if i.ValueType == "SCOORD3D"]
+        # Each height line lies across the axial slices, in a para-sagittal plane: the SR
+        # draws it on the key image of that plane (a SCOORD on a Secondary Capture).
+        lines = [i for i in _items(sr) if i.ValueType == "SCOORD"]
         assert len(lines) == len(measured)
-        ct_frame = dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
-        assert {i.ReferencedFrameOfReferenceUID for i in lines} == {ct_frame.FrameOfReferenceUID}
-        assert all(i.GraphicType == "POLYLINE" and len(i.GraphicData) == 6 for i in lines)
+        assert all(i.GraphicType == "POLYLINE" and len(i.GraphicData) == 4 for i in lines)
+        referenced = [i.ContentSequence[0].ReferencedSOPSequence[0] for i in lines]
+        assert {r.ReferencedSOPClassUID for r in referenced} == {"1.2.840.10008.5.1.4.1.1.7"}
         # The key images joined the study as Secondary Capture, listed by QIDO like the SR.
         captures = client.get(
             f"/dicomweb/studies/{study}/instances", params={"Modality": "OT"}
@@ -93,6 +93,8 @@ def test_c_store_to_measurements_sr_and_key_images(
         sc_uids = {c["00080016"]["Value"][0] for c in captures}
         assert sc_uids == {"1.2.840.10008.5.1.4.1.1.7"}
         assert len(captures) == len(body["key_images"])
+        stored = {c["00080018"]["Value"][0] for c in captures}
+        assert {r.ReferencedSOPInstanceUID for r in referenced} <= stored
         # The SR joined the study without reopening it (no version 2, no second analysis).
         status = client.get(f"/api/studies/{study}").json()
         assert status["version"] == 1

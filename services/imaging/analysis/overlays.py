@@ -25,9 +25,12 @@ class KeyImage:
     name: str  # file-safe: quantity_level-or-index_side
     caption: str
     png: bytes
+    # The construction drawn, in the image's own (column, row) coordinates with (0, 0) the
+    # top left corner of the first pixel: the SR points a viewer at it on the key image.
+    graphic: tuple[tuple[float, float], ...] = ()
 
 
-def _name(m: Measurement) -> str:
+def key_image_name(m: Measurement) -> str:
     where = m.level or f"index{m.level_index}"
     return "_".join(x for x in (m.quantity, where, m.side or "") if x)
 
@@ -64,6 +67,12 @@ def _to_pixels(
     return [(float(a), float(b)) for a, b in rel]
 
 
+def _graphic(pixels: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """Drawing positions as image coordinates: a sample's centre is half a sample (SCALE
+    output pixels wide) in from its corner."""
+    return tuple((x + SCALE / 2, y + SCALE / 2) for x, y in pixels)
+
+
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
@@ -90,7 +99,7 @@ def height_image(sampler: Sampler, m: Measurement, axis: FloatArray, modality: s
     value = f"{m.value:.1f} mm" if m.value is not None else f"review: {m.reason}"
     draw.text((6, 6), text, fill=(255, 255, 255))
     draw.text((6, 20), value, fill=colour)
-    return KeyImage(_name(m), f"{text}: {value}", _png(image))
+    return KeyImage(key_image_name(m), f"{text}: {value}", _png(image), _graphic([pa, pb]))
 
 
 def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: str) -> KeyImage:
@@ -110,4 +119,5 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
     value = f"{m.value:.0f} mm²" if m.value is not None else f"review: {m.reason}"
     draw.text((6, 6), f"{where} dural sac", fill=(255, 255, 255))
     draw.text((6, 20), value, fill=(255, 200, 0))
-    return KeyImage(_name(m), f"{where} dural sac area: {value}", _png(image))
+    caption = f"{where} dural sac area: {value}"
+    return KeyImage(key_image_name(m), caption, _png(image), _graphic(outline))

@@ -5,8 +5,9 @@ algorithm's name and version (TID 4019). Where the measurement's construction is
 (the height line's two end points, the sac's contour), the group is a planar ROI (TID
 1410) whose region a viewer draws over the images: a SCOORD on the acquired image when
 the construction lies in that image's plane (the sac contour on an axial slice), else a
-SCOORD3D in the series' frame of reference (a height line across axial slices, which lies
-in a reformatted plane; the key image shows that plane). Values that need review are left
+SCOORD on the key image that shows its reformatted plane (a height line across axial
+slices), else a SCOORD3D in the series' frame of reference. The key images are Secondary
+Capture instances of the same study, part of the SR's evidence. Values that need review are left
 out: the SR only carries what the service stands behind.
 """
 
@@ -24,6 +25,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from services.common.vocabulary import QUANTITIES, SR_SCHEME
+from services.imaging.analysis.overlays import KeyImage, key_image_name
 from services.imaging.analysis.report import (
     ALGORITHM_NAME,
     ALGORITHM_VERSION,
@@ -130,17 +132,34 @@ def region(
     )
 
 
+def _on_key_image(m: Measurement, image: KeyImage, capture: Dataset) -> hd.sr.ImageRegion | None:
+    points = list(image.graphic)
+    if len(points) < 2:
+        return None
+    if QUANTITIES[m.quantity].geometry == "contour" and points[0] != points[-1]:
+        points.append(points[0])
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(points, dtype=np.float64),
+        source_image=hd.sr.SourceImageForRegion(
+            str(capture.SOPClassUID), str(capture.SOPInstanceUID)
+        ),
+    )
+
+
 def build_sr(
     result: AnalysisResult,
     evidence: Sequence[Dataset],
     *,
     previous_versions: Sequence[Dataset] = (),
+    key_images: Sequence[tuple[KeyImage, Dataset]] = (),
 ) -> Dataset:
     """The SR of ``result``; ``evidence`` are the measured series' data sets. An SR that
     replaces earlier ones (a re-analysis) names them in its Predecessor Documents
     Sequence, the DICOM way of superseding a report."""
     geometry_of = {str(ds.SOPInstanceUID): ds for ds in evidence}
-    evidence = [_header(ds) for ds in evidence]
+    captured = {image.name: (image, capture) for image, capture in key_images}
+    evidence = [_header(ds) for ds in (*evidence, *(capture for _, capture in key_images))]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in evidence}
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=ALGORITHM_VERSION)
     device = hd.sr.ObserverContext(
@@ -175,7 +194,12 @@ def build_sr(
         tracking = hd.sr.TrackingIdentifier(
             uid=generate_uid(), identifier=f"{where} {m.quantity}"[:64]
         )
-        drawn = region(m, geometry_of.get(m.sop_instance_uid or ""))
+        drawn: hd.sr.ImageRegion | hd.sr.ImageRegion3D | None = region(
+            m, geometry_of.get(m.sop_instance_uid or "")
+        )
+        if not isinstance(drawn, hd.sr.ImageRegion) and key_image_name(m) in captured:
+            # Out of the acquired plane: drawn on the key image that shows its plane.
+            drawn = _on_key_image(m, *captured[key_image_name(m)]) or drawn
         if drawn is not None:
             groups.append(
                 hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -221,11 +245,17 @@ def to_bytes(dataset: Dataset) -> bytes:
 
 
 def secondary_captures(
-    pngs: Sequence[bytes], reference: Dataset, *, manufacturer: str
+    pngs: Sequence[bytes],
+    reference: Dataset,
+    *,
+    manufacturer: str,
+    series_instance_uid: str | None = None,
 ) -> list[Dataset]:
     """The key images (RGB PNG overlays) as DICOM Secondary Capture instances in one new
     series of the study ``reference`` belongs to (its patient and study are copied)."""
-    series_uid = generate_uid(entropy_srcs=[str(reference.SOPInstanceUID), "key-images"])
+    series_uid = series_instance_uid or generate_uid(
+        entropy_srcs=[str(reference.SOPInstanceUID), "key-images"]
+    )
     out: list[Dataset] = []
     for number, png in enumerate(pngs, start=1):
         pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

@@ -10,6 +10,7 @@ import logging
 import time
 
 from pydicom import Dataset
+from pydicom.uid import generate_uid
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
@@ -57,7 +58,8 @@ class AnalysisRunner:
         started = time.perf_counter()
         analysis = self.analyse(claim)
         result = analysis.result.to_contract()
-        sr = self._sr(analysis, self._current(claim.study_instance_uid))
+        captures = self._captures(analysis)
+        sr = self._sr(analysis, self._current(claim.study_instance_uid), captures)
         folder = self.results.write(
             claim.study_instance_uid,
             claim.study_version,
@@ -65,6 +67,7 @@ class AnalysisRunner:
             claim.attempt,
             analysis.key_images,
             sr,
+            captures if sr is not None else [],
         )
         with Session(self.engine) as session:
             fenced = session.connection().execute(
@@ -110,10 +113,9 @@ class AnalysisRunner:
             delivery_ids = [d.id for d in deliveries if d.id is not None]
         if sr is not None:  # our copy, for WADO and the next version's predecessor
             self.store.put(to_bytes(sr), source=DERIVED_SOURCE)
-            # The key images join the study as Secondary Capture, as the PACS gets them
-            # (same UIDs), so that a viewer on our DICOMweb lists them beside the SR.
-            pngs = [image.png for image in analysis.key_images]
-            for capture in secondary_captures(pngs, sr, manufacturer=MANUFACTURER):
+            # The key images join the study as Secondary Capture (the instances the SR
+            # points at, the ones the PACS gets), so a viewer on our DICOMweb lists them.
+            for capture in captures:
                 self.store.put(to_bytes(capture), source=DERIVED_SOURCE)
         ANALYSIS_SECONDS.observe(time.perf_counter() - started)
         ANALYSES.labels(outcome=result.status).inc()
@@ -133,7 +135,21 @@ class AnalysisRunner:
         with Session(self.engine) as session:
             return current_measurement_set(session, study_instance_uid)
 
-    def _sr(self, analysis: Analysis, previous: MeasurementSet | None) -> Dataset | None:
+    @staticmethod
+    def _captures(analysis: Analysis) -> list[Dataset]:
+        """The key images as Secondary Capture, in a new series of the measured study."""
+        if not analysis.key_images or not analysis.evidence:
+            return []
+        return secondary_captures(
+            [image.png for image in analysis.key_images],
+            analysis.evidence[0],
+            manufacturer=MANUFACTURER,
+            series_instance_uid=generate_uid(),
+        )
+
+    def _sr(
+        self, analysis: Analysis, previous: MeasurementSet | None, captures: list[Dataset]
+    ) -> Dataset | None:
         if not any(m.value is not None for m in analysis.result.measurements):
             return None
         predecessor = self.results.sr(previous) if previous is not None else None
@@ -141,4 +157,5 @@ class AnalysisRunner:
             analysis.result,
             analysis.evidence,
             previous_versions=[predecessor] if predecessor is not None else [],
+            key_images=list(zip(analysis.key_images, captures, strict=True)),
         )

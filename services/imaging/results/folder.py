@@ -1,8 +1,9 @@
 """The results folder, and its only owner: where an analysis's key images and SR are
 written, and where the API, the outbox and the next re-analysis read them back.
 
-Layout: ``<root>/<StudyInstanceUID>/v<version>/job<id>-a<attempt>/`` holding ``sr.dcm``
-and one ``<name>.png`` per key image. A folder belongs to one attempt of one job, so a
+Layout: ``<root>/<StudyInstanceUID>/v<version>/job<id>-a<attempt>/`` holding ``sr.dcm``,
+one ``<name>.png`` per key image and the key images as the Secondary Capture instances
+the SR references (``capture-<n>.dcm``). A folder belongs to one attempt of one job, so a
 fenced-out attempt never overwrites the committed one; the measurement set records its
 folder (``key_images_dir``).
 """
@@ -20,6 +21,7 @@ from services.imaging.analysis.sr import to_bytes
 from services.imaging.models import MeasurementSet
 
 SR_FILE = "sr.dcm"
+CAPTURE_PREFIX = "capture-"
 KEY_IMAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
 
 
@@ -37,6 +39,7 @@ class ResultsFolder:
         attempt: int,
         key_images: Sequence[KeyImage],
         sr: Dataset | None,
+        captures: Sequence[Dataset] = (),
     ) -> Path:
         """Write one attempt's files; returns the folder to record with the result."""
         folder = self.root / study_instance_uid / f"v{study_version}" / f"job{job_id}-a{attempt}"
@@ -45,6 +48,8 @@ class ResultsFolder:
             (folder / f"{image.name}.png").write_bytes(image.png)
         if sr is not None:
             (folder / SR_FILE).write_bytes(to_bytes(sr))
+        for number, capture in enumerate(captures, start=1):
+            (folder / f"{CAPTURE_PREFIX}{number:03d}.dcm").write_bytes(to_bytes(capture))
         return folder
 
     @staticmethod
@@ -74,3 +79,11 @@ class ResultsFolder:
         """Every key image's PNG, in name order."""
         folder = self._folder(measurement_set)
         return [p.read_bytes() for p in sorted(folder.glob("*.png"))] if folder else []
+
+    def captures(self, measurement_set: MeasurementSet) -> list[Dataset]:
+        """The key images' Secondary Capture instances that the SR references (none for
+        results written before they were kept)."""
+        folder = self._folder(measurement_set)
+        if folder is None:
+            return []
+        return [dcmread(p) for p in sorted(folder.glob(f"{CAPTURE_PREFIX}*.dcm"))]

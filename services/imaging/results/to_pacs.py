@@ -98,7 +98,10 @@ class PacsTarget:
             return {"skipped": "no measured value, so no SR"}
         datasets: list[Dataset] = [sr]
         if self.key_images:
-            pngs = self.results.key_images(measurement_set)
-            datasets += secondary_captures(pngs, sr, manufacturer=self.manufacturer)
+            # The instances the SR references; a result kept before they were stored gets
+            # them made from its PNGs.
+            datasets += self.results.captures(measurement_set) or secondary_captures(
+                self.results.key_images(measurement_set), sr, manufacturer=self.manufacturer
+            )
         how = self.sender.send(datasets)
         return {"sent": how, "sr": str(sr.SOPInstanceUID), "instances": len(datasets)}

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from services.imaging.analysis.pipeline import analyze_paths
-from services.imaging.analysis.sr import build_sr
+from services.imaging.analysis.sr import build_sr, secondary_captures
 from tools.phantom import PhantomSpec, write_phantom
 
 
@@ -73,3 +74,36 @@ def test_sac_contours_are_drawn_on_the_axial_slice_they_were_measured_on(
     lines = [i for i in _items(sr) if i.ValueType == "SCOORD3D"]
     frame = next(iter(images.values())).FrameOfReferenceUID
     assert all(i.ReferencedFrameOfReferenceUID == frame for i in lines)
+
+
+def test_height_lines_are_drawn_on_the_key_image_of_their_plane(tmp_path: Path) -> None:
+    spec = PhantomSpec(
+        modality="CT", pixel_spacing=1.2, slice_spacing=1.5, stenosis="foraminal", seed=8
+    )
+    write_phantom(spec, tmp_path)
+    analysis = analyze_paths(sorted(tmp_path.glob("*.dcm")))
+    captures = secondary_captures(
+        [image.png for image in analysis.key_images],
+        analysis.evidence[0],
+        manufacturer="test",
+        series_instance_uid=generate_uid(),
+    )
+    sr = build_sr(
+        analysis.result,
+        analysis.evidence,
+        key_images=list(zip(analysis.key_images, captures, strict=True)),
+    )
+    by_uid = {str(c.SOPInstanceUID): c for c in captures}
+    lines = [i for i in _items(sr) if i.ValueType == "SCOORD"]
+    measured = [m for m in analysis.result.measurements if m.value is not None]
+    assert len(lines) == len(measured) > 0
+    assert not [i for i in _items(sr) if i.ValueType == "SCOORD3D"]
+    for item in lines:
+        capture = by_uid[item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID]
+        (x0, y0), (x1, y1) = np.array(item.GraphicData, dtype=np.float64).reshape(2, 2)
+        pixels = capture.pixel_array
+        # The coordinates lie on the line burned into the key image (its yellow).
+        for t in (0.25, 0.5, 0.75):
+            column, row = int(x0 + t * (x1 - x0)), int(y0 + t * (y1 - y0))
+            around = pixels[max(row - 2, 0) : row + 3, max(column - 2, 0) : column + 3]
+            assert (np.abs(around.astype(int) - (255, 200, 0)).sum(axis=-1) < 30).any()
