@@ -41,8 +41,13 @@ from services.gateway.upstream import ImagingClient, OutcomesClient
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION = "0.1.0"
 AUDITED = ("/api", "/dashboard", "/viewer/dicomweb")
-# The viewer's pixel fetches (hundreds per study) are covered by its audited metadata read.
-NOT_AUDITED = re.compile(r"^/viewer/dicomweb/.*/(frames|bulk|rendered|thumbnail)(/|$)")
+# The viewer's per-image pixel fetches (hundreds per study: an instance's frames or
+# thumbnail) are not recorded one by one; searches, metadata, bulk data and whole-study or
+# series renderings are.
+NOT_AUDITED = re.compile(
+    r"/viewer/dicomweb/studies/[^/]+/series/[^/]+/instances/[^/]+"
+    r"/(frames/[0-9,]+(/rendered|/thumbnail)?|rendered|thumbnail)"
+)
 CASE_PATH = re.compile(r"^/(?:api|dashboard)/cases/([A-Za-z0-9\-.]{1,64})")
 
 
@@ -56,7 +61,7 @@ class AuditMiddleware:
         if (
             scope["type"] != "http"
             or not scope["path"].startswith(AUDITED)
-            or NOT_AUDITED.match(scope["path"])
+            or NOT_AUDITED.fullmatch(scope["path"])
         ):
             await self.app(scope, receive, send)
             return

@@ -25,6 +25,9 @@ class GatewaySettings(BaseSettings):
 
     # Upstreams (their public APIs only)
     imaging_url: str = "http://127.0.0.1:8001"
+    # The imaging service's IMAGING_PUBLIC_BASE_URL when it has one: its links in DICOM JSON
+    # start with it, and the viewer's relay points them at itself.
+    imaging_public_url: str | None = None
     outcomes_url: str = "http://127.0.0.1:8002/fhir"
     # Credentials for the upstream calls. Unset: the gateway signs its own short-lived
     # integration token with the shared AUTH key (all services configured alike).

@@ -51,14 +51,14 @@ class ViewerBuild:
 
     def file(self, relative: str) -> Path | None:
         """The build's file at ``relative``, or None (never a path outside the build)."""
-        if not relative or relative.startswith("/") or "\\" in relative:
+        if not relative or relative.startswith("/") or "\\" in relative or "\x00" in relative:
             return None
-        candidate = (self.root / relative).resolve()
         try:
+            candidate = (self.root / relative).resolve()
             candidate.relative_to(self.root.resolve())
-        except ValueError:
+            return candidate if candidate.is_file() else None
+        except (ValueError, OSError):
             return None
-        return candidate if candidate.is_file() else None
 
 
 def installed(directory: Path, version: str = OHIF_VERSION) -> ViewerBuild | None:

@@ -32,7 +32,6 @@ from sqlalchemy.engine import Engine
 from services.common.auth import Authenticator, ServiceBearer
 from services.common.db import make_engine, upgrade_schema
 from services.common.operations import database_status
-from services.imaging.analysis.sr import MANUFACTURER
 from services.imaging.completion.lifecycle import StudyLifecycle
 from services.imaging.errors import Conflict, PacsNotConfigured
 from services.imaging.intake import pacs
@@ -84,14 +83,7 @@ def _targets(
             settings.pacs_timeout_seconds,
         )
     if sender is not None:
-        targets.append(
-            PacsTarget(
-                sender,
-                results,
-                key_images=settings.results_key_images,
-                manufacturer=MANUFACTURER,
-            )
-        )
+        targets.append(PacsTarget(sender, results, key_images=settings.results_key_images))
     client = fhir_client(settings, FHIR_SCOPE)
     if client is not None:
         targets.append(FhirTarget(engine, FhirPublisher(client, mrn_system=settings.mrn_system)))

@@ -25,6 +25,7 @@ from tests.harness.browser import chromium
 from tests.harness.gateway import VIEWER_DIR
 
 pytestmark = pytest.mark.integration
+STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=test-boundary'
 MULTIPART_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 
 
@@ -143,6 +144,8 @@ def test_viewer_pages_need_a_signed_in_clinician(stack: Stack) -> None:
     assert httpx.get(f"{stack.gateway.url}/viewer/nothing.js", timeout=30).status_code == 404
     escape = httpx.get(f"{stack.gateway.url}/viewer/..%2F..%2Fpyproject.toml", timeout=30)
     assert escape.status_code in (303, 404)
+    for odd in ("%00", "a%00.js", "%00/x"):
+        assert httpx.get(f"{stack.gateway.url}/viewer/{odd}", timeout=30).status_code in (303, 404)
 
 
 def test_the_case_page_links_clinicians_to_the_viewer_and_audits_the_study_read(
@@ -169,7 +172,36 @@ def test_the_case_page_links_clinicians_to_the_viewer_and_audits_the_study_read(
         trail = audit.get("/api/audit", params={"limit": 1000}).json()
     paths = [r["path"] for r in trail if r["path"].startswith("/viewer/dicomweb")]
     assert f"/viewer/dicomweb/studies/{study}/series/{uid}/metadata" in paths
-    assert not any(p.endswith("/thumbnail") for p in paths)  # pixels are not audited one by one
+    # A whole series' rendering is audited; an instance's frames are not, one by one.
+    assert f"/viewer/dicomweb/studies/{study}/series/{uid}/thumbnail" in paths
+    assert not any("/frames/" in p for p in paths)
+
+
+def test_the_relay_rewrites_only_the_imaging_services_own_links(stack: Stack) -> None:
+    from tests.harness.series import SeriesSpec, make_series, multipart_body, to_bytes
+
+    ds = make_series(SeriesSpec(slices=1, patient_id="MRN-LINKS"))[0]
+    elsewhere = "https://other-pacs.example/wado/dicomweb/studies/1.2.3"
+    ds.RetrieveURI = elsewhere
+    with stack.imaging.client() as imaging:
+        stored = imaging.post(
+            "/dicomweb/studies",
+            content=multipart_body([to_bytes(ds)]),
+            headers={"Content-Type": STOW_TYPE},
+        )
+    assert stored.status_code == 200, stored.text
+    with _relay(stack) as relay:
+        path = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        metadata = relay.get(path + "/metadata").json()[0]
+        frames = relay.get(
+            f"{path}/instances/{ds.SOPInstanceUID}/frames/1", headers={"Accept": MULTIPART_FRAMES}
+        )
+    assert metadata["0040E010"]["Value"] == [elsewhere]  # not ours to rewrite
+    assert metadata["7FE00010"]["BulkDataURI"].startswith(f"{stack.gateway.url}/viewer/dicomweb/")
+    with stack.gateway.client(scope="gateway.read gateway.audit", role="integration") as audit:
+        trail = audit.get("/api/audit", params={"limit": 1000}).json()
+    assert frames.status_code == 200
+    assert not any(r["path"].endswith(f"{ds.SOPInstanceUID}/frames/1") for r in trail)
 
 
 # -- OHIF in a real browser ---------------------------------------------------------------

@@ -64,10 +64,15 @@ def test_c_store_to_measurements_sr_and_key_images(
         assert client.get(f"/api/studies/{study}/key-images/..%2Fsecret.png").status_code == 404
         # The SR is in the study, retrievable by WADO-RS, a TID 1500 report of our values.
         sr_uid = body["sr"]["sop_instance_uid"]
-        series = client.get(
-            f"/dicomweb/studies/{study}/instances", params={"SOPInstanceUID": sr_uid}
-        ).json()
-        assert len(series) == 1
+
+        def sr_instances() -> list[Any]:
+            found: list[Any] = client.get(
+                f"/dicomweb/studies/{study}/instances", params={"SOPInstanceUID": sr_uid}
+            ).json()
+            return found
+
+        assert wait_until(lambda: len(sr_instances()) == 1, timeout=30, interval=0.2)
+        series = sr_instances()
         series_uid = series[0]["0020000E"]["Value"][0]
         part = client.get(
             f"/dicomweb/studies/{study}/series/{series_uid}/instances/{sr_uid}",
@@ -86,10 +91,19 @@ def test_c_store_to_measurements_sr_and_key_images(
         assert all(i.GraphicType == "POLYLINE" and len(i.GraphicData) == 4 for i in lines)
         referenced = [i.ContentSequence[0].ReferencedSOPSequence[0] for i in lines]
         assert {r.ReferencedSOPClassUID for r in referenced} == {"1.2.840.10008.5.1.4.1.1.7"}
-        # The key images joined the study as Secondary Capture, listed by QIDO like the SR.
-        captures = client.get(
-            f"/dicomweb/studies/{study}/instances", params={"Modality": "OT"}
-        ).json()
+
+        # The key images join the study as Secondary Capture (stored just after the result
+        # is committed, like the SR), listed by QIDO like the SR.
+        def captures_now() -> list[Any]:
+            found: list[Any] = client.get(
+                f"/dicomweb/studies/{study}/instances", params={"Modality": "OT"}
+            ).json()
+            return found
+
+        assert wait_until(
+            lambda: len(captures_now()) == len(body["key_images"]), timeout=30, interval=0.2
+        )
+        captures = captures_now()
         sc_uids = {c["00080016"]["Value"][0] for c in captures}
         assert sc_uids == {"1.2.840.10008.5.1.4.1.1.7"}
         assert len(captures) == len(body["key_images"])

@@ -143,7 +143,7 @@ def test_frame_list_errors_follow_the_standard(imaging: ImagingServer) -> None:
     ds = make_series(SeriesSpec(slices=1))[0]
     _stow(imaging, [ds])
     with imaging.client() as client:
-        for bad in ("0", "a", "1,,2", "-1", "1.5", "9" * 12):
+        for bad in ("0", "a", "1,,2", "-1", "1.5", "9" * 12, "1,1", "\u00b2", "1,\u0661"):
             assert client.get(_path(ds) + f"/frames/{bad}").status_code == 400, bad
         assert client.get(_path(ds) + "/frames/2").status_code == 404
         assert (
@@ -276,3 +276,61 @@ def test_cors_is_off_by_default_and_per_origin_when_configured(
     assert get.status_code == 200
     assert get.headers["access-control-allow-origin"] == "https://viewer.hospital.example"
     assert "content-location" in get.headers["access-control-expose-headers"].lower()
+
+
+def test_accept_q_values_and_odd_parameters(imaging: ImagingServer) -> None:
+    rle = _testdata("SC_rgb_rle_2frame.dcm")
+    ct = make_series(SeriesSpec(slices=1))[0]
+    _stow(imaging, [rle, ct])
+    with imaging.client() as client:
+        # q=0 means "not this": the RLE frame comes as stored, not native.
+        stored = client.get(
+            _path(rle) + "/frames/1",
+            headers={
+                "Accept": 'multipart/related; type="application/octet-stream"; q=0, '
+                'multipart/related; type="image/dicom-rle"'
+            },
+        )
+        assert stored.status_code == 200
+        assert _parts(stored)[0][0]["content-type"].startswith("image/dicom-rle")
+        preferred = client.get(
+            _path(ct) + "/rendered", headers={"Accept": "image/jpeg;q=0.5, image/png"}
+        )
+        assert preferred.headers["content-type"] == "image/png"
+        refused = client.get(_path(ct) + "/rendered", headers={"Accept": "image/jpeg;q=0"})
+        assert refused.status_code == 406
+        for params in ({"viewport": "\u00b2,1"}, {"quality": "\u00b2"}, {"viewport": "10,\u0661"}):
+            assert client.get(_path(ct) + "/thumbnail", params=params).status_code == 400
+
+
+def test_native_ybr_422_frames_are_cut_at_their_subsampled_length(imaging: ImagingServer) -> None:
+    ds = make_series(SeriesSpec(slices=1, rows=10, columns=10))[0]
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.NumberOfFrames = 2
+    frame = bytes(range(200))  # 10 x 10 x 3 samples x 8 bits x 2/3 = 200 bytes
+    ds.PixelData = frame + frame[::-1]
+    for keyword in ("RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    _stow(imaging, [ds])
+    with imaging.client() as client:
+        response = client.get(_path(ds) + "/frames/1,2", headers={"Accept": NATIVE_FRAMES})
+    assert [body for _, body in _parts(response)] == [frame, frame[::-1]]
+
+
+def test_pixel_data_without_its_image_pixel_module_is_refused_at_intake(
+    imaging: ImagingServer,
+) -> None:
+    ds = make_series(SeriesSpec(slices=1))[0]
+    ds.Rows = 0  # the frame size cannot be known
+    with imaging.client() as client:
+        response = client.post(
+            "/dicomweb/studies",
+            content=multipart_body([to_bytes(ds)]),
+            headers={"Content-Type": STOW_TYPE},
+        )
+    assert response.status_code == 409
+    assert "Image Pixel module" in response.headers["warning"]

@@ -11,6 +11,7 @@ talks to one origin only.
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import re
 from collections.abc import AsyncIterator
@@ -37,9 +38,7 @@ from services.gateway.viewer import DICOMWEB_PATH, MOUNT, ViewerBuild, app_confi
 router = APIRouter(tags=["Viewer"])
 # studies/{uid}/series/{uid}/instances/{uid}/frames/1,2 ...: letters, digits, dots, commas.
 SEGMENT = r"[0-9A-Za-z][0-9A-Za-z.,_-]{0,127}"
-DICOMWEB = re.compile(rf"^(studies|series|instances)(/{SEGMENT}){{0,8}}$")
-# A link the imaging service wrote (its own or its configured public address).
-IMAGING_LINK = re.compile(rb'"https?://[^"/\s]+(?:/[^"\s]*?)?/dicomweb/')
+DICOMWEB = re.compile(rf"(studies|series|instances)(/{SEGMENT}){{0,8}}")
 FORWARDED_QUERY = re.compile(r"^[0-9A-Za-z_.,-]{1,64}$")
 mimetypes.add_type("application/wasm", ".wasm")
 mimetypes.add_type("text/javascript", ".js")
@@ -60,6 +59,17 @@ def _clinician(request: Request) -> Viewer:
     return viewer
 
 
+def _rewrite_links(request: Request, body: bytes) -> bytes:
+    """The imaging service's own DICOMweb links (from its address as the gateway calls it,
+    or its configured public address) pointed at this relay; nothing else is touched."""
+    settings = request.app.state.settings
+    ours = json.dumps(f"{public_base_url(request)}{DICOMWEB_PATH}/")[:-1].encode()
+    for base in {settings.imaging_url, settings.imaging_public_url} - {None}:
+        theirs = json.dumps(f"{base.rstrip('/')}/dicomweb/")[:-1].encode()  # '"http…/'
+        body = body.replace(theirs, ours)
+    return body
+
+
 @router.get("/viewer", include_in_schema=False)
 def viewer_root() -> RedirectResponse:
     return RedirectResponse(MOUNT, status_code=308)
@@ -75,7 +85,7 @@ def viewer_config() -> Response:
 async def dicomweb_proxy(request: Request, path: str) -> Response:
     """QIDO-RS and WADO-RS of the imaging service for signed-in clinicians."""
     _clinician(request)
-    if not DICOMWEB.match(path):
+    if not DICOMWEB.fullmatch(path):
         raise NotFound("not a DICOMweb resource of the viewer")
     params: list[tuple[str, str | int | float | bool | None]] = list(
         request.query_params.multi_items()
@@ -104,8 +114,7 @@ async def dicomweb_proxy(request: Request, path: str) -> Response:
     if content_type.startswith(("application/dicom+json", "application/json")):
         body = await upstream.aread()
         await upstream.aclose()
-        ours = f"{public_base_url(request)}{DICOMWEB_PATH}/".encode()
-        body = IMAGING_LINK.sub(b'"' + ours, body)
+        body = _rewrite_links(request, body)
         return Response(body, upstream.status_code, headers=passed, media_type=content_type)
 
     async def relay() -> AsyncIterator[bytes]:

@@ -28,6 +28,8 @@ class KeyImage:
     # The construction drawn, in the image's own (column, row) coordinates with (0, 0) the
     # top left corner of the first pixel: the SR points a viewer at it on the key image.
     graphic: tuple[tuple[float, float], ...] = ()
+    # Patient Orientation (0020,0020): where the rows and the columns of the image point.
+    orientation: tuple[str, str] = ("", "")
 
 
 def key_image_name(m: Measurement) -> str:
@@ -67,6 +69,17 @@ def _to_pixels(
     return [(float(a), float(b)) for a, b in rel]
 
 
+def _letter(direction: FloatArray) -> str:
+    """A direction in LPS patient space as its dominant Patient Orientation letter."""
+    names = (("L", "R"), ("P", "A"), ("H", "F"))
+    axis = int(np.argmax(np.abs(direction)))
+    return names[axis][0 if direction[axis] > 0 else 1]
+
+
+def _orientation(axes: FloatArray) -> tuple[str, str]:
+    return _letter(axes[0]), _letter(axes[1])
+
+
 def _graphic(pixels: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
     """Drawing positions as image coordinates: a sample's centre is half a sample (SCALE
     output pixels wide) in from its corner."""
@@ -99,7 +112,9 @@ def height_image(sampler: Sampler, m: Measurement, axis: FloatArray, modality: s
     value = f"{m.value:.1f} mm" if m.value is not None else f"review: {m.reason}"
     draw.text((6, 6), text, fill=(255, 255, 255))
     draw.text((6, 20), value, fill=colour)
-    return KeyImage(key_image_name(m), f"{text}: {value}", _png(image), _graphic([pa, pb]))
+    return KeyImage(
+        key_image_name(m), f"{text}: {value}", _png(image), _graphic([pa, pb]), _orientation(axes)
+    )
 
 
 def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: str) -> KeyImage:
@@ -110,8 +125,8 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
     left = unit(np.array([1.0, 0.0, 0.0]) - n[0] * n)
     posterior = unit(np.cross(n, left))
     # Radiological convention: patient's left on the image's right, anterior up.
-    origin = centre + 30 * left - 30 * posterior
-    image, axes = _render(sampler, origin, -left, posterior, (60, 60), modality)
+    origin = centre - 30 * left - 30 * posterior
+    image, axes = _render(sampler, origin, left, posterior, (60, 60), modality)
     draw = ImageDraw.Draw(image)
     outline = _to_pixels(contour, origin, axes)
     draw.line([*outline, outline[0]], fill=(255, 200, 0), width=2)
@@ -120,4 +135,4 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
     draw.text((6, 6), f"{where} dural sac", fill=(255, 255, 255))
     draw.text((6, 20), value, fill=(255, 200, 0))
     caption = f"{where} dural sac area: {value}"
-    return KeyImage(key_image_name(m), caption, _png(image), _graphic(outline))
+    return KeyImage(key_image_name(m), caption, _png(image), _graphic(outline), _orientation(axes))

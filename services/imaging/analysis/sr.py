@@ -249,13 +249,13 @@ def secondary_captures(
     reference: Dataset,
     *,
     manufacturer: str,
-    series_instance_uid: str | None = None,
+    series_instance_uid: str,
+    orientations: Sequence[tuple[str, str]],
 ) -> list[Dataset]:
     """The key images (RGB PNG overlays) as DICOM Secondary Capture instances in one new
-    series of the study ``reference`` belongs to (its patient and study are copied)."""
-    series_uid = series_instance_uid or generate_uid(
-        entropy_srcs=[str(reference.SOPInstanceUID), "key-images"]
-    )
+    series of the study ``reference`` belongs to (its patient and study are copied), with
+    each image's Patient Orientation (rows, columns)."""
+    series_uid = series_instance_uid
     out: list[Dataset] = []
     for number, png in enumerate(pngs, start=1):
         pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
@@ -270,7 +270,7 @@ def secondary_captures(
             sop_instance_uid=generate_uid(entropy_srcs=[series_uid, str(number)]),
             instance_number=number,
             manufacturer=manufacturer,
-            patient_orientation=("L", "P"),
+            patient_orientation=orientations[number - 1],
             series_description="Key images of the decompression measurements",
             transfer_syntax_uid=ExplicitVRLittleEndian,
         )

@@ -38,7 +38,12 @@ from services.imaging.intake.multipart import (
 from services.imaging.intake.store import InstanceStore, StoreResult
 from services.imaging.models import Instance, Series, Study
 from services.imaging.retrieve import frames as frames_mod
-from services.imaging.retrieve.media import OCTET_STREAM, frame_rendition, rendered_media
+from services.imaging.retrieve.media import (
+    OCTET_STREAM,
+    accepted,
+    frame_rendition,
+    rendered_media,
+)
 from services.imaging.retrieve.rendered import RenderOptions, render
 from services.imaging.retrieve.rendered import parse_options as parse_render_options
 
@@ -520,7 +525,7 @@ def _frames_response(
     rendition = frame_rendition(request.headers.get("accept"), inst.transfer_syntax_uid)
     ds = frames_mod.read_instance(store.path_of(inst).read_bytes())
     wanted = numbers or list(range(1, frames_mod.number_of_frames(ds) + 1))
-    chunks = list(frames_mod.frames(ds, wanted, rendition))
+    chunks = frames_mod.frame_bytes(ds, wanted, rendition)
     if rendition.as_stored is False and UID(inst.transfer_syntax_uid).is_compressed:
         content_type = f"{OCTET_STREAM}; transfer-syntax={ExplicitVRLittleEndian}"
     else:
@@ -566,8 +571,12 @@ async def retrieve_bulk(
         raise NotFound(f"the instance has no binary value at {tag.upper()}")
     accept = request.headers.get("accept")
     if accept and not any(
-        parse_content_type(a.strip()).media_type in ("multipart/related", "*/*")
-        for a in accept.split(",")
+        c.media_type in ("*/*", "multipart/*")
+        or (
+            c.media_type == "multipart/related"
+            and c.params.get("type", OCTET_STREAM).lower() in (OCTET_STREAM, "*/*")
+        )
+        for c in accepted(accept)
     ):
         raise NotAcceptable(
             'bulk data is served as multipart/related; type="application/octet-stream"'
@@ -646,14 +655,18 @@ async def rendered_many(
     if not images:
         raise NotAcceptable("no image in this study or series to render")
     base = _base_url(request)
+
+    def render_all() -> list[tuple[str, bytes, str]]:
+        # Every image rendered before the first byte: a failure is a status, not a cut.
+        return [
+            (media, _render_one(request, inst, 1, options, media), _instance_url(base, inst))
+            for inst in images
+        ]
+
+    parts = await run_in_threadpool(render_all)
     boundary = new_boundary()
-
-    def parts() -> Iterator[tuple[str, bytes, str]]:
-        for inst in images:
-            yield media, _render_one(request, inst, 1, options, media), _instance_url(base, inst)
-
     return StreamingResponse(
-        encode_parts(parts(), boundary),
+        encode_parts(parts, boundary),
         media_type=f'multipart/related; type="{media}"; boundary={boundary}',
     )
 

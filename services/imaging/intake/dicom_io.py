@@ -126,18 +126,29 @@ def _float(ds: Dataset, keyword: str) -> float | None:
         return None
 
 
-def _expected_native_length(ds: Dataset) -> int | None:
+def native_frame_bits(ds: Dataset) -> int | None:
+    """Bits of one native frame (None when the Image Pixel module is incomplete)."""
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits = int(ds.BitsAllocated)
         spp = int(ds.get("SamplesPerPixel", 1))
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         return None
-    total_bits = rows * cols * bits * spp * frames
+    if rows <= 0 or cols <= 0 or bits <= 0 or spp <= 0:
+        return None
+    total_bits = rows * cols * bits * spp
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
         total_bits = total_bits * 2 // 3  # chroma subsampled 2:1 horizontally
-    return (total_bits + 7) // 8
+    return total_bits
+
+
+def _expected_native_length(ds: Dataset) -> int | None:
+    frame_bits = native_frame_bits(ds)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return None
+    return None if frame_bits is None else (frame_bits * frames + 7) // 8
 
 
 _HEADER_KEYWORDS = (
@@ -348,6 +359,10 @@ def read_part10(data: bytes, *, max_bytes: int = 1 << 30) -> tuple[Dataset, Inst
     # files (edited copies); the data set's SOPInstanceUID is authoritative, as in Orthanc.
     if not is_storage_sop_class(sop_class):
         raise UnsupportedSOPClass(f"SOP class {sop_class} is not a storage SOP class")
+    if "PixelData" in ds and native_frame_bits(ds) is None:
+        raise InvalidInstance(
+            "pixel data without a complete Image Pixel module (Rows, Columns, BitsAllocated)"
+        )
     if "PixelData" in ds and not UID(str(ts)).is_compressed:
         expected = _expected_native_length(ds)
         actual = len(ds.PixelData or b"")

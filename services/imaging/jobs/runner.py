@@ -145,6 +145,7 @@ class AnalysisRunner:
             analysis.evidence[0],
             manufacturer=MANUFACTURER,
             series_instance_uid=generate_uid(),
+            orientations=[image.orientation for image in analysis.key_images],
         )
 
     def _sr(

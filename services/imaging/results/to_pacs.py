@@ -17,7 +17,6 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from services.imaging.analysis.sr import secondary_captures
 from services.imaging.errors import DeliveryError
 from services.imaging.models import MeasurementSet
 from services.imaging.results.folder import ResultsFolder
@@ -84,24 +83,17 @@ class PacsTarget:
 
     name = "pacs"
 
-    def __init__(
-        self, sender: PacsSender, results: ResultsFolder, *, key_images: bool, manufacturer: str
-    ) -> None:
+    def __init__(self, sender: PacsSender, results: ResultsFolder, *, key_images: bool) -> None:
         self.sender = sender
         self.results = results
         self.key_images = key_images
-        self.manufacturer = manufacturer
 
     def deliver(self, measurement_set: MeasurementSet) -> dict[str, str | int]:
         sr = self.results.sr(measurement_set)
         if sr is None:
             return {"skipped": "no measured value, so no SR"}
         datasets: list[Dataset] = [sr]
-        if self.key_images:
-            # The instances the SR references; a result kept before they were stored gets
-            # them made from its PNGs.
-            datasets += self.results.captures(measurement_set) or secondary_captures(
-                self.results.key_images(measurement_set), sr, manufacturer=self.manufacturer
-            )
+        if self.key_images:  # the Secondary Captures the SR references, as stored
+            datasets += self.results.captures(measurement_set)
         how = self.sender.send(datasets)
         return {"sent": how, "sr": str(sr.SOPInstanceUID), "instances": len(datasets)}

@@ -11,14 +11,17 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
-from services.imaging.errors import InvalidQuery, NotFound
+from services.imaging.errors import InvalidQuery, NotAcceptable, NotFound
+from services.imaging.intake.dicom_io import native_frame_bits
 from services.imaging.retrieve.media import BIG_ENDIAN, FrameRendition
 
 MAX_FRAMES_IN_LIST = 10_000
 
 
 def parse_frame_list(text: str) -> list[int]:
-    """``1,3,5`` → [1, 3, 5] (1-based, as PS3.18 numbers frames); 400 when malformed."""
+    """``1,3,5`` → [1, 3, 5] (1-based, as PS3.18 numbers frames); 400 when malformed or
+    when a number repeats (each frame is sent once: a response holds at most the
+    instance's own pixel data)."""
     items = [t.strip() for t in text.split(",")]
     if not items or len(items) > MAX_FRAMES_IN_LIST:
         raise InvalidQuery(f"a frame list holds 1 to {MAX_FRAMES_IN_LIST} numbers")
@@ -27,6 +30,8 @@ def parse_frame_list(text: str) -> list[int]:
         if not item.isascii() or not item.isdigit() or int(item) < 1 or len(item) > 9:
             raise InvalidQuery(f"frame number {item[:20]!r} is not a positive integer")
         numbers.append(int(item))
+    if len(set(numbers)) != len(numbers):
+        raise InvalidQuery("a frame number is listed twice")
     return numbers
 
 
@@ -62,7 +67,10 @@ def _native_frames_as_stored(ds: Dataset, numbers: list[int]) -> Iterator[bytes]
         for n in numbers:
             yield np.packbits(pixel_array(ds, index=n - 1).ravel(), bitorder="little").tobytes()
         return
-    length = _frame_length(ds)
+    bits = native_frame_bits(ds)
+    if bits is None:
+        raise NotAcceptable("the instance's Image Pixel module is incomplete")
+    length = (bits + 7) // 8
     for n in numbers:
         chunk = pixel_bytes[(n - 1) * length : n * length]
         if big_endian and bits_allocated > 8:
@@ -78,6 +86,19 @@ def _decoded_frames(ds: Dataset, numbers: list[int]) -> Iterator[bytes]:
         if int(ds.get("PixelRepresentation", 0)) == 1:
             arr = arr.astype(dtype.replace("u", "i"))
         yield np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+
+
+def frame_bytes(ds: Dataset, numbers: list[int], rendition: FrameRendition) -> list[bytes]:
+    """The requested frames, all in hand before a response starts: 404 when one does not
+    exist, 406 when the stored pixel data cannot be produced in ``rendition``."""
+    try:
+        return list(frames(ds, numbers, rendition))
+    except (NotFound, NotAcceptable):
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError, RuntimeError):
+        raise NotAcceptable(
+            f"the stored pixel data cannot be served as {rendition.media_type}"
+        ) from None
 
 
 def frames(ds: Dataset, numbers: list[int], rendition: FrameRendition) -> Iterator[bytes]:

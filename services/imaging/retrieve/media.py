@@ -20,7 +20,7 @@ from pydicom.uid import (
 )
 
 from services.imaging.errors import NotAcceptable
-from services.imaging.intake.multipart import parse_content_type
+from services.imaging.intake.multipart import ContentType, parse_content_type
 
 OCTET_STREAM = "application/octet-stream"
 NATIVE = ExplicitVRLittleEndian
@@ -77,6 +77,23 @@ class FrameRendition:
         return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
 
 
+def accepted(accept: str | None) -> list[ContentType]:
+    """The media ranges of an Accept header, most preferred first (RFC 9110 12.5.1:
+    by ``q``, listing order among equals; ``q=0`` means "not acceptable")."""
+    ranges: list[tuple[float, int, ContentType]] = []
+    for order, item in enumerate((accept or "").split(",")):
+        if not item.strip():
+            continue
+        ctype = parse_content_type(item.strip())
+        try:
+            q = float(ctype.params.get("q", "1"))
+        except ValueError:
+            q = 1.0
+        if q > 0:
+            ranges.append((-q, order, ctype))
+    return [ctype for *_, ctype in sorted(ranges, key=lambda r: (r[0], r[1]))]
+
+
 def frame_rendition(accept: str | None, stored_syntax: str) -> FrameRendition:
     """The rendition of frames stored in ``stored_syntax`` that ``accept`` allows.
 
@@ -92,8 +109,7 @@ def frame_rendition(accept: str | None, stored_syntax: str) -> FrameRendition:
     )
     if not accept or not accept.strip():
         return native
-    for item in accept.split(","):
-        ctype = parse_content_type(item.strip())
+    for ctype in accepted(accept):
         media = ctype.media_type
         if media in ("*/*", "multipart/*"):
             return native
@@ -127,14 +143,14 @@ def rendered_media(accept: str | None) -> str:
     lists (``*/*`` and ``image/*`` mean JPEG, the PS3.18 default)."""
     if not accept or not accept.strip():
         return "image/jpeg"
-    for item in accept.split(","):
-        media = parse_content_type(item.strip()).media_type
+    for ctype in accepted(accept):
+        media = ctype.media_type
         if media in ("*/*", "image/*"):
             return "image/jpeg"
         if media in RENDERED_TYPES:
             return media
         if media == "multipart/related":
-            part = parse_content_type(item.strip()).params.get("type", "image/jpeg").lower()
+            part = ctype.params.get("type", "image/jpeg").lower()
             if part in RENDERED_TYPES:
                 return part
     raise NotAcceptable(f"cannot render as {accept!r}; ask for image/jpeg or image/png")

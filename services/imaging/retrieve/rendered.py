@@ -68,7 +68,7 @@ def parse_options(
     size: tuple[int, int] | None = (THUMBNAIL_SIZE, THUMBNAIL_SIZE) if thumbnail else None
     if viewport:
         parts = [p.strip() for p in viewport.split(",")]
-        if len(parts) not in (2, 6) or not all(p.isdigit() for p in parts[:2]):
+        if len(parts) not in (2, 6) or not all(p.isascii() and p.isdigit() for p in parts[:2]):
             raise InvalidQuery("viewport is width,height (crop parameters are not supported)")
         if len(parts) == 6:
             raise InvalidQuery("viewport cropping (sx,sy,sw,sh) is not supported")
@@ -78,7 +78,7 @@ def parse_options(
         size = (w, h)
     q = 90
     if quality:
-        if not quality.isdigit() or not 1 <= int(quality) <= 100:
+        if not (quality.isascii() and quality.isdigit()) or not 1 <= int(quality) <= 100:
             raise InvalidQuery("quality is an integer from 1 to 100")
         q = int(quality)
     return RenderOptions(parsed_window, size, q)
@@ -117,9 +117,17 @@ def has_pixels(ds: Dataset) -> bool:
 
 
 def render(ds: Dataset, frame: int, options: RenderOptions, media_type: str) -> bytes:
-    """Frame ``frame`` (1-based) of ``ds`` as ``media_type`` bytes."""
+    """Frame ``frame`` (1-based) of ``ds`` as ``media_type`` bytes; 406 when the instance
+    has no pixel data or its pixel data cannot be decoded."""
     if not has_pixels(ds):
         raise NotAcceptable(f"the instance has no pixel data to render as {media_type}")
+    try:
+        return _render(ds, frame, options, media_type)
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError, RuntimeError):
+        raise NotAcceptable(f"the stored pixel data cannot be rendered as {media_type}") from None
+
+
+def _render(ds: Dataset, frame: int, options: RenderOptions, media_type: str) -> bytes:
     arr = pixel_array(ds, index=frame - 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if arr.ndim == 3:  # colour: pydicom has converted to RGB; windowing applies to grey only

@@ -87,7 +87,11 @@ def test_height_lines_are_drawn_on_the_key_image_of_their_plane(tmp_path: Path) 
         analysis.evidence[0],
         manufacturer="test",
         series_instance_uid=generate_uid(),
+        orientations=[image.orientation for image in analysis.key_images],
     )
+    # Sagittal sections: rows run posterior, columns caudal (the spine's axis may tilt).
+    heights = [c for c, i in zip(captures, analysis.key_images, strict=True) if "height" in i.name]
+    assert heights and all(list(c.PatientOrientation) == ["P", "F"] for c in heights)
     sr = build_sr(
         analysis.result,
         analysis.evidence,
