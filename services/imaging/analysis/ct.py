@@ -58,6 +58,19 @@ class CtModel:
     sacrum: bool
     warnings: list[str] = field(default_factory=list)
 
+    def body_heights(self) -> dict[int, list[float]]:
+        """Per level index, the heights of the vertebral bodies above and below its disc
+        that lie between two found discs (a body cut by the field's edge is left out)."""
+        out: dict[int, list[float]] = {}
+        for i, level in enumerate(self.levels):
+            heights = []
+            if i > 0:
+                heights.append(self.levels[i - 1].disc.z_low - level.disc.z_high)
+            if i + 1 < len(self.levels):
+                heights.append(level.disc.z_low - self.levels[i + 1].disc.z_high)
+            out[level.index] = [h for h in heights if h > 0]
+        return out
+
 
 def solid_bone(array: FloatArray) -> FloatArray:
     """Bone with its cortical rings filled, per axial slice.

@@ -19,7 +19,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from services.common.vocabulary import QUANTITIES
-from services.imaging.analysis import ct, mr
+from services.imaging.analysis import consistency, ct, mr
 from services.imaging.analysis.overlays import KeyImage, area_image, height_image
 from services.imaging.analysis.report import AnalysisResult
 from services.imaging.analysis.sampling import Sampler
@@ -132,12 +132,16 @@ def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) ->
             model, measurements = ct.measure(volume.image, volume.series_instance_uid)
             line, levels = model.centre, len(model.levels)
             result.warnings += model.warnings
+            consistency.check(
+                measurements, scatter_mm=line.residual, body_heights=model.body_heights()
+            )
         else:
             mr_model, measurements = mr.measure(
                 volume.image, volume.series_instance_uid, volume.sop_instance_uids
             )
             line, levels = mr_model.centre, len({m.level_index for m in measurements})
             result.warnings += mr_model.warnings
+            consistency.check(measurements, scatter_mm=line.residual)
     except (ct.SpineNotFound, mr.SacNotFound, ValueError) as exc:
         result.warnings.append(f"no measurement: {exc}")
         result.timings["measure"] = time.perf_counter() - measured

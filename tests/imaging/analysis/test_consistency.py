@@ -1,0 +1,76 @@
+"""Impossible combinations of values become ``needs_review``: on a real CT where the
+detector went wrong, and rule by rule on hand-made values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from services.imaging.analysis import consistency, ct
+from services.imaging.analysis.report import Measurement
+
+DATA = Path(__file__).parents[2] / "data"
+
+
+def _m(quantity: str, index: int, side: str | None, value: float) -> Measurement:
+    return Measurement(quantity, None, index, side, value, "1.2.3")
+
+
+def test_the_real_abdominal_ct_reports_no_value_as_ok() -> None:
+    """TotalSegmentator's abdominal CT (3 mm, T11-L5, no sacrum): the analyzer's raw values
+    include a 22.7 / 9.2 mm left/right pair and a 19.2 mm disc between 5.7 and 8.7 mm ones,
+    each plausible alone. None may come out as ``ok``."""
+    image = sitk.ReadImage(str(DATA / "totalsegmentator-ct" / "ts_example_ct.nii.gz"))
+    model, measurements = ct.measure(sitk.Cast(image, sitk.sitkFloat32), "1.2.3")
+    raw = {(m.quantity, m.level_index, m.side): m.value for m in measurements}
+    consistency.check(
+        measurements, scatter_mm=model.centre.residual, body_heights=model.body_heights()
+    )
+    assert model.centre.residual > consistency.UNRELIABLE_LINE_MM
+    assert not [m for m in measurements if m.status == "ok"]
+    assert all(m.reason for m in measurements)
+    assert round(raw[("foraminal_height", 0, "left")] or 0, 1) == 22.7
+    assert round(raw[("foraminal_height", 0, "right")] or 0, 1) == 9.2
+    assert round(raw[("disc_height", 4, None)] or 0, 1) == 19.2
+    # The rules that judge values together catch them even when the model looks sound.
+    _, again = ct.measure(sitk.Cast(image, sitk.sitkFloat32), "1.2.3")
+    consistency.check(again, scatter_mm=0.0, body_heights=model.body_heights())
+    by_key = {(m.quantity, m.level_index, m.side): m for m in again}
+    for side in ("left", "right"):
+        assert "differ" in (by_key[("foraminal_height", 0, side)].reason or "")
+    assert "neighbours" in (by_key[("disc_height", 4, None)].reason or "") or "proportion" in (
+        by_key[("disc_height", 4, None)].reason or ""
+    )
+
+
+def test_left_and_right_that_cannot_both_be_right() -> None:
+    pair = [_m("foraminal_height", 0, "left", 22.7), _m("foraminal_height", 0, "right", 9.2)]
+    normal = [_m("foraminal_height", 1, "left", 19.0), _m("foraminal_height", 1, "right", 17.5)]
+    unilateral = [_m("foraminal_height", 2, "left", 18.0), _m("foraminal_height", 2, "right", 14.0)]
+    consistency.lateral_asymmetry(pair + normal + unilateral)
+    assert [m.status for m in pair] == ["needs_review", "needs_review"]
+    assert all(m.status == "ok" for m in normal + unilateral)
+
+
+def test_a_disc_higher_than_its_neighbours_or_its_bodies() -> None:
+    discs = [_m("disc_height", i, None, v) for i, v in enumerate((9.0, 10.0, 24.0, 9.5, 4.0))]
+    consistency.disc_jumps(discs)
+    assert [m.status for m in discs] == [
+        "ok",
+        "ok",
+        "needs_review",
+        "ok",
+        "ok",
+    ]  # collapse is a finding
+    tall = [_m("disc_height", 0, None, 16.0), _m("disc_height", 1, None, 11.0)]
+    consistency.disc_to_bodies(tall, {0: [24.0, 25.0], 1: [25.0, 27.0]})
+    assert [m.status for m in tall] == ["needs_review", "ok"]
+
+
+def test_an_unreliable_centre_line_leaves_nothing_ok() -> None:
+    values = [_m("disc_height", 0, None, 9.0), _m("foraminal_height", 0, "left", 18.0)]
+    consistency.unreliable_model(values, scatter_mm=3.3)  # a lordotic phantom's scatter
+    assert all(m.status == "ok" for m in values)
+    consistency.unreliable_model(values, scatter_mm=18.3)
+    assert all(m.status == "needs_review" and m.value is None for m in values)
