@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom import Dataset
 
-LUMBAR_COVERAGE_MM = 120.0  # L1 to the sacrum is about 180 mm; less cannot hold the levels
+LUMBAR_COVERAGE_MM = 120.0  # L1 to the sacrum is about 180 mm; less holds only some levels
+MIN_CT_COVERAGE_MM = 40.0  # one level: half of each body around a disc
 MIN_SLICES = 10
 # Reconstruction kernels by vendor naming: GE (BONE, LUNG, STANDARD, SOFT), Siemens
 # (B30f/Br38 soft, B60-B80/Br60+ sharp bone, Bl57 lung), Philips (B/C soft, D/E/YD bone, L lung).
@@ -30,6 +31,24 @@ def orientation_of(iop: Sequence[float]) -> str:
     if abs(normal[axis]) < np.cos(np.radians(15)):
         return "oblique"
     return ("sagittal", "coronal", "axial")[axis]
+
+
+def _craniocaudal_extent(datasets: Sequence[Dataset]) -> float | None:
+    """Head-to-feet extent of the images (mm): along the slice normal for an axial stack,
+    across the image for a sagittal or coronal one; None without geometry."""
+    zs: list[float] = []
+    for d in datasets:
+        try:
+            origin = [float(v) for v in d.ImagePositionPatient]
+            iop = [float(v) for v in d.ImageOrientationPatient]
+            row_spacing, column_spacing = (float(v) for v in d.PixelSpacing)
+            rows, columns = int(d.Rows), int(d.Columns)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        along_row = (columns - 1) * column_spacing * iop[2]
+        along_column = (rows - 1) * row_spacing * iop[5]
+        zs += [origin[2] + a + b for a in (0.0, along_row) for b in (0.0, along_column)]
+    return max(zs) - min(zs) if zs else None
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,7 @@ class SeriesCandidate:
             if "ImagePositionPatient" in d
         )
         steps = np.diff(positions) if len(positions) > 1 else np.array([0.0])
+        cranio = _craniocaudal_extent(datasets)
         kernel = first.get("ConvolutionKernel", "")
         kernel_text = "\\".join(kernel) if isinstance(kernel, list | tuple) else str(kernel)
         spacing = [float(v) for v in first.get("PixelSpacing", [0, 0])]
@@ -68,7 +88,9 @@ class SeriesCandidate:
             orientation=orientation_of(iop),
             slices=len(datasets),
             slice_step=float(np.median(steps)) if len(steps) else 0.0,
-            coverage_mm=positions[-1] - positions[0] if positions else 0.0,
+            coverage_mm=cranio
+            if cranio is not None
+            else (positions[-1] - positions[0] if positions else 0.0),
             pixel_spacing=min(spacing) if spacing else 0.0,
             kernel=kernel_text,
             image_type=tuple(str(v).upper() for v in first.get("ImageType", [])),
@@ -118,10 +140,10 @@ def select_series(candidates: Sequence[SeriesCandidate]) -> Selection:
             why = f"localizer or only {c.slices} images"
         elif c.modality == "CT" and kernel_class(c.kernel) == "lung":
             why = f"lung kernel '{c.kernel}'"
-        elif c.modality == "CT" and c.coverage_mm < LUMBAR_COVERAGE_MM:
+        elif c.modality == "CT" and c.coverage_mm < MIN_CT_COVERAGE_MM:
             why = (
-                f"covers {c.coverage_mm:.0f} mm, less than the {LUMBAR_COVERAGE_MM:.0f} mm "
-                "the lumbar spine needs"
+                f"covers {c.coverage_mm:.0f} mm head to feet, less than the "
+                f"{MIN_CT_COVERAGE_MM:.0f} mm one level needs"
             )
         if why:
             reasons.append(f"series {c.series_instance_uid} ({c.description!r}) left out: {why}")
@@ -129,14 +151,27 @@ def select_series(candidates: Sequence[SeriesCandidate]) -> Selection:
             usable.append(c)
     ct = [c for c in usable if c.modality == "CT"]
     if ct:
+        # A volume that holds the lumbar spine first, then the thinnest.
         best = min(
-            ct, key=lambda c: (c.slice_step, c.pixel_spacing, kernel_class(c.kernel) != "bone")
+            ct,
+            key=lambda c: (
+                c.coverage_mm < LUMBAR_COVERAGE_MM,
+                c.slice_step,
+                c.pixel_spacing,
+                kernel_class(c.kernel) != "bone",
+            ),
         )
         reasons.append(
             f"CT series {best.series_instance_uid} ({best.description!r}) chosen: "
-            f"thinnest step {best.slice_step:.2f} mm, {best.orientation}, kernel "
-            f"'{best.kernel}' ({kernel_class(best.kernel)}), {best.coverage_mm:.0f} mm coverage"
+            f"step {best.slice_step:.2f} mm, {best.orientation}, kernel "
+            f"'{best.kernel}' ({kernel_class(best.kernel)}), {best.coverage_mm:.0f} mm "
+            "head to feet"
         )
+        if best.coverage_mm < LUMBAR_COVERAGE_MM:
+            reasons.append(
+                f"the CT covers {best.coverage_mm:.0f} mm head to feet, less than the lumbar "
+                f"spine's {LUMBAR_COVERAGE_MM:.0f} mm: only the levels it holds are measured"
+            )
         return Selection(best, None, reasons)
     t2 = [c for c in usable if c.modality == "MR" and c.is_t2]
     axial = [c for c in t2 if c.orientation == "axial"]

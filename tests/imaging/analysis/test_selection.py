@@ -31,6 +31,7 @@ def _series(
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
     te: float | None = None,
     tr: float | None = None,
+    size: int = 512,
 ) -> SeriesCandidate:
     normal = np.cross(orientation[:3], orientation[3:])
     datasets = []
@@ -42,6 +43,7 @@ def _series(
         ds.ImageOrientationPatient = list(orientation)
         ds.ImagePositionPatient = [float(v) for v in normal * step * k]
         ds.PixelSpacing = [0.7, 0.7]
+        ds.Rows = ds.Columns = size
         ds.ImageType = list(image_type)
         if modality == "CT":
             ds.ConvolutionKernel = kernel
@@ -81,14 +83,33 @@ def test_ct_thinnest_lumbar_volume_in_any_orientation_wins() -> None:
         _series("1.2", "CT", step=3.0, slices=80),  # 237 mm, thick
         _series("1.3", "CT", step=0.6, slices=400, kernel="Bl57d"),  # lung kernel
         _series("1.4", "CT", orientation=SAGITTAL, step=0.8, slices=200, kernel="B70f"),
-        _series("1.5", "CT", step=0.5, slices=100),  # only 50 mm
+        _series("1.5", "CT", step=0.5, slices=100),  # only 50 mm: some levels
+        _series("1.6", "CT", step=0.5, slices=60),  # 30 mm: not even one level
     ]
     selection = select_series(candidates)
     assert selection.primary is not None
     assert selection.primary.series_instance_uid == "1.4"
     text = "\n".join(selection.reasons)
     assert "1.1" in text and "localizer" in text
-    assert "lung kernel" in text and "50 mm" in text and "sagittal" in text
+    assert "lung kernel" in text and "30 mm" in text and "sagittal" in text
+    assert "1.5" not in text  # usable, but a volume holding the lumbar spine comes first
+
+
+def test_a_narrow_sagittal_reformat_covers_the_spine_head_to_feet() -> None:
+    """A spine-targeted sagittal CT is 60-100 mm wide (left to right) and 300+ mm tall: its
+    coverage is measured craniocaudally, not along the slice normal."""
+    reformat = _series("4.1", "CT", orientation=SAGITTAL, step=0.8, slices=100, kernel="B70f")
+    assert reformat.coverage_mm == pytest.approx(511 * 0.7)
+    selection = select_series([reformat])
+    assert selection.primary is not None and selection.primary.series_instance_uid == "4.1"
+    assert not any("only the levels" in r for r in selection.reasons)
+
+
+def test_a_short_ct_is_measured_for_the_levels_it_holds() -> None:
+    crop = _series("5.1", "CT", step=1.0, slices=70, size=256)
+    selection = select_series([crop])
+    assert selection.primary is not None and selection.primary.series_instance_uid == "5.1"
+    assert any("only the levels it holds are measured" in r for r in selection.reasons)
 
 
 def test_mr_t2_axial_with_sagittal() -> None:
