@@ -29,7 +29,16 @@ from services.common.operations import database_status, install_operations
 from services.common.params import After
 from services.gateway import audit
 from services.gateway.access import Auditor
-from services.gateway.api import cases, cohort, dashboard, exports, followup, report, viewer
+from services.gateway.api import (
+    agreement,
+    cases,
+    cohort,
+    dashboard,
+    exports,
+    followup,
+    report,
+    viewer,
+)
 from services.gateway.api.errors import install_error_handlers
 from services.gateway.errors import UpstreamError
 from services.gateway.models import AccessRecord
@@ -205,6 +214,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(exports.router)
     app.include_router(followup.router)
     app.include_router(report.router)
+    app.include_router(agreement.router)
     app.include_router(dashboard.router)
     app.include_router(viewer.router)
 

@@ -235,3 +235,19 @@ def case_proms(case: Case, fmt: Format) -> bytes:
         axes.set_title(s.display, fontsize=9)
         axes.grid(alpha=0.3)
     return _render(figure, fmt)
+
+
+def bland_altman(
+    a: np.ndarray, b: np.ndarray, *, rater_a: str, rater_b: str, quantity: str, fmt: Format
+) -> bytes:
+    """Bland-Altman plot of ``b`` against ``a`` (statsmodels' mean-difference plot)."""
+    from statsmodels.graphics.agreement import mean_diff_plot
+
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.subplots()
+    mean_diff_plot(b, a, ax=axes)
+    spec = QUANTITIES[QuantityName(quantity)]
+    axes.set_xlabel(f"mean of the two ({spec.unit_display})")
+    axes.set_ylabel(f"{rater_b} - {rater_a} ({spec.unit_display})")
+    axes.set_title(f"{spec.display}: {rater_b} vs {rater_a} (n = {len(a)})")
+    return _render(figure, fmt)

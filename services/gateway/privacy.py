@@ -48,6 +48,10 @@ class Pseudonymizer:
         """A surgeon's pseudonym (staff are not shown to researchers either)."""
         return self._token("surgeon", reference, "S-")
 
+    def reader(self, reader_id: str) -> str:
+        """A reader's pseudonym (readers are staff, as surgeons are)."""
+        return self._token("reader", reader_id, "RD-")
+
     def study(self, study_instance_uid: str) -> str:
         """A study's pseudonym (UIDs embed dates and the hospital's root)."""
         return self._token("study", study_instance_uid, "ST-")
