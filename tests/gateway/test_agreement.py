@@ -163,3 +163,15 @@ def test_agreement_through_the_real_services(stack: Stack) -> None:
     raters = set(blind["reads"])
     assert "dr-ann" not in raters and any(r.startswith("RD-") for r in raters)
     assert "dr-ann" not in str(blind)
+    # The dashboard page: the table and the Bland-Altman plots, pseudonymised for researchers.
+    import httpx
+
+    for role, shown, hidden in (("clinician", "dr-ann", "RD-"), ("researcher", "RD-", "dr-ann")):
+        page = httpx.get(
+            f"{stack.gateway.url}/dashboard/agreement",
+            cookies={"gateway_session": stack.gateway.token(role=role)},
+            timeout=60,
+        )
+        assert page.status_code == 200
+        assert "ICC(2,1)" in page.text and "bland-altman.png" in page.text
+        assert shown in page.text and hidden not in page.text

@@ -23,6 +23,8 @@ from starlette.exceptions import HTTPException
 from services.common import vocabulary
 from services.common.auth import Authenticator, Principal, current_principal
 from services.gateway.access import READ_SCOPE, VIEWER_ROLES, Viewer, viewer_for
+from services.gateway.agreement import MIN_PAIRS
+from services.gateway.api.agreement import agreement_table
 from services.gateway.api.cases import FilterDep, list_cases, resolve_case, source_of
 from services.gateway.api.followup import follow_up_page
 from services.gateway.cohort import summarize
@@ -310,6 +312,26 @@ def _viewer_link(request: Request) -> Callable[[str], str]:
         return template.format(study_instance_uid=quote(study_instance_uid, safe=""))
 
     return link
+
+
+@router.get("/agreement", response_class=HTMLResponse)
+async def agreement_page(request: Request) -> Response:
+    """Agreement of the automatic values with the readers' and between readers."""
+    viewer = _signed_in(request)
+    if viewer is None:
+        return _to_login(request)
+    answer = await agreement_table(request, viewer)
+    tables: dict[str, list[Any]] = {}
+    for row in answer.agreement:
+        tables.setdefault(row["quantity"], []).append(row)
+    return _page(
+        "agreement.html",
+        viewer=viewer,
+        as_of=answer.as_of,
+        reads=answer.reads,
+        tables=sorted(tables.items()),
+        min_pairs=MIN_PAIRS,
+    )
 
 
 @router.get("/follow-up", response_class=HTMLResponse)
