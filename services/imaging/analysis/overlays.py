@@ -2,22 +2,69 @@
 
 A para-sagittal section through the pedicles with the foraminal height drawn between the
 two pedicle edges, a mid-sagittal section with the disc height, and the axial slice with
-the dural sac's contour and its area. Pure drawing on sampled planes (Pillow), PNG bytes.
+the dural sac's contour and its area. At least 512 pixels a side, with the level and the
+value, orientation letters on each edge and a 10 mm scale bar. Pure drawing on sampled
+planes (Pillow, with matplotlib's DejaVu font for units such as mm²), PNG bytes.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
+import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from services.imaging.analysis.report import Measurement
 from services.imaging.analysis.sampling import FloatArray, Sampler, unit
 
-STEP_MM = 0.4
+STEP_MM = 0.25
 SCALE = 2  # output pixels per sample, for legible lines and text
+SCALE_BAR_MM = 10.0
+
+
+@cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans (shipped with matplotlib): it has the glyphs the units need (mm², mm³)."""
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    try:
+        return ImageFont.truetype(str(path), size)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def _annotate(
+    image: Image.Image, axes: FloatArray, lines: list[tuple[str, tuple[int, int, int]]]
+) -> None:
+    """Text in the top left, orientation letters on the edges, a scale bar bottom left."""
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    font, small = _font(18), _font(16)
+    y = 8
+    for text, colour in lines:
+        draw.text((10, y), text, fill=colour, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+        y += 24
+    right, down = _letter(axes[0]), _letter(axes[1])
+    opposite = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
+    markers = (
+        (right, (width - 22, height // 2 - 9)),
+        (opposite[right], (8, height // 2 - 9)),
+        (down, (width // 2 - 6, height - 26)),
+        (opposite[down], (width // 2 - 6, 8 if len(lines) == 0 else 8 + 24 * len(lines))),
+    )
+    for letter, position in markers:
+        draw.text(
+            position, letter, fill=(255, 255, 0), font=small, stroke_width=2, stroke_fill=(0, 0, 0)
+        )
+    bar = SCALE_BAR_MM / STEP_MM * SCALE
+    x0, y0 = 14, height - 18
+    draw.line([(x0, y0), (x0 + bar, y0)], fill=(255, 255, 255), width=3)
+    for x in (x0, x0 + bar):
+        draw.line([(x, y0 - 6), (x, y0 + 6)], fill=(255, 255, 255), width=2)
+    draw.text((x0 + bar + 8, y0 - 10), f"{SCALE_BAR_MM:g} mm", fill=(255, 255, 255), font=small)
 
 
 @dataclass(frozen=True)
@@ -105,13 +152,12 @@ def height_image(sampler: Sampler, m: Measurement, axis: FloatArray, modality: s
     draw = ImageDraw.Draw(image)
     pa, pb = _to_pixels(np.stack([a, b]), origin, axes)
     colour = (255, 200, 0) if m.status == "ok" else (255, 64, 64)
-    draw.line([pa, pb], fill=colour, width=2)
+    draw.line([pa, pb], fill=colour, width=3)
     for x, y in (pa, pb):
-        draw.line([(x - 10, y), (x + 10, y)], fill=(0, 220, 255), width=2)
+        draw.line([(x - 14, y), (x + 14, y)], fill=(0, 220, 255), width=3)
     text = f"{m.level or f'level #{m.level_index}'} {m.side or ''} {m.quantity.replace('_', ' ')}"
     value = f"{m.value:.1f} mm" if m.value is not None else f"review: {m.reason}"
-    draw.text((6, 6), text, fill=(255, 255, 255))
-    draw.text((6, 20), value, fill=colour)
+    _annotate(image, axes, [(text, (255, 255, 255)), (value, colour)])
     return KeyImage(
         key_image_name(m), f"{text}: {value}", _png(image), _graphic([pa, pb]), _orientation(axes)
     )
@@ -125,14 +171,13 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
     left = unit(np.array([1.0, 0.0, 0.0]) - n[0] * n)
     posterior = unit(np.cross(n, left))
     # Radiological convention: patient's left on the image's right, anterior up.
-    origin = centre - 30 * left - 30 * posterior
-    image, axes = _render(sampler, origin, left, posterior, (60, 60), modality)
+    origin = centre - 32 * left - 32 * posterior
+    image, axes = _render(sampler, origin, left, posterior, (64, 64), modality)
     draw = ImageDraw.Draw(image)
     outline = _to_pixels(contour, origin, axes)
     draw.line([*outline, outline[0]], fill=(255, 200, 0), width=2)
     where = m.level or f"level #{m.level_index}"
     value = f"{m.value:.0f} mm²" if m.value is not None else f"review: {m.reason}"
-    draw.text((6, 6), f"{where} dural sac", fill=(255, 255, 255))
-    draw.text((6, 20), value, fill=(255, 200, 0))
+    _annotate(image, axes, [(f"{where} dural sac", (255, 255, 255)), (value, (255, 200, 0))])
     caption = f"{where} dural sac area: {value}"
     return KeyImage(key_image_name(m), caption, _png(image), _graphic(outline), _orientation(axes))
