@@ -23,7 +23,9 @@ from services.common.vocabulary import QUANTITIES, Level, Modality, QuantityName
 
 SCHEMA_VERSION = 1
 ResultStatus = Literal["ok", "needs_review", "failed"]
-MeasurementStatus = Literal["ok", "needs_review"]
+# not_measurable: the structure is outside the images (not a doubt about a value, so not a
+# review item: a reader has nothing to check).
+MeasurementStatus = Literal["ok", "needs_review", "not_measurable"]
 AnalysisState = Literal["none", "queued", "running", "done", "failed"]
 
 
@@ -63,7 +65,7 @@ class Measurement(_Contract):
     level: Level | None  # None: the level could not be named (no sacrum in view)
     level_index: int  # 0 = most cranial disc measured
     side: Side | None
-    value: float | None  # None when ``status`` is ``needs_review``
+    value: float | None  # None unless ``status`` is ``ok``
     unit: str
     series_instance_uid: str
     status: MeasurementStatus

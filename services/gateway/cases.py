@@ -528,7 +528,11 @@ class _Builder:
             ok = m.status == "ok" and m.value is not None
             out[(m.quantity.value, m.level, m.side)] = Value(
                 value=m.value if ok else None,
-                status="ok" if ok else "needs_review",
+                status="ok"
+                if ok
+                else "missing"
+                if m.status == "not_measurable"
+                else "needs_review",
                 reason=m.reason,
             )
         for manual in study.manual_measurements:  # oldest first: latest wins

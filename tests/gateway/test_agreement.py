@@ -4,6 +4,7 @@ then through the real services (readers' values posted to the imaging service)."
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,9 @@ import pytest
 
 from services.gateway import agreement
 from tests.gateway.conftest import Stack
+from tests.harness.dcmtk import storescu
+from tests.harness.net import wait_until
+from tools.phantom import PhantomSpec, write_phantom
 
 # Bland & Altman, Lancet 1986 (table 1): peak expiratory flow (l/min) of 17 subjects by the
 # Wright and the mini Wright meter, first readings. Published: mean difference (Wright -
@@ -120,25 +124,38 @@ def test_the_table_compares_automatic_readers_and_rereads() -> None:
 
 
 @pytest.mark.integration
-def test_agreement_through_the_real_services(stack: Stack) -> None:
+def test_agreement_through_the_real_services(stack: Stack, tmp_path: Path) -> None:
+    # A study of its own (a patient outside the cohort), so the shared stack's cases keep
+    # their automatic values for the other tests.
+    spec = PhantomSpec(
+        modality="MR", pixel_spacing=0.8, slice_spacing=3.0, patient_id="MRN-AGREEMENT", seed=21
+    )
+    truth = write_phantom(spec, tmp_path / "mr")
+    sent = storescu(
+        stack.imaging.dicom_port, stack.imaging.ae_title, sorted((tmp_path / "mr").glob("*.dcm"))
+    )
+    assert sent.returncode == 0, sent.stderr
+    study = truth["study_instance_uid"]
     with stack.imaging.client() as imaging:
-        items = imaging.get("/api/results").json()["items"]
+        assert wait_until(
+            lambda: imaging.get(f"/api/studies/{study}/measurements").status_code == 200,
+            timeout=120,
+            interval=0.5,
+        )
+        result = imaging.get(f"/api/studies/{study}/measurements").json()
         measured = [
-            (s["study_instance_uid"], m)
-            for s in items
-            if s["result"]
-            for m in s["result"]["measurements"]
-            if m["value"] is not None and m["level"] and m["quantity"] == "foraminal_height"
+            m
+            for m in result["measurements"]
+            if m["value"] is not None and m["level"] and m["quantity"] == "dural_sac_area"
         ]
-        assert len(measured) >= 6
-        for n, (study, m) in enumerate(measured):
-            for reader, offset in (("dr-ann", 0.3), ("dr-bob", -0.4 + 0.1 * (n % 3))):
+        assert len(measured) >= 4
+        for n, m in enumerate(measured):
+            for reader, offset in (("dr-ann", 3.0), ("dr-bob", -4.0 + 1.0 * (n % 3))):
                 posted = imaging.post(
                     f"/api/studies/{study}/manual-measurements",
                     json={
                         "level": m["level"],
-                        "side": m["side"],
-                        "quantity": "foraminal_height",
+                        "quantity": "dural_sac_area",
                         "value": round(m["value"] + offset, 2),
                         "reader_id": reader,
                     },
@@ -146,20 +163,20 @@ def test_agreement_through_the_real_services(stack: Stack) -> None:
                 assert posted.status_code == 201, posted.text
     with stack.gateway.client(role="clinician") as clinician:
         body = clinician.get(
-            "/api/agreement", params={"quantity": "foraminal_height", "refresh": "true"}
+            "/api/agreement", params={"quantity": "dural_sac_area", "refresh": "true"}
         ).json()
         plot = clinician.get(
             "/api/agreement/plots/bland-altman.png",
-            params={"quantity": "foraminal_height", "b": "dr-ann"},
+            params={"quantity": "dural_sac_area", "b": "dr-ann"},
         )
     assert body["reads"]["dr-ann"] >= len(measured) and body["reads"]["dr-bob"] >= len(measured)
     rows = {(r["kind"], r["rater_a"], r["rater_b"]): r for r in body["agreement"]}
     ann = rows[("automatic-reader", "automatic", "dr-ann")]
     assert ann["n"] >= len(measured)
-    assert ann["bias"] == pytest.approx(0.3, abs=0.02)  # what the reader was told to add
+    assert ann["bias"] == pytest.approx(3.0, abs=0.02)  # what the reader was told to add
     assert plot.status_code == 200 and plot.content[:8] == b"\x89PNG\r\n\x1a\n"
     with stack.gateway.client(role="researcher") as researcher:
-        blind = researcher.get("/api/agreement", params={"quantity": "foraminal_height"}).json()
+        blind = researcher.get("/api/agreement", params={"quantity": "dural_sac_area"}).json()
     raters = set(blind["reads"])
     assert "dr-ann" not in raters and any(r.startswith("RD-") for r in raters)
     assert "dr-ann" not in str(blind)

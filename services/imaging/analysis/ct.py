@@ -222,7 +222,7 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
     lines = np.stack([centre + du * left + dv * posterior + s[:, None] * t for du, dv in offsets])
     profile = np.nanmean(sampler(lines), axis=0)
     if np.isnan(profile).any():
-        m.review("the disc is at the edge of the field of view")
+        m.outside("the disc is at the edge of the images")
         return m
     mid = len(s) // 2
     around = slice(mid - int(4 / step), mid + int(4 / step))

@@ -272,12 +272,12 @@ def measure(
             tb, _, pb = line.frame(zb)
             bounds.append(_crossing(line, line.point(zb) - BODY_OFFSET_MM * pb, tb, zb))
         if estimated:
-            volume.review(
-                f"the {' and '.join(estimated)} vertebral body's other disc is not "
-                "seen: its mid-height would be a guess"
+            volume.outside(
+                f"the {' and '.join(estimated)} vertebral body's other disc is outside the "
+                "images: its mid-height would be a guess"
             )
         elif bounds[0] < z.min() - 2 or bounds[1] > z.max() + 2:
-            volume.review("the sac is not seen over the whole level")
+            volume.outside("the level extends beyond the images")
         else:
             zs = np.linspace(bounds[0], bounds[1], 400)
             volume.value = float(np.trapezoid(axial(zs), zs))

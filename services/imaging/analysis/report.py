@@ -3,7 +3,9 @@ it into the result contract (:class:`services.common.contracts.AnalysisResult`) 
 CLI prints, the job runner stores and every consumer reads.
 
 A measurement that could not be taken reliably has ``status: needs_review``, a ``reason``
-and ``value: null`` — never a number that looks trustworthy and is not.
+and ``value: null`` — never a number that looks trustworthy and is not. One whose
+structure lies outside the images is ``not_measurable`` with the reason: nothing for a
+reader to check, so it does not make the result ``needs_review``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class Measurement:
     side: str | None
     value: float | None
     series_instance_uid: str
-    status: str = "ok"  # ok | needs_review
+    status: str = "ok"  # ok | needs_review | not_measurable
     reason: str | None = None
     # World (LPS, mm) points drawn on key images and referenced by the SR: for a height,
     # its two ends; for an area, the contour.
@@ -38,6 +40,11 @@ class Measurement:
 
     def review(self, reason: str) -> None:
         self.status, self.reason, self.value = "needs_review", reason, None
+
+    def outside(self, reason: str) -> None:
+        """Not measurable: what it needs is outside the images (nothing for a reader to
+        check, so not a review item)."""
+        self.status, self.reason, self.value = "not_measurable", reason, None
 
     def check_plausible(self) -> None:
         lo, hi = QUANTITIES[self.quantity].plausible
@@ -74,10 +81,11 @@ class AnalysisResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def settle(self) -> None:
-        """Status from the parts: failed without measurements, needs_review when any is."""
+        """Status from the parts: failed without measurements, needs_review when any is (a
+        value outside the images is not a review item)."""
         if not self.measurements:
             self.status = "failed"
-        elif self.warnings or any(m.status != "ok" for m in self.measurements):
+        elif self.warnings or any(m.status == "needs_review" for m in self.measurements):
             self.status = "needs_review"
         else:
             self.status = "ok"
