@@ -157,6 +157,29 @@ def test_the_case_page_links_clinicians_to_the_viewer_and_audits_the_study_read(
     page = httpx.get(f"{stack.gateway.url}/dashboard/cases/{case}", cookies=clinician, timeout=60)
     assert page.status_code == 200
     assert f'href="/viewer/viewer?StudyInstanceUIDs={quote(study, safe="")}"' in page.text
+    # Why a value is missing or needs review, and the studies' warnings, are written on the
+    # page (not only in a hover title).
+    for index in (0, 1):
+        mrn = stack.plans[index].mrn
+        with stack.gateway.client(role="clinician") as api:
+            data = api.get(f"/api/cases/{stack.cases[mrn]}").json()
+        html = httpx.get(
+            f"{stack.gateway.url}/dashboard/cases/{stack.cases[mrn]}", cookies=clinician, timeout=60
+        ).text
+        reasons = [
+            v["reason"]
+            for row in data["imaging"]["metrics"]
+            for v in (row["pre"], *(p["value"] for p in row["post"]))
+            if v["status"] in ("needs_review", "missing") and v.get("reason")
+        ]
+        notes = [
+            w
+            for s in [data["imaging"]["pre"], *data["imaging"]["post"]]
+            if s
+            for w in s["warnings"]
+        ]
+        for text in reasons + notes:
+            assert text.replace("'", "&#39;") in html, text
     researcher = {"gateway_session": stack.gateway.token(role="researcher")}
     pseudonym = stack.case_id(stack.plans[0].mrn, "researcher")
     blind = httpx.get(
