@@ -72,7 +72,7 @@ def reads(results: Iterable[StudyResult]) -> pd.DataFrame:
                         "side": m.side or "",
                         "rater": AUTOMATIC,
                         "read": 1,
-                        "value": float(m.value or 0.0),
+                        "value": float(m.value),  # type: ignore[arg-type]  # measured()
                     }
                 )
         counts: dict[tuple[str, str, str, str], int] = {}
@@ -93,9 +93,14 @@ def reads(results: Iterable[StudyResult]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*KEY, "rater", "read", "value"])
 
 
-def _interval(values: Iterable[float]) -> tuple[float, float]:
-    lo, hi = values
-    return float(lo), float(hi)
+def _interval(values: Iterable[float]) -> tuple[float, float] | None:
+    lo, hi = (float(v) for v in values)
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+
+
+def _finite(value: float) -> float | None:
+    """A statistic, or None where it is undefined (no variance): JSON has no NaN."""
+    return value if math.isfinite(value) else None
 
 
 def compare(
@@ -117,9 +122,9 @@ def compare(
     icc = pg.intraclass_corr(long, targets="target", raters="rater", ratings="value").set_index(
         "Type"
     )
-    # pingouin >= 0.7 names them as McGraw & Wong do; earlier versions as Shrout & Fleiss.
-    icc2_name = "ICC(A,1)" if "ICC(A,1)" in icc.index else "ICC2"
-    icc3_name = "ICC(C,1)" if "ICC(C,1)" in icc.index else "ICC3"
+    # pingouin >= 0.7 names them as McGraw & Wong do: ICC(A,1) is Shrout & Fleiss's ICC(2,1),
+    # ICC(C,1) their ICC(3,1). Its CIs are rounded to two decimals.
+    icc2_name, icc3_name = "ICC(A,1)", "ICC(C,1)"
     diff = b - a
     bias = float(diff.mean())
     sd = float(diff.std(ddof=1))
@@ -127,15 +132,16 @@ def compare(
     se_bias = sd / math.sqrt(n)
     se_limit = math.sqrt(3 * sd**2 / n)
     lower, upper = bias - 1.96 * sd, bias + 1.96 * sd
+    ccc, ccc_ci = lins_ccc(a, b)
     return Agreement(
         quantity,
         rater_a,
         rater_b,
         kind,
         n,
-        icc2=float(icc.loc[icc2_name, "ICC"]),
+        icc2=_finite(float(icc.loc[icc2_name, "ICC"])),
         icc2_ci=_interval(icc.loc[icc2_name, "CI95"]),
-        icc3=float(icc.loc[icc3_name, "ICC"]),
+        icc3=_finite(float(icc.loc[icc3_name, "ICC"])),
         icc3_ci=_interval(icc.loc[icc3_name, "CI95"]),
         bias=bias,
         bias_ci=(bias - t * se_bias, bias + t * se_bias),
@@ -143,8 +149,8 @@ def compare(
         loa=(lower, upper),
         loa_lower_ci=(lower - t * se_limit, lower + t * se_limit),
         loa_upper_ci=(upper - t * se_limit, upper + t * se_limit),
-        ccc=lins_ccc(a, b)[0],
-        ccc_ci=lins_ccc(a, b)[1],
+        ccc=_finite(ccc),
+        ccc_ci=ccc_ci,
         mean_absolute_difference=float(np.abs(diff).mean()),
     )
 
@@ -156,9 +162,11 @@ def lins_ccc(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[float, float] |
     sx, sy = float(np.var(a)), float(np.var(b))
     denominator = sx + sy + (float(a.mean()) - float(b.mean())) ** 2
     if denominator == 0:
-        return 1.0, None
+        return float("nan"), None  # both raters constant and equal: undefined
     ccc = 2 * sxy / denominator
-    r = float(np.corrcoef(a, b)[0, 1]) if sx > 0 and sy > 0 else 1.0
+    if sx == 0 or sy == 0:
+        return ccc, None  # one rater constant: no correlation, no interval
+    r = float(np.corrcoef(a, b)[0, 1])
     if n <= 3 or abs(ccc) >= 1 or r == 0:
         return ccc, None
     u = (float(a.mean()) - float(b.mean())) / (sx * sy) ** 0.25
@@ -174,8 +182,12 @@ def lins_ccc(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[float, float] |
     return ccc, (math.tanh(z - 1.96 * se_z), math.tanh(z + 1.96 * se_z))
 
 
+def _by_read(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values([*KEY, "rater", "read"], kind="stable")
+
+
 def _latest(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.sort_values("read").groupby([*KEY, "rater"], as_index=False).last()
+    return _by_read(frame).groupby([*KEY, "rater"], as_index=False).last()
 
 
 def table(values: pd.DataFrame) -> list[Agreement]:
@@ -205,7 +217,7 @@ def table(values: pd.DataFrame) -> list[Agreement]:
                     kind=kind,
                 )
             )
-        reread = values[(values["quantity"] == quantity) & (values["rater"] != AUTOMATIC)]
+        reread = _by_read(values[(values["quantity"] == quantity) & (values["rater"] != AUTOMATIC)])
         for reader in sorted(reread["rater"].unique()):
             mine = reread[reread["rater"] == reader].groupby(KEY)["value"]
             repeated = mine.count() >= 2

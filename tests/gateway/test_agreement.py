@@ -97,6 +97,35 @@ def test_lins_ccc_is_its_definition() -> None:
     assert ci is not None and ci[0] < ccc < ci[1] < 1
 
 
+def test_degenerate_reads_give_no_statistic_rather_than_an_error() -> None:
+    same = agreement.compare(
+        np.array([5.0, 5, 5, 5]),
+        np.array([5.0, 6, 5, 7]),
+        quantity="q",
+        rater_a="a",
+        rater_b="b",
+        kind="x",
+    )
+    assert same.n == 4 and same.ccc_ci is None  # one rater constant: no interval, no crash
+    equal = agreement.compare(
+        np.array([5.0] * 4), np.array([5.0] * 4), quantity="q", rater_a="a", rater_b="b", kind="x"
+    )
+    assert equal.ccc is None and equal.icc2 is None  # undefined, and JSON has no NaN
+    assert equal.bias == 0.0 and equal.mean_absolute_difference == 0.0
+
+
+def test_first_and_latest_reads_follow_the_read_number_not_the_row_order() -> None:
+    key = {"study": "1.2.3", "quantity": "disc_height", "level": "L4-L5", "side": ""}
+    rows = [
+        {**key, "study": f"1.2.{i}", "rater": "ann", "read": read, "value": value + i}
+        for i in range(4)
+        for read, value in ((2, 11.0), (1, 10.0))  # the later read listed first
+    ]
+    intra = agreement.table(pd.DataFrame(rows))
+    assert [r.kind for r in intra] == ["intra-reader"]
+    assert intra[0].bias == pytest.approx(1.0)  # latest (11) minus first (10)
+
+
 def test_the_table_compares_automatic_readers_and_rereads() -> None:
     rng = np.random.default_rng(3)
     truth = rng.uniform(8, 22, size=12)

@@ -49,6 +49,7 @@ class Level:
     disc: Disc
     upper_z: tuple[float, float]  # z extent of the vertebra above (disc to disc or FOV)
     lower_z: tuple[float, float]
+    position: int = 0  # the disc's place among all the discs found (a skipped one leaves a gap)
 
 
 @dataclass
@@ -64,10 +65,12 @@ class CtModel:
         out: dict[int, list[float]] = {}
         for i, level in enumerate(self.levels):
             heights = []
-            if i > 0:
-                heights.append(self.levels[i - 1].disc.z_low - level.disc.z_high)
-            if i + 1 < len(self.levels):
-                heights.append(level.disc.z_low - self.levels[i + 1].disc.z_high)
+            above = self.levels[i - 1] if i > 0 else None
+            below = self.levels[i + 1] if i + 1 < len(self.levels) else None
+            if above is not None and above.position == level.position - 1:
+                heights.append(above.disc.z_low - level.disc.z_high)
+            if below is not None and below.position == level.position + 1:
+                heights.append(level.disc.z_low - below.disc.z_high)
             out[level.index] = [h for h in heights if h > 0]
         return out
 
@@ -170,7 +173,7 @@ def build_model(image: sitk.Image) -> CtModel:
         if upper[1] - upper[0] < 12 or lower[1] - lower[0] < 12:
             warnings.append(f"disc at z={disc.z:.0f} mm is too close to the edge of the field")
             continue
-        levels.append(Level(name, index, disc, upper, lower))
+        levels.append(Level(name, index, disc, upper, lower, position=n))
         index += 1
     return CtModel(line, levels, sacrum, warnings)
 

@@ -47,15 +47,16 @@ def test_the_real_abdominal_ct_reports_no_value_as_ok() -> None:
 def test_left_and_right_that_cannot_both_be_right() -> None:
     pair = [_m("foraminal_height", 0, "left", 22.7), _m("foraminal_height", 0, "right", 9.2)]
     normal = [_m("foraminal_height", 1, "left", 19.0), _m("foraminal_height", 1, "right", 17.5)]
-    unilateral = [_m("foraminal_height", 2, "left", 18.0), _m("foraminal_height", 2, "right", 14.0)]
-    consistency.lateral_asymmetry(pair + normal + unilateral)
+    # A real one-sided stenosis (20 vs 13 mm) is a finding, not an error.
+    unilateral = [_m("foraminal_height", 2, "left", 20.0), _m("foraminal_height", 2, "right", 13.0)]
+    consistency.apply(consistency.lateral_asymmetry(pair + normal + unilateral))
     assert [m.status for m in pair] == ["needs_review", "needs_review"]
     assert all(m.status == "ok" for m in normal + unilateral)
 
 
-def test_a_disc_higher_than_its_neighbours_or_its_bodies() -> None:
-    discs = [_m("disc_height", i, None, v) for i, v in enumerate((9.0, 10.0, 24.0, 9.5, 4.0))]
-    consistency.disc_jumps(discs)
+def test_a_disc_far_higher_than_both_neighbours_or_its_bodies() -> None:
+    discs = [_m("disc_height", i, None, v) for i, v in enumerate((9.0, 10.0, 25.0, 9.5, 4.0))]
+    consistency.apply(consistency.disc_jumps(discs))
     assert [m.status for m in discs] == [
         "ok",
         "ok",
@@ -63,14 +64,32 @@ def test_a_disc_higher_than_its_neighbours_or_its_bodies() -> None:
         "ok",
         "ok",
     ]  # collapse is a finding
+    # A normal disc between two collapsed ones, and one next to a wrongly tiny one, stay ok.
+    degenerate = [_m("disc_height", i, None, v) for i, v in enumerate((5.0, 12.0, 5.5, 1.5, 10.0))]
+    consistency.apply(consistency.disc_jumps(degenerate))
+    assert all(m.status == "ok" for m in degenerate)
     tall = [_m("disc_height", 0, None, 16.0), _m("disc_height", 1, None, 11.0)]
-    consistency.disc_to_bodies(tall, {0: [24.0, 25.0], 1: [25.0, 27.0]})
-    assert [m.status for m in tall] == ["needs_review", "ok"]
+    consistency.apply(consistency.disc_to_bodies(tall, {0: [24.0, 25.0], 1: [15.0, 27.0]}))
+    assert [m.status for m in tall] == ["needs_review", "ok"]  # 11 mm beside a fracture is fine
+
+
+def test_rules_judge_the_values_as_measured_and_keep_every_reason() -> None:
+    discs = [_m("disc_height", i, None, v) for i, v in enumerate((6.0, 18.0, 13.0, 6.0))]
+    consistency.check(discs, scatter_mm=0.0, body_heights={1: [25.0]})
+    flagged = [m.level_index for m in discs if m.status == "needs_review"]
+    again = [_m("disc_height", i, None, v) for i, v in enumerate((6.0, 18.0, 13.0, 6.0))]
+    consistency.apply(
+        consistency.disc_jumps(again) + consistency.disc_to_bodies(again, {1: [25.0]})
+    )
+    assert flagged == [m.level_index for m in again if m.status == "needs_review"]
+    both = [_m("disc_height", 0, None, 9.0)]
+    consistency.check(both, scatter_mm=18.0, body_heights={0: [12.0]})
+    assert "scatters" in (both[0].reason or "") and "proportion" in (both[0].reason or "")
 
 
 def test_an_unreliable_centre_line_leaves_nothing_ok() -> None:
     values = [_m("disc_height", 0, None, 9.0), _m("foraminal_height", 0, "left", 18.0)]
-    consistency.unreliable_model(values, scatter_mm=3.3)  # a lordotic phantom's scatter
+    consistency.apply(consistency.unreliable_model(values, scatter_mm=3.3))  # a phantom's
     assert all(m.status == "ok" for m in values)
-    consistency.unreliable_model(values, scatter_mm=18.3)
+    consistency.apply(consistency.unreliable_model(values, scatter_mm=18.3))
     assert all(m.status == "needs_review" and m.value is None for m in values)
