@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
@@ -129,3 +130,12 @@ def multipart_body(parts: list[bytes], boundary: str = "test-boundary") -> bytes
 def iter_chunks(data: bytes, size: int = 8192) -> Iterator[bytes]:
     for start in range(0, len(data), size):
         yield data[start : start + size]
+
+
+def sr_items(node: Any) -> list[Any]:
+    """Every content item of an SR tree, depth first."""
+    found = []
+    for item in getattr(node, "ContentSequence", []):
+        found.append(item)
+        found += sr_items(item)
+    return found

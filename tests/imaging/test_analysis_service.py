@@ -14,18 +14,10 @@ from pydicom import dcmread
 from tests.harness.dcmtk import storescu
 from tests.harness.imaging import ImagingServer
 from tests.harness.net import wait_until
+from tests.harness.series import sr_items
 from tools.phantom import PhantomSpec, write_phantom
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("dcmtk")]
-
-
-def _items(node: Any) -> list[Any]:
-    """Every content item of an SR tree, depth first."""
-    found = []
-    for item in getattr(node, "ContentSequence", []):
-        found.append(item)
-        found += _items(item)
-    return found
 
 
 def _measurements(server: ImagingServer, study: str) -> tuple[int, Any]:
@@ -86,7 +78,7 @@ def test_c_store_to_measurements_sr_and_key_images(
         assert groups
         # Each height line lies across the axial slices, in a para-sagittal plane: the SR
         # draws it on the key image of that plane (a SCOORD on a Secondary Capture).
-        lines = [i for i in _items(sr) if i.ValueType == "SCOORD"]
+        lines = [i for i in sr_items(sr) if i.ValueType == "SCOORD"]
         assert len(lines) == len(measured)
         assert all(i.GraphicType == "POLYLINE" and len(i.GraphicData) == 4 for i in lines)
         referenced = [i.ContentSequence[0].ReferencedSOPSequence[0] for i in lines]

@@ -24,6 +24,7 @@ from services.gateway.analysis import dataset, figures, models, plan
 from services.gateway.analysis.dataset import VARIABLES, AnalysisData
 from services.gateway.analysis.models import GROUP_LABELS, GROUPS, Table
 from services.gateway.cases import Case
+from services.gateway.formatting import DASH, num, pval
 from services.gateway.plots import paired as paired_plot
 from services.gateway.stats import Proportion
 
@@ -32,19 +33,8 @@ TEMPLATES = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
-DASH = "\u2013"  # an en dash marks what cannot be computed
 PACKAGES = ("pandas", "numpy", "scipy", "statsmodels", "tableone", "matplotlib", "weasyprint")
 DIGITS = {"eq5d_index": 3}
-
-
-def num(value: float | None, digits: int = 1) -> str:
-    return DASH if value is None else f"{value:.{digits}f}"
-
-
-def pval(value: float | None) -> str:
-    if value is None:
-        return DASH
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def prop(p: Proportion) -> str:

@@ -30,6 +30,7 @@ from services.gateway.api.followup import follow_up_page
 from services.gateway.cohort import summarize
 from services.gateway.errors import Forbidden
 from services.gateway.followup import STATUSES, Status, columns
+from services.gateway.formatting import DASH, num, pval
 from services.gateway.plots import GROUP_LABELS
 from services.gateway.sources import CaseFilter
 
@@ -41,21 +42,8 @@ TEMPLATES = jinja2.Environment(
 )
 
 
-MISSING = "\u2013"  # an en dash marks a missing value
-
-
-def _num(value: float | None, digits: int = 1) -> str:
-    return MISSING if value is None else f"{value:.{digits}f}"
-
-
 def _pct(value: float | None) -> str:
-    return MISSING if value is None else f"{100 * value:.1f}%"
-
-
-def _pval(value: float | None) -> str:
-    if value is None:
-        return MISSING
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+    return DASH if value is None else f"{100 * value:.1f}%"
 
 
 def _status_class(status: str) -> str:
@@ -74,7 +62,7 @@ def _label(code: str | None) -> str:
     return "" if code is None else LABELS.get(code, code)
 
 
-TEMPLATES.filters.update(num=_num, pct=_pct, pval=_pval, status_class=_status_class, label=_label)
+TEMPLATES.filters.update(num=num, pct=_pct, pval=pval, status_class=_status_class, label=_label)
 
 
 def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:

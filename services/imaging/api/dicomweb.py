@@ -610,11 +610,25 @@ def _image(payload: bytes, media: str) -> Response:
     return Response(payload, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _representative(instances: list[Instance]) -> Instance:
-    """The middle image of the first image series (by series then instance number)."""
+def _one_frame(frame_list: str | None) -> int:
+    """The one frame a rendering or thumbnail is of (the first when none is named)."""
+    numbers = frames_mod.parse_frame_list(frame_list) if frame_list else [1]
+    if len(numbers) != 1:
+        raise InvalidQuery("a rendering or thumbnail is of one frame")
+    return numbers[0]
+
+
+def _images(instances: list[Instance]) -> list[Instance]:
+    """The instances with pixels (an SR has none); 406 when there is none to render."""
     images = [i for i in instances if i.rows]
     if not images:
         raise NotAcceptable("no image in this study or series to render")
+    return images
+
+
+def _representative(instances: list[Instance]) -> Instance:
+    """The middle image of the first image series (by series then instance number)."""
+    images = _images(instances)
     first_series = images[0].series_instance_uid
     series = [i for i in images if i.series_instance_uid == first_series]
     return series[len(series) // 2]
@@ -634,11 +648,9 @@ async def rendered_instance(
     ``window=center,width[,linear|linear-exact|sigmoid]`` or the data set's own window,
     scaled to ``viewport=width,height``."""
     options, media = _render_options(request, thumbnail=False)
-    numbers = frames_mod.parse_frame_list(frame_list) if frame_list else [1]
-    if len(numbers) != 1:
-        raise InvalidQuery("a rendered frame is one frame number")
+    frame = _one_frame(frame_list)
     inst = await run_in_threadpool(_one_instance, request, study, series, instance)
-    payload = await run_in_threadpool(_render_one, request, inst, numbers[0], options, media)
+    payload = await run_in_threadpool(_render_one, request, inst, frame, options, media)
     return _image(payload, media)
 
 
@@ -651,9 +663,7 @@ async def rendered_many(
     multipart/related parts with their Content-Location."""
     options, media = _render_options(request, thumbnail=False)
     instances = await run_in_threadpool(_instances_or_404, request, study, series)
-    images = [i for i in instances if i.rows]
-    if not images:
-        raise NotAcceptable("no image in this study or series to render")
+    images = _images(instances)
     base = _base_url(request)
 
     def render_all() -> list[tuple[str, bytes, str]]:
@@ -686,12 +696,10 @@ async def thumbnail(
     """A small rendering (128 pixels, or ``viewport``) of the frame, the instance, or the
     middle image of the series or of the study's first image series."""
     options, media = _render_options(request, thumbnail=True)
-    numbers = frames_mod.parse_frame_list(frame_list) if frame_list else [1]
-    if len(numbers) != 1:
-        raise InvalidQuery("a thumbnail is of one frame")
+    frame = _one_frame(frame_list)
     instances = await run_in_threadpool(_instances_or_404, request, study, series, instance)
     inst = instances[0] if instance else _representative(instances)
-    payload = await run_in_threadpool(_render_one, request, inst, numbers[0], options, media)
+    payload = await run_in_threadpool(_render_one, request, inst, frame, options, media)
     return _image(payload, media)
 
 

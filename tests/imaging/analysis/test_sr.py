@@ -12,15 +12,8 @@ from pydicom.uid import generate_uid
 
 from services.imaging.analysis.pipeline import analyze_paths
 from services.imaging.analysis.sr import build_sr, secondary_captures
+from tests.harness.series import sr_items
 from tools.phantom import PhantomSpec, write_phantom
-
-
-def _items(node: Any) -> list[Any]:
-    found = []
-    for item in getattr(node, "ContentSequence", []):
-        found.append(item)
-        found += _items(item)
-    return found
 
 
 def _to_patient(image: Any, column: float, row: float) -> np.ndarray:
@@ -51,7 +44,7 @@ def test_sac_contours_are_drawn_on_the_axial_slice_they_were_measured_on(
     ]
     assert areas
     sr = build_sr(analysis.result, analysis.evidence)
-    scoords = [i for i in _items(sr) if i.ValueType == "SCOORD"]
+    scoords = [i for i in sr_items(sr) if i.ValueType == "SCOORD"]
     assert len(scoords) == len(areas)
     for item, m in zip(scoords, areas, strict=True):
         assert item.GraphicType == "POLYLINE"
@@ -71,7 +64,7 @@ def test_sac_contours_are_drawn_on_the_axial_slice_they_were_measured_on(
         )
         in_plane = points - np.outer((points - back[0]) @ normal, normal)
         assert np.max(np.linalg.norm(back - in_plane[: len(back)], axis=1)) < 0.01
-    lines = [i for i in _items(sr) if i.ValueType == "SCOORD3D"]
+    lines = [i for i in sr_items(sr) if i.ValueType == "SCOORD3D"]
     frame = next(iter(images.values())).FrameOfReferenceUID
     assert all(i.ReferencedFrameOfReferenceUID == frame for i in lines)
 
@@ -98,10 +91,10 @@ def test_height_lines_are_drawn_on_the_key_image_of_their_plane(tmp_path: Path) 
         key_images=list(zip(analysis.key_images, captures, strict=True)),
     )
     by_uid = {str(c.SOPInstanceUID): c for c in captures}
-    lines = [i for i in _items(sr) if i.ValueType == "SCOORD"]
+    lines = [i for i in sr_items(sr) if i.ValueType == "SCOORD"]
     measured = [m for m in analysis.result.measurements if m.value is not None]
     assert len(lines) == len(measured) > 0
-    assert not [i for i in _items(sr) if i.ValueType == "SCOORD3D"]
+    assert not [i for i in sr_items(sr) if i.ValueType == "SCOORD3D"]
     for item in lines:
         capture = by_uid[item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID]
         (x0, y0), (x1, y1) = np.array(item.GraphicData, dtype=np.float64).reshape(2, 2)
