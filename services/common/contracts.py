@@ -19,7 +19,16 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.common.vocabulary import QUANTITIES, Level, Modality, QuantityName, Side
+from services.common.vocabulary import (
+    QUANTITIES,
+    Level,
+    Modality,
+    QuantityName,
+    ReadAction,
+    ReadPurpose,
+    RejectReason,
+    Side,
+)
 
 SCHEMA_VERSION = 1
 ResultStatus = Literal["ok", "needs_review", "failed"]
@@ -118,7 +127,14 @@ class AnalysisResult(_Contract):
 
 
 class ManualMeasurement(_Contract):
-    """A reader's own value, kept next to the automatic one."""
+    """A reader's read of one measurement, kept next to the automatic value (neither
+    overwrites the other; a later read of the same reader supersedes an earlier one).
+
+    ``action``: what the reader did (:data:`vocabulary.ReadAction`); ``value`` is None only
+    for ``rejected``. ``geometry``: the construction the reader left, as (column, row) points
+    on the review image ``key_image`` (two end points of a height, or a closed contour);
+    the value was computed from it by the imaging service. ``purpose``: the primary review,
+    or a blinded ``second`` read or ``reread`` (agreement only)."""
 
     id: int
     study_instance_uid: str
@@ -126,10 +142,16 @@ class ManualMeasurement(_Contract):
     level: Level
     side: Side | None
     quantity: QuantityName
-    value: float
+    value: float | None
     unit: str
     note: str | None
     created_at: datetime
+    action: ReadAction = "measured"
+    purpose: ReadPurpose = "review"
+    reason: RejectReason | None = None
+    automatic_value: float | None = None  # the automatic value the reader saw or reviewed
+    key_image: str | None = None
+    geometry: list[tuple[float, float]] | None = None
 
 
 class SrLink(_Contract):

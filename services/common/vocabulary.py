@@ -52,6 +52,31 @@ SIDES: tuple[str, ...] = get_args(Side)
 Modality = Literal["CT", "MR"]
 
 
+# -- reading (readers' review of the automatic values) ------------------------------------
+# What a reader did with one automatic value: ``accepted`` it as measured, ``corrected`` it
+# (moved the construction or typed a value), ``rejected`` it (no value; a reason below), or
+# ``measured`` it without an automatic value to review (a blinded read, or the JSON API).
+ReadAction = Literal["accepted", "corrected", "rejected", "measured"]
+READ_ACTIONS: tuple[str, ...] = get_args(ReadAction)
+# Why a reader rejects an automatic value (the workstation's short list).
+RejectReason = Literal[
+    "wrong-level", "wrong-structure", "image-quality", "not-visible", "implant-artefact", "other"
+]
+REJECT_REASONS: dict[str, str] = {
+    "wrong-level": "wrong level",
+    "wrong-structure": "wrong structure (edges or contour not on the anatomy)",
+    "image-quality": "image quality too poor to measure",
+    "not-visible": "structure not visible in the image",
+    "implant-artefact": "implant artefact",
+    "other": "other",
+}
+# Why a read was made: ``review`` (the primary reading; the cohort uses it), ``second`` (a
+# blinded second reader's sample) and ``reread`` (the same reader's blinded re-read):
+# these two serve the agreement statistics only.
+ReadPurpose = Literal["review", "second", "reread"]
+READ_PURPOSES: tuple[str, ...] = get_args(ReadPurpose)
+
+
 # -- imaging quantities ------------------------------------------------------------------
 class QuantityName(StrEnum):
     """The measured quantities (their ``name`` spelling)."""

@@ -22,8 +22,11 @@ place for each protocol (``dimse.handle_store`` and ``api.errors``)::
     ├── Conflict               the request conflicts with what is running 409
     ├── PacsRefused            the PACS refused the request (its 4xx)     400
     ├── PacsError              the configured PACS failed or is down      502
-    └── StaleResult            a stored result outside this version's     409
-                               result contract (analyse the study again)
+    ├── StaleResult            a stored result outside this version's     409
+    │                          result contract (analyse the study again)
+    └── InvalidRead            a reader's read that does not fit the      422
+                               result it reviews (no such value, wrong
+                               construction, value outside its range)
 """
 
 from __future__ import annotations
@@ -101,6 +104,10 @@ class UnsupportedMediaType(ImagingError):
 
 class StaleResult(ImagingError):
     http_status = 409
+
+
+class InvalidRead(ImagingError):
+    http_status = 422
 
 
 class Conflict(ImagingError):

@@ -234,10 +234,18 @@ class ManualMeasurement(ImagingModel, table=True):
     level: str = Field(max_length=8)
     side: str | None = Field(default=None, max_length=8)
     quantity: str = Field(max_length=32)
-    value: float
+    value: float | None = None  # None only for a rejected automatic value
     unit: str = Field(max_length=8)
     note: str | None = Field(default=None, max_length=256)
     created_at: datetime
+    # The review (vocabulary.ReadAction, ReadPurpose, RejectReason); append-only: a reader's
+    # later read supersedes the earlier one, which stays as the audit of the change.
+    action: str = Field(default="measured", max_length=16)
+    purpose: str = Field(default="review", max_length=16)
+    reason: str | None = Field(default=None, max_length=32)
+    automatic_value: float | None = None
+    key_image: str | None = Field(default=None, max_length=120)
+    geometry: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
 
 
 class CohortPatient(ImagingModel, table=True):

@@ -117,8 +117,15 @@ def test_c_store_to_measurements_sr_and_key_images(
             json={"level": "L4-L5", "quantity": "foraminal_height", "value": 14.2, "unit": "mm2"},
         )
         assert bad.status_code in (400, 422)
+        _review_on_the_section(client, study, measured)
     _, after = _measurements(server, study)
     assert after["manual_measurements"][0]["value"] == 14.2
+    assert [m["action"] for m in after["manual_measurements"]] == [
+        "measured",
+        "corrected",
+        "accepted",
+        "rejected",
+    ]
     assert after["measurements"] == body["measurements"]  # the automatic values are untouched
     assert json.dumps(after)  # serialisable
 
@@ -179,3 +186,67 @@ def test_jobs_survive_a_restart_and_failures_are_bounded(
 def _job_state(server: ImagingServer, study: str) -> str:
     with server.client() as client:
         return str(client.get(f"/api/studies/{study}/analysis-jobs").json()[0]["state"])
+
+
+def _review_on_the_section(client: Any, study: str, measured: list[Any]) -> None:
+    """A reader corrects a height by moving one end point on the review image, accepts
+    another, rejects a third: the value of a moved construction is computed by the service
+    from the image's pixel size."""
+    heights = [m for m in measured if m["quantity"] == "foraminal_height"]
+    first, second, third = heights[:3]
+    name = f"foraminal_height_{first['level']}_{first['side']}"
+    plain = client.get(f"/api/studies/{study}/review-images/{name}.png")
+    assert plain.status_code == 200 and plain.content[:4] == b"\x89PNG"
+    geometry = client.get(f"/api/studies/{study}/review-images/{name}.json").json()
+    assert geometry["kind"] == "line" and geometry["mm_per_pixel"] == 0.125
+    (x0, y0), (x1, y1) = geometry["points"]
+    # The construction drawn on the section is the automatic value (in-plane, within 0.3 mm).
+    drawn = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 * 0.125
+    assert abs(drawn - first["value"]) < 0.3, (drawn, first["value"])
+    moved = [[x0, y0], [x1, y1 + 16]]  # 16 px = 2 mm further along the rows
+    expected = ((x1 - x0) ** 2 + (y1 + 16 - y0) ** 2) ** 0.5 * 0.125
+    where = {"quantity": "foraminal_height", "level": first["level"], "side": first["side"]}
+    corrected = client.post(
+        f"/api/studies/{study}/manual-measurements",
+        json={**where, "action": "corrected", "geometry": moved},
+    )
+    assert corrected.status_code == 201, corrected.text
+    read = corrected.json()
+    assert abs(read["value"] - expected) < 0.01 and read["automatic_value"] == first["value"]
+    assert read["key_image"] == name and read["geometry"] == moved
+    accepted = client.post(
+        f"/api/studies/{study}/manual-measurements",
+        json={
+            "quantity": "foraminal_height",
+            "level": second["level"],
+            "side": second["side"],
+            "action": "accepted",
+        },
+    )
+    assert accepted.status_code == 201 and accepted.json()["value"] == second["value"]
+    rejected = client.post(
+        f"/api/studies/{study}/manual-measurements",
+        json={
+            "quantity": "foraminal_height",
+            "level": third["level"],
+            "side": third["side"],
+            "action": "rejected",
+            "reason": "wrong-level",
+        },
+    )
+    assert rejected.status_code == 201 and rejected.json()["value"] is None
+    for body in (
+        {**where, "action": "rejected"},  # no reason
+        {**where, "action": "accepted", "value": 12.0},  # accepting is not typing
+        {**where, "action": "corrected", "value": 12.0, "geometry": moved},  # both
+        {**where, "action": "corrected", "geometry": [[0, 0], [1, 1], [2, 2]]},  # not a line
+        {**where, "action": "corrected", "geometry": [[0, 0], [0, 8000]]},  # 1 m: out of range
+        {**where, "action": "corrected", "geometry": [[0, 0], ["x", 1]]},
+        {**where, "action": "corrected", "geometry": [[0, 0], [float("1e300"), 1]]},
+        {"quantity": "disc_height", "level": "L1-L2", "action": "accepted", "extra": 1},
+        {"quantity": "dural_sac_area", "level": "L4-L5", "action": "accepted"},  # not on CT
+    ):
+        refused = client.post(f"/api/studies/{study}/manual-measurements", json=body)
+        assert refused.status_code == 422, (body, refused.text)
+        assert refused.json()["reason"]
+    assert client.get(f"/api/studies/{study}/review-images/nope.json").status_code == 404

@@ -24,6 +24,7 @@ from services.imaging.analysis.sampling import FloatArray, Sampler, unit
 STEP_MM = 0.25
 SCALE = 2  # output pixels per sample, for legible lines and text
 SCALE_BAR_MM = 10.0
+MM_PER_PIXEL = STEP_MM / SCALE  # isotropic: key-image distances in pixels times this are mm
 
 
 @cache
@@ -77,6 +78,21 @@ class KeyImage:
     graphic: tuple[tuple[float, float], ...] = ()
     # Patient Orientation (0020,0020): where the rows and the columns of the image point.
     orientation: tuple[str, str] = ("", "")
+    # The same section for a reader to measure on: orientation letters and scale bar, but
+    # no construction and no value (a blinded reader must not see them); ``graphic`` is the
+    # automatic construction on it, a ``line`` (two end points) or a closed ``contour``.
+    review_png: bytes = b""
+    kind: str = "line"
+
+    def review_geometry(self) -> dict[str, object]:
+        """The review image's geometry (JSON): the construction, its kind, the pixel size."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "points": [list(p) for p in self.graphic],
+            "mm_per_pixel": MM_PER_PIXEL,
+            "orientation": list(self.orientation),
+        }
 
 
 def key_image_name(m: Measurement) -> str:
@@ -149,6 +165,8 @@ def height_image(sampler: Sampler, m: Measurement, axis: FloatArray, modality: s
     # Image rows go down (caudal), columns go posterior: anterior on the left as readers expect.
     origin = mid - 35 * posterior + 40 * up
     image, axes = _render(sampler, origin, posterior, -up, (80, 80), modality)
+    plain = image.copy()
+    _annotate(plain, axes, [])
     draw = ImageDraw.Draw(image)
     pa, pb = _to_pixels(np.stack([a, b]), origin, axes)
     colour = (255, 200, 0) if m.status == "ok" else (255, 64, 64)
@@ -159,7 +177,13 @@ def height_image(sampler: Sampler, m: Measurement, axis: FloatArray, modality: s
     value = f"{m.value:.1f} mm" if m.value is not None else f"review: {m.reason}"
     _annotate(image, axes, [(text, (255, 255, 255)), (value, colour)])
     return KeyImage(
-        key_image_name(m), f"{text}: {value}", _png(image), _graphic([pa, pb]), _orientation(axes)
+        key_image_name(m),
+        f"{text}: {value}",
+        _png(image),
+        _graphic([pa, pb]),
+        _orientation(axes),
+        _png(plain),
+        "line",
     )
 
 
@@ -173,6 +197,8 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
     # Radiological convention: patient's left on the image's right, anterior up.
     origin = centre - 32 * left - 32 * posterior
     image, axes = _render(sampler, origin, left, posterior, (64, 64), modality)
+    plain = image.copy()
+    _annotate(plain, axes, [])
     draw = ImageDraw.Draw(image)
     outline = _to_pixels(contour, origin, axes)
     draw.line([*outline, outline[0]], fill=(255, 200, 0), width=2)
@@ -180,4 +206,12 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
     value = f"{m.value:.0f} mm²" if m.value is not None else f"review: {m.reason}"
     _annotate(image, axes, [(f"{where} dural sac", (255, 255, 255)), (value, (255, 200, 0))])
     caption = f"{where} dural sac area: {value}"
-    return KeyImage(key_image_name(m), caption, _png(image), _graphic(outline), _orientation(axes))
+    return KeyImage(
+        key_image_name(m),
+        caption,
+        _png(image),
+        _graphic(outline),
+        _orientation(axes),
+        _png(plain),
+        "contour",
+    )

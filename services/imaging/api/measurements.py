@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select
 
 from services.common.auth import Principal, require_scope
@@ -23,7 +24,15 @@ from services.common.contracts import (
 from services.common.contracts import (
     ManualMeasurement as ManualPublic,
 )
-from services.common.vocabulary import QUANTITIES, Level, QuantityName, Side
+from services.common.vocabulary import (
+    QUANTITIES,
+    Level,
+    QuantityName,
+    ReadAction,
+    ReadPurpose,
+    RejectReason,
+    Side,
+)
 from services.imaging.api.dicomweb import public_base_url
 from services.imaging.errors import NotFound, StaleResult
 from services.imaging.models import (
@@ -35,6 +44,7 @@ from services.imaging.models import (
     current_measurement_set,
     utcnow,
 )
+from services.imaging.results import review
 
 router = APIRouter(prefix="/api/studies/{study}", tags=["Measurements"])
 Reader = Annotated[Principal, require_scope("imaging.read")]
@@ -53,14 +63,35 @@ class JobPublic(BaseModel):
     last_error: str | None
 
 
+GeometryPoint = tuple[
+    Annotated[float, Field(ge=-10_000, le=10_000)], Annotated[float, Field(ge=-10_000, le=10_000)]
+]
+
+
 class ManualIn(BaseModel):
+    """A reader's read of one measurement: accept, reject (with a reason), correct (move the
+    construction or type a value), or measure (no automatic value to review)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     reader_id: str | None = Field(
         default=None, max_length=64, description="defaults to the caller's identity"
     )
     level: Level
     side: Side | None = None
     quantity: QuantityName
-    value: float = Field(gt=0, lt=1e6, description="within the quantity's accepted range")
+    action: ReadAction = "measured"
+    purpose: ReadPurpose = "review"
+    value: float | None = Field(
+        default=None, gt=0, lt=1e6, description="a typed value, within the accepted range"
+    )
+    geometry: list[GeometryPoint] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1024,
+        description="the construction on the review image (column, row); its value is computed",
+    )
+    reason: RejectReason | None = Field(default=None, description="why it is rejected")
     unit: str | None = None
     note: str | None = Field(default=None, max_length=256)
 
@@ -75,9 +106,20 @@ class ManualIn(BaseModel):
                 if quantity.per_side
                 else f"{self.quantity} has no side"
             )
-        low, high = quantity.accepted
-        if not low <= self.value <= high:
-            raise ValueError(f"{self.quantity} must be within {low:g}-{high:g} {quantity.unit}")
+        if (self.action == "rejected") != (self.reason is not None):
+            raise ValueError("a reason is given with a rejection, and only with it")
+        if self.action in ("accepted", "rejected") and (
+            self.value is not None or self.geometry is not None
+        ):
+            raise ValueError(f"an {self.action} read carries no value and no construction")
+        if self.action in ("corrected", "measured") and (self.value is None) == (
+            self.geometry is None
+        ):
+            raise ValueError(f"a {self.action} read has a value or a construction (one of them)")
+        if self.value is not None:
+            low, high = quantity.accepted
+            if not low <= self.value <= high:
+                raise ValueError(f"{self.quantity} must be within {low:g}-{high:g} {quantity.unit}")
         self.unit = quantity.unit
         return self
 
@@ -95,7 +137,13 @@ def _manual(session: Session, study: str) -> list[ManualPublic]:
         .where(ManualMeasurement.study_instance_uid == study)
         .order_by(col(ManualMeasurement.id))
     ).all()
-    return [ManualPublic.model_validate(r, from_attributes=True) for r in rows]
+    return [_public(r) for r in rows]
+
+
+def _public(row: ManualMeasurement) -> ManualPublic:
+    fields = row.model_dump()
+    fields["geometry"] = json.loads(row.geometry) if row.geometry else None
+    return ManualPublic.model_validate(fields)
 
 
 def _present(
@@ -187,26 +235,97 @@ def get_key_image(study: str, name: str, request: Request, _: Reader) -> Respons
     return Response(png, media_type="image/png")
 
 
-@router.post("/manual-measurements", status_code=201, response_model=ManualPublic)
+@router.get(
+    "/review-images/{name}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_review_image(study: str, name: str, request: Request, _: Reader) -> Response:
+    """A key image's section without the construction and value (for a reader to measure)."""
+    with Session(request.app.state.engine) as session:
+        current = current_measurement_set(session, study)
+    png = None if current is None else request.app.state.runtime.results.review_image(current, name)
+    if png is None:
+        raise NotFound("no such review image")
+    return Response(png, media_type="image/png")
+
+
+@router.get("/review-images/{name}.json")
+def get_review_geometry(study: str, name: str, request: Request, _: Reader) -> dict[str, Any]:
+    """The automatic construction on a review image: kind (line or contour), points
+    (column, row), pixel size (mm), orientation of its rows and columns."""
+    with Session(request.app.state.engine) as session:
+        current = current_measurement_set(session, study)
+    results = request.app.state.runtime.results
+    geometry: dict[str, Any] | None = None if current is None else results.review_geometry(current, name)
+    if geometry is None:
+        raise NotFound("no such review image")
+    return geometry
+
+
+def _automatic(current: MeasurementSet | None, body: ManualIn) -> Any:
+    if current is None:
+        return None
+    try:
+        result = AnalysisResult.from_json(current.result)
+    except ContractError:
+        raise StaleResult("the stored result cannot be read (analyse the study again)") from None
+    return next(
+        (
+            m
+            for m in result.measurements
+            if m.quantity == body.quantity and m.level == body.level and m.side == body.side
+        ),
+        None,
+    )
+
+
+@router.post(
+    "/manual-measurements",
+    status_code=201,
+    response_model=ManualPublic,
+    responses={422: {"description": "the read does not fit the result it reviews"}},
+)
 def add_manual(study: str, body: ManualIn, request: Request, who: Writer) -> ManualPublic:
-    """Record a reader's own measurement next to the automatic one (both are kept)."""
+    """Record a reader's read next to the automatic value (both are kept; a reader's later
+    read of the same measurement supersedes their earlier one, which stays)."""
     with Session(request.app.state.engine) as session:
         _study(session, study)
+        current = current_measurement_set(session, study)
+        name = review.review_image_name(body.quantity.value, body.level, body.side)
+        checked = review.check(
+            action=body.action,
+            quantity=body.quantity,
+            level=body.level,
+            side=body.side,
+            value=body.value,
+            points=body.geometry,
+            automatic=_automatic(current, body),
+            geometry=None
+            if current is None or body.geometry is None
+            else request.app.state.runtime.results.review_geometry(current, name),
+        )
         row = ManualMeasurement(
             study_instance_uid=study,
             reader_id=body.reader_id or who.subject,
             level=body.level,
             side=body.side,
             quantity=body.quantity,
-            value=body.value,
+            value=checked.value,
             unit=body.unit or "",
             note=body.note,
             created_at=utcnow(),
+            action=body.action,
+            purpose=body.purpose,
+            reason=body.reason,
+            automatic_value=checked.automatic_value,
+            key_image=checked.key_image,
+            geometry=None if body.geometry is None else json.dumps(body.geometry),
         )
         session.add(row)
         session.commit()
         session.refresh(row)
-        return ManualPublic.model_validate(row, from_attributes=True)
+        return _public(row)
 
 
 @router.get("/manual-measurements", response_model=list[ManualPublic])
@@ -283,9 +402,7 @@ def list_results(
             .where(col(ManualMeasurement.study_instance_uid).in_(uids))
             .order_by(col(ManualMeasurement.id))
         ).all():
-            manual.setdefault(row.study_instance_uid, []).append(
-                ManualPublic.model_validate(row, from_attributes=True)
-            )
+            manual.setdefault(row.study_instance_uid, []).append(_public(row))
         modalities: dict[str, set[str]] = {}
         for uid, modality in session.exec(
             select(Series.study_instance_uid, Series.modality).where(

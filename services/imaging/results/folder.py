@@ -2,17 +2,21 @@
 written, and where the API, the outbox and the next re-analysis read them back.
 
 Layout: ``<root>/<StudyInstanceUID>/v<version>/job<id>-a<attempt>/`` holding ``sr.dcm``,
-one ``<name>.png`` per key image and the key images as the Secondary Capture instances
-the SR references (``capture-<n>.dcm``). A folder belongs to one attempt of one job, so a
+one ``<name>.png`` per key image, the key images as the Secondary Capture instances
+the SR references (``capture-<n>.dcm``), and under ``review/`` each key image's section
+without its construction (``<name>.png``) with the construction's geometry
+(``<name>.json``) for the readers' workstation. A folder belongs to one attempt of one job, so a
 fenced-out attempt never overwrites the committed one; the measurement set records its
 folder (``key_images_dir``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset, dcmread
 
@@ -21,6 +25,7 @@ from services.imaging.analysis.sr import to_bytes
 from services.imaging.models import MeasurementSet
 
 SR_FILE = "sr.dcm"
+REVIEW = "review"
 CAPTURE_PREFIX = "capture-"
 KEY_IMAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
 
@@ -46,6 +51,11 @@ class ResultsFolder:
         folder.mkdir(parents=True, exist_ok=True)
         for image in key_images:
             (folder / f"{image.name}.png").write_bytes(image.png)
+            if image.review_png:
+                (folder / REVIEW).mkdir(exist_ok=True)
+                (folder / REVIEW / f"{image.name}.png").write_bytes(image.review_png)
+                geometry = json.dumps(image.review_geometry())
+                (folder / REVIEW / f"{image.name}.json").write_text(geometry)
         if sr is not None:
             (folder / SR_FILE).write_bytes(to_bytes(sr))
         for number, capture in enumerate(captures, start=1):
@@ -74,6 +84,26 @@ class ResultsFolder:
             return None
         path = folder / f"{name}.png"
         return path.read_bytes() if path.is_file() else None
+
+    def review_image(self, measurement_set: MeasurementSet, name: str) -> bytes | None:
+        """A key image's section without its construction; None when there is none (an
+        unknown name, or a result written before review images were kept)."""
+        folder = self._folder(measurement_set)
+        if folder is None or not KEY_IMAGE_NAME.match(name):
+            return None
+        path = folder / REVIEW / f"{name}.png"
+        return path.read_bytes() if path.is_file() else None
+
+    def review_geometry(self, measurement_set: MeasurementSet, name: str) -> dict[str, Any] | None:
+        """The construction drawn on a review image (see ``KeyImage.review_geometry``)."""
+        folder = self._folder(measurement_set)
+        if folder is None or not KEY_IMAGE_NAME.match(name):
+            return None
+        path = folder / REVIEW / f"{name}.json"
+        if not path.is_file():
+            return None
+        geometry: dict[str, Any] = json.loads(path.read_text())
+        return geometry
 
     def key_images(self, measurement_set: MeasurementSet) -> list[bytes]:
         """Every key image's PNG, in name order."""
