@@ -28,6 +28,7 @@ import pingouin as pg
 from scipy import stats
 
 from services.common.contracts import StudyResult
+from services.common.vocabulary import READ_ACTIONS
 
 AUTOMATIC = "automatic"
 MIN_PAIRS = 3  # below this no statistic is computed (the pair count is still reported)
@@ -77,6 +78,8 @@ def reads(results: Iterable[StudyResult]) -> pd.DataFrame:
                 )
         counts: dict[tuple[str, str, str, str], int] = {}
         for manual in sorted(study.manual_measurements, key=lambda x: (x.created_at, x.id)):
+            if manual.value is None:  # rejected: no value to compare (counted in actions())
+                continue
             key = (manual.reader_id, manual.quantity.value, manual.level, manual.side or "")
             counts[key] = counts.get(key, 0) + 1
             rows.append(
@@ -91,6 +94,28 @@ def reads(results: Iterable[StudyResult]) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows, columns=[*KEY, "rater", "read", "value"])
+
+
+def actions(results: Iterable[StudyResult]) -> dict[str, dict[str, int]]:
+    """Per reader: how many values they accepted, corrected, rejected and measured (their
+    latest read of each measurement, whatever its purpose)."""
+    latest: dict[tuple[str | None, ...], str] = {}
+    for study in results:
+        for read in sorted(study.manual_measurements, key=lambda x: (x.created_at, x.id)):
+            key: tuple[str | None, ...] = (
+                read.reader_id,
+                study.study_instance_uid,
+                read.quantity.value,
+                read.level,
+                read.side,
+                read.purpose,
+            )
+            latest[key] = read.action
+    out: dict[str, dict[str, int]] = {}
+    for (reader, *_), action in latest.items():
+        counts = out.setdefault(str(reader), dict.fromkeys(READ_ACTIONS, 0))
+        counts[action] += 1
+    return out
 
 
 def _interval(values: Iterable[float]) -> tuple[float, float] | None:

@@ -37,6 +37,7 @@ from services.gateway.api import (
     exports,
     followup,
     report,
+    review,
     viewer,
 )
 from services.gateway.api.errors import install_error_handlers
@@ -141,7 +142,9 @@ async def case_source(
         base_url=settings.imaging_url,
         timeout=timeout,
         limits=limits,
-        auth=ServiceBearer(authenticator, "gateway", "imaging.read", settings.imaging_token),
+        auth=ServiceBearer(
+            authenticator, "gateway", "imaging.read imaging.review", settings.imaging_token
+        ),
     )
     outcomes_http = httpx.AsyncClient(
         base_url=settings.outcomes_url.rstrip("/") + "/",
@@ -197,7 +200,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         description=(
             "Cases (index surgeries) with paired pre/post imaging metrics, complications, "
             "early results and PROMs; cohort statistics; CSV and FHIR exports; plots; a "
-            "dashboard. Roles: researcher (pseudonymised), clinician, integration."
+            "dashboard; the readers' review workstation. Roles: researcher (pseudonymised), "
+            "clinician, reader, integration."
         ),
         lifespan=lifespan,
     )
@@ -215,6 +219,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(followup.router)
     app.include_router(report.router)
     app.include_router(agreement.router)
+    app.include_router(review.router)
     app.include_router(dashboard.router)
     app.include_router(viewer.router)
 

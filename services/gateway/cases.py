@@ -10,9 +10,14 @@ Rules a researcher needs to know (also in the README):
   e.g. ``day-2``, ``month-3``). A study on the day of surgery without times on both
   sides cannot be placed and is left out with a warning. The cohort compares *pre*
   with the **first** post-operative study.
-- **Which value.** A reader's manual measurement of a study takes precedence over the
-  automatic one (kept alongside as ``automatic``); an automatic value counts when its
-  status is ``ok``; ``needs_review`` values have no number.
+- **Which value.** The primary reading's latest read of a value (any reader; the blinded
+  second reads and re-reads serve the agreement statistics only) decides it: ``accepted``
+  keeps the automatic value, ``corrected`` replaces it, ``rejected`` excludes it (no
+  number), a reader's value where there was no automatic one is ``manual``. Without a
+  read, an automatic value counts when its status is ``ok`` (unreviewed) and
+  ``needs_review`` values have no number. The automatic value is kept alongside
+  (``automatic``); the cohort summary counts each state and can be restricted to the
+  reviewed values (accepted, corrected, manual).
 - **PROMs.** Baseline is the ``baseline`` time point, else the latest value before
   surgery. Change = value - baseline. The MCID is reached when the improvement is at
   least the PROM's MCID in :data:`services.common.vocabulary.PROMS` (lower is better for
@@ -25,7 +30,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -46,11 +51,18 @@ INACTIVE_STATUSES = {"entered-in-error", "cancelled"}
 # ---------------------------------------------------------------------------- output
 
 
+ValueStatus = Literal[
+    "ok", "needs_review", "accepted", "corrected", "rejected", "manual", "missing"
+]
+VALUE_STATUSES: tuple[str, ...] = get_args(ValueStatus)
+REVIEWED: tuple[str, ...] = ("accepted", "corrected", "manual")  # a reader stands behind it
+
+
 class Value(BaseModel):
     value: float | None
-    status: Literal["ok", "needs_review", "manual", "missing"]
+    status: ValueStatus
     reason: str | None = None
-    automatic: float | None = None  # the automatic value when a manual one took precedence
+    automatic: float | None = None  # the automatic value when a reader's read decided
 
 
 class KeyImage(BaseModel):
@@ -535,14 +547,29 @@ class _Builder:
                 else "needs_review",
                 reason=m.reason,
             )
-        for manual in study.manual_measurements:  # oldest first: latest wins
-            key = (manual.quantity.value, manual.level, manual.side)
-            automatic = out.get(key)
+        automatic_values = {
+            (m.quantity.value, m.level, m.side): m.value
+            for m in (study.result.measurements if study.result else [])
+        }
+        reads = sorted(study.manual_measurements, key=lambda r: (r.created_at, r.id))
+        for read in reads:  # oldest first: the latest wins; the reader's identity stays out
+            if read.purpose != "review":
+                continue
+            key = (read.quantity.value, read.level, read.side)
+            automatic = automatic_values.get(key)
+            if read.action == "rejected":
+                why = vocabulary.REJECT_REASONS.get(read.reason or "", "rejected")
+                out[key] = Value(
+                    value=None, status="rejected", reason=f"rejected: {why}", automatic=automatic
+                )
+                continue
+            status: ValueStatus = "manual" if read.action == "measured" else read.action
+            reason = {"accepted": "accepted by a reader", "corrected": "corrected by a reader"}
             out[key] = Value(
-                value=manual.value,
-                status="manual",
-                reason="manual measurement",  # the reader's identity stays in imaging
-                automatic=automatic.value if automatic else None,
+                value=read.value,
+                status=status,
+                reason=reason.get(status, "a reader's measurement"),
+                automatic=automatic,
             )
         return out
 

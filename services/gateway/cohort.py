@@ -10,7 +10,9 @@ and the **first** post-operative one, in two units of analysis:
   are correlated: the tests are descriptive only.
 
 Cases without a usable pre/post pair are counted and listed with the reason, never
-silently dropped.
+silently dropped. Which value counts is the rule of :mod:`services.gateway.cases` (the
+readers' review decides); the summary counts the review states of the values it compares
+and, when ``reviewed_only``, compares only the values a reader stands behind.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from statistics import fmean
 from services.common import vocabulary
 from services.common.fhir import codes
 from services.gateway.cases import (
+    REVIEWED,
+    VALUE_STATUSES,
     Case,
-    MetricRow,
+    Value,
 )
 from services.gateway.stats import (
     Descriptive,
@@ -117,21 +121,49 @@ class CohortSummary:
     early: EarlySummary
     proms: list[PromSummary]
     warnings: list[str] = field(default_factory=list)
+    # The compared values by review state (see review_states); reviewed_only: the metrics
+    # compare only the values a reader stands behind.
+    review: dict[str, int] = field(default_factory=dict)
+    reviewed_only: bool = False
 
 
-def _first_post(row: MetricRow) -> float | None:
-    return row.post[0].value.value if row.post else None
+def _number(value: Value | None, reviewed_only: bool) -> float | None:
+    if value is None or (reviewed_only and value.status not in REVIEWED):
+        return None
+    return value.value
 
 
-def operated_values(case: Case, quantity: str) -> tuple[list[float | None], list[float | None]]:
+def operated_values(
+    case: Case, quantity: str, reviewed_only: bool = False
+) -> tuple[list[float | None], list[float | None]]:
     """(pre, first post) per operated site of ``quantity`` in one case, aligned."""
     rows = [r for r in case.imaging.metrics if r.quantity == quantity and r.operated]
-    return [r.pre.value for r in rows], [_first_post(r) for r in rows]
+    return (
+        [_number(r.pre, reviewed_only) for r in rows],
+        [_number(r.post[0].value if r.post else None, reviewed_only) for r in rows],
+    )
 
 
-def patient_pair(case: Case, quantity: str) -> tuple[float | None, float | None]:
+def review_states(cases: list[Case]) -> dict[str, int]:
+    """How many of the compared values (the operated sites of the group's quantities, pre
+    and first post) are automatic-unreviewed (``ok``), accepted, corrected, rejected,
+    a reader's own (``manual``), flagged and unread (``needs_review``), or missing."""
+    counts = dict.fromkeys(VALUE_STATUSES, 0)
+    for case in cases:
+        group = vocabulary.GROUPS.get(case.surgery.group or "")
+        for row in case.imaging.metrics:
+            if not row.operated or group is None or row.quantity not in group.quantities:
+                continue
+            counts[row.pre.status] += 1
+            counts[row.post[0].value.status if row.post else "missing"] += 1
+    return counts
+
+
+def patient_pair(
+    case: Case, quantity: str, reviewed_only: bool = False
+) -> tuple[float | None, float | None]:
     """(pre, first post) of one patient: means over the operated sites measured at both."""
-    pre, post = operated_values(case, quantity)
+    pre, post = operated_values(case, quantity, reviewed_only)
     both = [(a, b) for a, b in zip(pre, post, strict=True) if a is not None and b is not None]
     if not both:
         return None, None
@@ -143,7 +175,9 @@ def _mean(values: list[float | None]) -> float | None:
     return fmean(present) if present else None
 
 
-def metric_summaries(cases: list[Case]) -> tuple[list[MetricSummary], list[MissingCase]]:
+def metric_summaries(
+    cases: list[Case], reviewed_only: bool = False
+) -> tuple[list[MetricSummary], list[MissingCase]]:
     """Pre, post and paired change of every imaging quantity at the operated levels."""
     summaries: list[MetricSummary] = []
     missing: list[MissingCase] = []
@@ -166,10 +200,10 @@ def metric_summaries(cases: list[Case]) -> tuple[list[MetricSummary], list[Missi
         site_pre: list[float | None] = []
         site_post: list[float | None] = []
         for case in relevant:
-            pre, post = operated_values(case, quantity)
+            pre, post = operated_values(case, quantity, reviewed_only)
             # A patient's mean uses the same sites on both sides of the comparison; without
             # a pair, the values present still count in the descriptive pre or post figures.
-            mean_pre, mean_post = patient_pair(case, quantity)
+            mean_pre, mean_post = patient_pair(case, quantity, reviewed_only)
             patient_pre.append(mean_pre if mean_pre is not None else _mean(pre))
             patient_post.append(mean_post if mean_post is not None else _mean(post))
             site_pre += pre
@@ -316,9 +350,11 @@ def prom_summaries(cases: list[Case]) -> list[PromSummary]:
     return out
 
 
-def summarize(cases: list[Case], group: str | None = None) -> CohortSummary:
+def summarize(
+    cases: list[Case], group: str | None = None, reviewed_only: bool = False
+) -> CohortSummary:
     """The cohort summary of ``cases`` (already filtered by the caller)."""
-    metrics, missing = metric_summaries(cases)
+    metrics, missing = metric_summaries(cases, reviewed_only)
     with_pre = sum(c.imaging.pre is not None for c in cases)
     with_post = sum(bool(c.imaging.post) for c in cases)
     counts = Counts(
@@ -341,4 +377,6 @@ def summarize(cases: list[Case], group: str | None = None) -> CohortSummary:
         early=early_summary(cases),
         proms=prom_summaries(cases),
         warnings=warnings,
+        review=review_states(cases),
+        reviewed_only=reviewed_only,
     )

@@ -4,6 +4,7 @@ GatewayError
 ├── NotFound                 404  no such case
 ├── Forbidden                403  the caller's role may not do this
 ├── InvalidRequest           400  a bad filter or parameter
+├── Unprocessable            422  a reader's read that does not fit the value it reviews
 └── UpstreamError            the imaging or outcomes service
     ├── UpstreamUnavailable  503  down, timed out, or answering 5xx
     ├── UpstreamNotFound     404  the upstream says the resource does not exist
@@ -31,6 +32,10 @@ class Forbidden(GatewayError):
 
 class InvalidRequest(GatewayError):
     status_code = 400
+
+
+class Unprocessable(GatewayError):
+    status_code = 422
 
 
 class UpstreamError(GatewayError):

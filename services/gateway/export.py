@@ -19,6 +19,7 @@ from services.common import vocabulary
 from services.common.fhir import builders
 from services.gateway.analysis.dataset import variable_name
 from services.gateway.cases import (
+    VALUE_STATUSES,
     Case,
     ClinicalRecord,
     MetricRow,
@@ -26,6 +27,8 @@ from services.gateway.cases import (
     mrn_of,
 )
 from services.gateway.privacy import AGE_CAP, ResearchSerializer
+
+STATUS_DOC = " | ".join(VALUE_STATUSES)  # the rule: services.gateway.cases
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,9 @@ def _metric_columns() -> list[Column]:
         quantity, unit, display = q.name.value, q.unit, q.display
         out += [
             Column(f"{quantity}_pre", "number", unit, f"{display}, pre-operative study"),
-            Column(f"{quantity}_pre_status", "string", "", "ok | manual | needs_review | missing"),
+            Column(f"{quantity}_pre_status", "string", "", STATUS_DOC),
             Column(f"{quantity}_post", "number", unit, f"{display}, first post-operative study"),
-            Column(f"{quantity}_post_status", "string", "", "ok | manual | needs_review | missing"),
+            Column(f"{quantity}_post_status", "string", "", STATUS_DOC),
             Column(f"{quantity}_change", "number", unit, "post - pre"),
             Column(f"{quantity}_change_percent", "number", "%", "100 x (post - pre) / pre"),
         ]
@@ -256,8 +259,19 @@ def _imaging_resources(patient_ref: str, case: Case) -> list[dict[str, Any]]:
                 effective=resource.get("started", ""),
                 algorithm=ref.algorithm_version and f"spine-decompression {ref.algorithm_version}",
             )
-            if value.status == "manual":
-                observation["method"] = {"text": "manual measurement"}
+            # Provenance the FHIR way: how it was measured (method), and a corrected value
+            # is an amendment of the automatic one (status amended).
+            method = {
+                "ok": "automatic (unreviewed)",
+                "needs_review": "automatic (flagged for review)",
+                "accepted": "automatic, accepted by a reader",
+                "corrected": "automatic, corrected by a reader",
+                "manual": "measured by a reader",
+            }.get(value.status)
+            if method:
+                observation["method"] = {"text": method}
+            if value.status == "corrected":
+                observation["status"] = "amended"
             if not observation["effectiveDateTime"]:
                 del observation["effectiveDateTime"]
             out.append({"resource": observation})

@@ -16,10 +16,21 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from services.common.contracts import ContractError, ResultsPage, StudyResult
+from services.common.contracts import (
+    ContractError,
+    ManualMeasurement,
+    ResultsPage,
+    StudyMeasurements,
+    StudyResult,
+)
 from services.common.fhir import codes
 from services.gateway.cases import ClinicalRecord
-from services.gateway.errors import UpstreamNotFound, UpstreamRejected, UpstreamUnavailable
+from services.gateway.errors import (
+    Unprocessable,
+    UpstreamNotFound,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -202,3 +213,48 @@ class ImagingClient:
     async def key_image(self, study: str, name: str) -> bytes:
         url = f"/api/studies/{study}/key-images/{name}.png"
         return (await _get(self.http, self.service, url)).content
+
+    async def measurements(self, study: str) -> StudyMeasurements | None:
+        """The study's current result with every reader's reads (None: not analysed yet)."""
+        response = await _get(self.http, self.service, f"/api/studies/{study}/measurements")
+        if response.status_code != 200:
+            return None
+        try:
+            return StudyMeasurements.from_json(response.content)
+        except ContractError as exc:
+            raise UpstreamUnavailable(
+                self.service, f"answered outside the contract ({exc})"
+            ) from None
+
+    async def review_image(self, study: str, name: str) -> bytes:
+        url = f"/api/studies/{study}/review-images/{name}.png"
+        return (await _get(self.http, self.service, url)).content
+
+    async def review_geometry(self, study: str, name: str) -> dict[str, Any]:
+        url = f"/api/studies/{study}/review-images/{name}.json"
+        geometry: dict[str, Any] = (await _get(self.http, self.service, url)).json()
+        return geometry
+
+    async def post_read(self, study: str, read: dict[str, Any]) -> ManualMeasurement:
+        """Record a reader's read; :class:`Unprocessable` with the imaging service's reason
+        when it does not fit the value it reviews."""
+        url = f"/api/studies/{study}/manual-measurements"
+        try:
+            response = await self.http.post(url, json=read)
+        except httpx.TimeoutException:
+            raise UpstreamUnavailable(self.service, "timed out") from None
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(self.service, f"unreachable ({type(exc).__name__})") from None
+        if response.status_code == 422:
+            try:
+                reason = str(response.json().get("reason") or "the read was refused")
+            except ValueError:
+                reason = "the read was refused"
+            raise Unprocessable(reason)
+        if response.status_code == 404:
+            raise UpstreamNotFound(self.service, "no such study")
+        if response.status_code >= 500:
+            raise UpstreamUnavailable(self.service, f"answered {response.status_code}")
+        if response.status_code >= 400:
+            raise UpstreamRejected(self.service, f"refused the read ({response.status_code})")
+        return ManualMeasurement.model_validate_json(response.content)

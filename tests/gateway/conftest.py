@@ -7,7 +7,9 @@ Built once for the package (rendering and analysing four phantoms takes about ha
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,18 +51,21 @@ def _analysed(imaging: ImagingServer, count: int) -> bool:
     return len(items) >= count and all(i["analysis_state"] in ("done", "failed") for i in items)
 
 
-@pytest.fixture(scope="package")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def running_stack(
+    root: Path, patients: int, users: dict[str, BasicUser], **gateway: Any
+) -> Iterator[Stack]:
+    """The three services with the first ``patients`` demo patients (CT and MR phantoms
+    sent by C-STORE, their surgeries in FHIR), the gateway started once all are analysed."""
     _require(have_dcmtk(), "dcmtk (storescu, echoscu)")
-    root = tmp_path_factory.mktemp("stack")
-    # Patient 0: foraminal (CT), patient 1: central (MR), patient 2: foraminal, no imaging.
-    plans = [plan_patient(i) for i in range(3)]
+    plans = [plan_patient(i) for i in range(patients)]
     imaging = ImagingServer(root / "imaging").start()
     outcomes = OutcomesServer(root / "outcomes").start()
-    gateway: GatewayServer | None = None
+    server: GatewayServer | None = None
     try:
         truth: dict[str, dict[str, Any]] = {}
-        for plan in plans[:2]:
+        imaged = plans[:2]  # the third patient (if any) has no imaging
+        for plan in imaged:
             pre, post = phantom_specs(
                 plan,
                 pixel_spacing=1.2 if plan.modality == "CT" else None,
@@ -73,24 +78,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 sent = storescu(imaging.dicom_port, imaging.ae_title, sorted(folder.glob("*.dcm")))
                 assert sent.returncode == 0, sent.stderr
         cases = post_cohort(outcomes, plans)
-        assert wait_until(lambda: _analysed(imaging, 4), timeout=240, interval=1.0)
+        count = 2 * len(imaged)
+        assert wait_until(lambda: _analysed(imaging, count), timeout=240, interval=1.0)
         # Started once the data is in: its first cohort snapshot is loaded at start-up.
-        users = {
-            "ada": BasicUser(
-                password_hash=hash_password(RESEARCHER_PASSWORD, rounds=1000),
-                scope="gateway.read",
-                role="researcher",
-            )
-        }
-        gateway = GatewayServer(
+        server = GatewayServer(
             root / "gateway",
             imaging_url=imaging.url,
             outcomes_url=outcomes.fhir_url,
             auth=AuthSettings(secret_key=TEST_KEY, basic_users=users),
+            **gateway,
         ).start()
-        yield Stack(imaging, outcomes, gateway, plans, truth, cases)
+        yield Stack(imaging, outcomes, server, plans, truth, cases)
     finally:
-        if gateway is not None:
-            gateway.stop()
+        if server is not None:
+            server.stop()
         outcomes.stop()
         imaging.stop()
+
+
+def basic_user(password: str, role: str, scope: str = "gateway.read") -> BasicUser:
+    return BasicUser(password_hash=hash_password(password, rounds=1000), scope=scope, role=role)
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # Patient 0: foraminal (CT), patient 1: central (MR), patient 2: foraminal, no imaging.
+    users = {"ada": basic_user(RESEARCHER_PASSWORD, "researcher")}
+    with running_stack(tmp_path_factory.mktemp("stack"), 3, users) as built:
+        yield built

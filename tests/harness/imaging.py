@@ -17,7 +17,7 @@ TEST_KEY = "test-signing-key-" + "0123456789abcdef" * 2
 class ImagingServer(ServiceHarness):
     """Start the imaging service (HTTP + DICOM) and stop it."""
 
-    default_scope = "imaging.read imaging.write imaging.admin"
+    default_scope = "imaging.read imaging.write imaging.review imaging.admin"
 
     def __init__(self, data_dir: Path, **overrides: Any) -> None:
         values: dict[str, Any] = {

@@ -29,7 +29,7 @@ import pandas as pd
 
 from services.common import vocabulary
 from services.gateway.analysis.plan import MEASURE_CODES, MEASURES
-from services.gateway.cases import Case
+from services.gateway.cases import VALUE_STATUSES, Case
 from services.gateway.cohort import patient_pair
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
@@ -188,7 +188,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("levels", "side", "string", "left | right (foraminal height), midline (the others)"),
     Variable("levels", "operated", "boolean", "Operated level", values=YES_NO),
     Variable("levels", "pre", "number", "Pre-operative value"),
-    Variable("levels", "pre_status", "string", "ok | manual | needs_review | missing"),
+    Variable("levels", "pre_status", "string", " | ".join(VALUE_STATUSES)),
     Variable("levels", "post_index", "integer", "Post-operative study, 1 = first (0: none)"),
     Variable("levels", "post_days", "integer", "Days from surgery to that study", "d"),
     Variable(
@@ -199,7 +199,7 @@ VARIABLES: tuple[Variable, ...] = (
         values=TIME_POINT_LABELS,
     ),
     Variable("levels", "post", "number", "Post-operative value"),
-    Variable("levels", "post_status", "string", "ok | manual | needs_review | missing"),
+    Variable("levels", "post_status", "string", " | ".join(VALUE_STATUSES)),
     Variable("levels", "change", "number", "post - pre"),
     Variable("levels", "change_pct", "number", "100 x (post - pre) / pre", "%"),
     Variable("proms", "case_id", "string", "Case"),

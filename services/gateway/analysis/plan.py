@@ -80,8 +80,10 @@ def methods() -> list[str]:
         "Retrospective, single-centre, consecutive, multi-operator series. The unit of the "
         "primary analysis is the operated level (and side, for the foraminal height), "
         "clustered within patients. Imaging values are the automatic measurements with "
-        "status ok, or a reader's manual measurement where one exists; values flagged "
-        "needs_review carry no number and are counted as not measurable. The pre-operative "
+        "status ok unless the primary reader's review decided otherwise: an accepted value "
+        "is kept, a corrected one replaced, a rejected one excluded; values flagged "
+        "needs_review and not reviewed carry no number and are counted as not measurable. "
+        "The pre-operative "
         "study is the latest of the group's modality (CT for foraminal, MR for central "
         "stenosis) before surgery; the comparison is with the first post-operative study.",
         "Baseline characteristics are described by group (mean and SD, or median and IQR "

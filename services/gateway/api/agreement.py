@@ -23,6 +23,7 @@ router = APIRouter(prefix="/api/agreement", tags=["Agreement"])
 class AgreementResponse(BaseModel):
     as_of: datetime
     reads: dict[str, int]  # values per rater (automatic and each reader)
+    actions: dict[str, dict[str, int]]  # per reader: accepted, corrected, rejected, measured
     agreement: list[dict[str, Any]]  # services.gateway.agreement.Agreement, as JSON
 
 
@@ -39,10 +40,20 @@ async def _reads(request: Request, viewer: Viewer, refresh: bool = False) -> tup
             ]
         return values
 
+    def count() -> dict[str, dict[str, int]]:
+        counted = agreement.actions(studies)
+        if not viewer.identified and viewer.view.pseudonymizer is not None:
+            rename = viewer.view.pseudonymizer.reader
+            return {rename(reader): n for reader, n in counted.items()}
+        return counted
+
     values = await run_in_threadpool(
         lambda: snapshot.memo(("agreement-reads", viewer.identified), compute)
     )
-    return values, snapshot.as_of
+    counted = await run_in_threadpool(
+        lambda: snapshot.memo(("agreement-actions", viewer.identified), count)
+    )
+    return (values, counted), snapshot.as_of
 
 
 @router.get("", response_model=AgreementResponse)
@@ -56,13 +67,14 @@ async def agreement_table(
     latest read: ICC(2,1) and ICC(3,1) with 95 % CIs, Bland-Altman bias and limits of
     agreement with their CIs, Lin's CCC, mean absolute difference (readers pseudonymised
     for researchers)."""
-    values, as_of = await _reads(request, viewer, refresh)
+    (values, counted), as_of = await _reads(request, viewer, refresh)
     if quantity is not None:
         values = values[values["quantity"] == quantity.value]
     rows = await run_in_threadpool(agreement.table, values)
     return AgreementResponse(
         as_of=as_of,
         reads={str(k): int(v) for k, v in values.groupby("rater").size().items()},
+        actions=counted,
         agreement=[asdict(r) for r in rows],
     )
 
@@ -81,7 +93,7 @@ async def bland_altman_plot(
 ) -> Response:
     """The Bland-Altman plot of raters ``a`` and ``b`` (default: automatic vs the first
     reader) for one quantity (statsmodels' ``mean_diff_plot``)."""
-    values, _ = await _reads(request, viewer)
+    (values, _), _ = await _reads(request, viewer)
     latest = values[values["quantity"] == quantity.value]
     latest = latest.sort_values("read").groupby([*agreement.KEY, "rater"], as_index=False).last()
     raters = sorted(set(latest["rater"]) - {agreement.AUTOMATIC})

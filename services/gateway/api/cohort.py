@@ -30,16 +30,26 @@ class SummaryResponse(BaseModel):
 
 @router.get("/summary", response_model=SummaryResponse)
 async def cohort_summary(
-    request: Request, viewer: ViewerDep, keep: FilterDep, refresh: bool = False
+    request: Request,
+    viewer: ViewerDep,
+    keep: FilterDep,
+    refresh: bool = False,
+    reviewed: Annotated[
+        bool, Query(description="compare only the values a reader accepted, corrected or made")
+    ] = False,
 ) -> SummaryResponse:
     """Counts; pre/post metrics at the operated levels with paired tests; complication
-    rates with Wilson CIs; early results; PROM changes and MCID rates per time point."""
+    rates with Wilson CIs; early results; PROM changes and MCID rates per time point; the
+    compared values by review state (automatic unreviewed, accepted, corrected, rejected)."""
     cases, snapshot = await source_of(request).cases(viewer.view, keep, refresh=refresh)
-    summary = await run_in_threadpool(summarize, cases, keep.group)
+    summary = await run_in_threadpool(summarize, cases, keep.group, reviewed)
     return SummaryResponse(
         as_of=snapshot.as_of,
         snapshot_seconds=round(snapshot.load_seconds, 3),
-        filters={k: v for k, v in asdict(keep).items() if v is not None},
+        filters={
+            **{k: v for k, v in asdict(keep).items() if v is not None},
+            **({"reviewed": True} if reviewed else {}),
+        },
         summary=asdict(summary),
         warnings=snapshot.warnings + summary.warnings,
     )

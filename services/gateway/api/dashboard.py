@@ -22,8 +22,17 @@ from starlette.exceptions import HTTPException
 
 from services.common import vocabulary
 from services.common.auth import Authenticator, Principal, current_principal
-from services.gateway.access import READ_SCOPE, VIEWER_ROLES, Viewer, viewer_for
+from services.gateway.access import (
+    BLINDED,
+    DASHBOARD_ROLES,
+    READ_SCOPE,
+    READER_ROLES,
+    VIEWER_ROLES,
+    Viewer,
+    viewer_for,
+)
 from services.gateway.agreement import MIN_PAIRS
+from services.gateway.api import review as review_api
 from services.gateway.api.agreement import agreement_table
 from services.gateway.api.cases import FilterDep, list_cases, resolve_case, source_of
 from services.gateway.api.followup import follow_up_page
@@ -107,6 +116,13 @@ def _to_login(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/dashboard/login?{urlencode({'next': target})}", status_code=303)
 
 
+def _reader_elsewhere(request: Request) -> Response:
+    """A reader's home is the workstation; the other pages would unblind them."""
+    if request.url.path.rstrip("/") == "/dashboard":
+        return RedirectResponse("/dashboard/review", status_code=303)
+    return error_page(403, BLINDED)
+
+
 def _query(request: Request, drop: tuple[str, ...] = ("offset",)) -> str:
     kept = [(k, v) for k, v in request.query_params.multi_items() if v and k not in drop]
     return urlencode(kept)
@@ -170,11 +186,7 @@ async def login(request: Request) -> Response:
     if (
         principal is None
         or not principal.allows(READ_SCOPE)
-        or principal.role
-        not in (
-            "researcher",
-            "clinician",
-        )
+        or principal.role not in DASHBOARD_ROLES
     ):
         request.state.login_failed = True
         return _page(
@@ -211,13 +223,15 @@ def logout(request: Request) -> RedirectResponse:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def cohort_page(request: Request, keep: FilterDep) -> Response:
+async def cohort_page(request: Request, keep: FilterDep, reviewed: bool = False) -> Response:
     """Cohort overview: counts, metrics with paired tests, complications, early results, PROMs."""
     viewer = _signed_in(request)
     if viewer is None:
         return _to_login(request)
+    if viewer.role in READER_ROLES:
+        return _reader_elsewhere(request)
     cases, snapshot = await source_of(request).cases(viewer.view, keep)
-    summary = await run_in_threadpool(summarize, cases, keep.group)
+    summary = await run_in_threadpool(summarize, cases, keep.group, reviewed)
     groups = [keep.group] if keep.group else list(vocabulary.GROUPS)
     # PROM tables by group, like the plots (the summary pools the groups).
     prom_groups = [
@@ -261,6 +275,8 @@ async def cases_page(
     viewer = _signed_in(request)
     if viewer is None:
         return _to_login(request)
+    if viewer.role in READER_ROLES:
+        return _reader_elsewhere(request)
     page = await list_cases(request, viewer, keep, limit=50, offset=offset, refresh=False)
     return await _filtered("cases.html", request, viewer, keep, page=page, warnings=page.warnings)
 
@@ -271,6 +287,8 @@ async def case_page(request: Request, case: str) -> Response:
     viewer = _signed_in(request)
     if viewer is None:
         return _to_login(request)
+    if viewer.role in READER_ROLES:
+        return _reader_elsewhere(request)
     real = await resolve_case(request, case, viewer.view)
     built = await source_of(request).case(real, viewer.view)
     prom_rows = [
@@ -308,6 +326,8 @@ async def agreement_page(request: Request) -> Response:
     viewer = _signed_in(request)
     if viewer is None:
         return _to_login(request)
+    if viewer.role in READER_ROLES:
+        return _reader_elsewhere(request)
     answer = await agreement_table(request, viewer)
     tables: dict[str, list[Any]] = {}
     for row in answer.agreement:
@@ -317,6 +337,7 @@ async def agreement_page(request: Request) -> Response:
         viewer=viewer,
         as_of=answer.as_of,
         reads=answer.reads,
+        actions=answer.actions,
         tables=sorted(tables.items()),
         min_pairs=MIN_PAIRS,
     )
@@ -333,6 +354,8 @@ async def follow_up_view(
     viewer = _signed_in(request)
     if viewer is None:
         return _to_login(request)
+    if viewer.role in READER_ROLES:
+        return _reader_elsewhere(request)
     if not viewer.identified:
         return _page(
             "followup.html",
@@ -355,4 +378,61 @@ async def follow_up_view(
         status=status,
         unfiltered=_query(request, drop=("offset", "status")),
         items={e.item: e.display for e in vocabulary.FOLLOW_UP},
+    )
+
+
+def _reader_only(request: Request) -> Viewer | Response:
+    viewer = _signed_in(request)
+    if viewer is None:
+        return _to_login(request)
+    if viewer.role not in READER_ROLES:
+        return error_page(403, "the review workstation is for readers (the reader role)")
+    return viewer
+
+
+@router.get("/review", response_class=HTMLResponse)
+async def review_worklist_page(
+    request: Request,
+    group: Annotated[vocabulary.GroupCode | None, Query()] = None,
+    level: Annotated[vocabulary.Level | None, Query()] = None,
+    purpose: Annotated[vocabulary.ReadPurpose | None, Query()] = None,
+) -> Response:
+    """The reader's worklist: assigned blinded reads and flagged values first, progress."""
+    viewer = _reader_only(request)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    worklist = await review_api.worklist(request, viewer, group, level, purpose)
+    return _page(
+        "review_list.html",
+        viewer=viewer,
+        worklist=worklist,
+        groups=vocabulary.GROUP_CODES,
+        levels=vocabulary.LEVELS,
+        purposes=vocabulary.READ_PURPOSES,
+        group=group,
+        level=level,
+        purpose=purpose,
+    )
+
+
+@router.get("/review/{study}", response_class=HTMLResponse)
+async def review_page(request: Request, study: str) -> Response:
+    """The workstation: each value on its section, to accept, reject or correct."""
+    viewer = _reader_only(request)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    shown = await review_api.study_for_review(request, study, viewer)  # 404 when not ours
+    title = f"{shown.patient_name or shown.patient} · {shown.modality or ''} {shown.slot}"
+    subtitle = (
+        f"MRN {shown.patient} · {_label(shown.group)} · operated {', '.join(shown.levels)} · "
+        f"study of {shown.study_date or 'unknown date'} ({shown.label}) · reading: "
+        f"{shown.purpose}{' (blinded to the automatic values)' if shown.blind_automatic else ''}"
+    )
+    return _page(
+        "review.html",
+        viewer=viewer,
+        study=study,
+        title=title,
+        subtitle=subtitle,
+        viewer_url=_viewer_link(request)(study),
     )

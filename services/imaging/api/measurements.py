@@ -49,6 +49,8 @@ from services.imaging.results import review
 router = APIRouter(prefix="/api/studies/{study}", tags=["Measurements"])
 Reader = Annotated[Principal, require_scope("imaging.read")]
 Writer = Annotated[Principal, require_scope("imaging.write")]
+# Readers' reads: the gateway's review workstation holds this, not the right to write images.
+Reviewer = Annotated[Principal, require_scope("imaging.review")]
 
 
 class JobPublic(BaseModel):
@@ -257,7 +259,9 @@ def get_review_geometry(study: str, name: str, request: Request, _: Reader) -> d
     with Session(request.app.state.engine) as session:
         current = current_measurement_set(session, study)
     results = request.app.state.runtime.results
-    geometry: dict[str, Any] | None = None if current is None else results.review_geometry(current, name)
+    geometry: dict[str, Any] | None = (
+        None if current is None else results.review_geometry(current, name)
+    )
     if geometry is None:
         raise NotFound("no such review image")
     return geometry
@@ -286,7 +290,7 @@ def _automatic(current: MeasurementSet | None, body: ManualIn) -> Any:
     response_model=ManualPublic,
     responses={422: {"description": "the read does not fit the result it reviews"}},
 )
-def add_manual(study: str, body: ManualIn, request: Request, who: Writer) -> ManualPublic:
+def add_manual(study: str, body: ManualIn, request: Request, who: Reviewer) -> ManualPublic:
     """Record a reader's read next to the automatic value (both are kept; a reader's later
     read of the same measurement supersedes their earlier one, which stays)."""
     with Session(request.app.state.engine) as session:

@@ -75,8 +75,9 @@ def check(
     """The value a read records, or :class:`InvalidRead` when it does not fit."""
     name = review_image_name(quantity.value, level, side)
     automatic_value = automatic.value if automatic is not None else None
-    if action in ("accepted", "rejected") and automatic is None:
-        raise InvalidRead(f"there is no automatic {quantity.value} at {level} to {action[:-2]}")
+    if action in ("accepted", "corrected", "rejected") and automatic is None:
+        verb = {"accepted": "accept", "corrected": "correct", "rejected": "reject"}[action]
+        raise InvalidRead(f"there is no automatic {quantity.value} at {level} to {verb}")
     if action == "accepted":
         if automatic_value is None:
             raise InvalidRead("an automatic result without a value cannot be accepted")
