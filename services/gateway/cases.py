@@ -34,7 +34,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
-from services.common import vocabulary
+from services.common import reading, vocabulary
 from services.common.contracts import StudyResult
 from services.common.fhir import codes
 from services.gateway.privacy import Pseudonymizer, age_at, scrub_text
@@ -55,7 +55,8 @@ ValueStatus = Literal[
     "ok", "needs_review", "accepted", "corrected", "rejected", "manual", "missing"
 ]
 VALUE_STATUSES: tuple[str, ...] = get_args(ValueStatus)
-REVIEWED: tuple[str, ...] = ("accepted", "corrected", "manual")  # a reader stands behind it
+REVIEWED: tuple[str, ...] = reading.REVIEWED
+READ_REASONS = {"accepted": "accepted by a reader", "corrected": "corrected by a reader"}
 
 
 class Value(BaseModel):
@@ -531,45 +532,31 @@ class _Builder:
 
     @staticmethod
     def _values(study: StudyResult | None) -> dict[tuple[str, str, str | None], Value]:
+        """Each value of the study as the cohort counts it (:mod:`services.common.reading`);
+        the reader's identity stays in imaging."""
         if study is None:
             return {}
+        measured = study.result.measurements if study.result else []
         out: dict[tuple[str, str, str | None], Value] = {}
-        for m in study.result.measurements if study.result else []:
-            if m.level is None:
-                continue
-            ok = m.status == "ok" and m.value is not None
-            out[(m.quantity.value, m.level, m.side)] = Value(
-                value=m.value if ok else None,
-                status="ok"
-                if ok
-                else "missing"
-                if m.status == "not_measurable"
-                else "needs_review",
-                reason=m.reason,
-            )
-        automatic_values = {
-            (m.quantity.value, m.level, m.side): m.value
-            for m in (study.result.measurements if study.result else [])
-        }
-        reads = sorted(study.manual_measurements, key=lambda r: (r.created_at, r.id))
-        for read in reads:  # oldest first: the latest wins; the reader's identity stays out
-            if read.purpose != "review":
-                continue
-            key = (read.quantity.value, read.level, read.side)
-            automatic = automatic_values.get(key)
-            if read.action == "rejected":
-                why = vocabulary.REJECT_REASONS.get(read.reason or "", "rejected")
+        for key, decided in reading.decide(measured, study.manual_measurements).items():
+            read, state = decided.read, decided.state
+            if read is None:
                 out[key] = Value(
-                    value=None, status="rejected", reason=f"rejected: {why}", automatic=automatic
+                    value=decided.value,
+                    status="missing" if state == "not_measurable" else state,
+                    reason=decided.automatic.reason if decided.automatic else None,
                 )
                 continue
-            status: ValueStatus = "manual" if read.action == "measured" else read.action
-            reason = {"accepted": "accepted by a reader", "corrected": "corrected by a reader"}
+            if state == "rejected":
+                why = vocabulary.REJECT_REASONS.get(read.reason or "", "rejected")
+                reason = f"rejected: {why}"
+            else:
+                reason = READ_REASONS.get(state, "a reader's measurement")
             out[key] = Value(
-                value=read.value,
-                status=status,
-                reason=reason.get(status, "a reader's measurement"),
-                automatic=automatic,
+                value=decided.value,
+                status=state,
+                reason=reason,
+                automatic=decided.automatic_value,
             )
         return out
 

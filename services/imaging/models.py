@@ -6,12 +6,15 @@ the files on disk stay the source of truth for everything else.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, select
+
+from services.common import contracts
 
 
 def utcnow() -> datetime:
@@ -246,6 +249,23 @@ class ManualMeasurement(ImagingModel, table=True):
     automatic_value: float | None = None
     key_image: str | None = Field(default=None, max_length=120)
     geometry: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+
+
+def read_contract(row: ManualMeasurement) -> contracts.ManualMeasurement:
+    """A stored read as the result contract has it."""
+    fields = row.model_dump()
+    fields["geometry"] = json.loads(row.geometry) if row.geometry else None
+    return contracts.ManualMeasurement.model_validate(fields)
+
+
+def reads_of(session: Session, study: str) -> list[contracts.ManualMeasurement]:
+    """Every reader's reads of a study, oldest first."""
+    rows = session.exec(
+        select(ManualMeasurement)
+        .where(ManualMeasurement.study_instance_uid == study)
+        .order_by(col(ManualMeasurement.id))
+    ).all()
+    return [read_contract(r) for r in rows]
 
 
 class CohortPatient(ImagingModel, table=True):

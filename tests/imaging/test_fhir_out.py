@@ -89,3 +89,55 @@ def test_publications_create_then_amend_never_duplicate(outcomes: OutcomesServer
     assert history["total"] == 2
     assert len(fhir.resources("Patient").fetch_all()) == 1
     assert len(fhir.resources("ImagingStudy").fetch_all()) == 1
+
+
+def _read(n: int, side: str, action: str, value: float | None, purpose: str = "review") -> Any:
+    from datetime import UTC, datetime
+
+    from services.common.contracts import ManualMeasurement
+
+    return ManualMeasurement.model_validate(
+        {
+            "id": n,
+            "study_instance_uid": UID,
+            "reader_id": "dr-rita",
+            "level": "L4-L5",
+            "side": side,
+            "quantity": "foraminal_height",
+            "value": value,
+            "unit": "mm",
+            "note": None,
+            "created_at": datetime(2026, 12, 2, 9, n, tzinfo=UTC),
+            "action": action,
+            "purpose": purpose,
+            "reason": "wrong-level" if action == "rejected" else None,
+        }
+    )
+
+
+def test_a_review_is_published_with_its_provenance(outcomes: OutcomesServer) -> None:
+    """A corrected value amends the Observation (method and performer say who and how);
+    a rejected one is withdrawn; a blinded second read changes nothing."""
+    fhir = SyncFHIRClient(outcomes.fhir_url, authorization=f"Bearer {outcomes.token()}")
+    publisher = _publisher(outcomes)
+    result = _result(9.1, 8.7)
+    assert publisher.publish(FACTS, result).created == 2
+    second = [_read(1, "left", "measured", 12.0, purpose="second")]
+    assert publisher.publish(FACTS, result, second).unchanged == 2
+    reads = [
+        _read(2, "left", "accepted", 9.1),
+        _read(3, "left", "corrected", 10.4),  # the latest read wins
+        _read(4, "right", "rejected", None),
+    ]
+    report = publisher.publish(FACTS, result, reads)
+    assert (report.amended, report.withdrawn) == (1, 1)
+    observations = fhir.resources("Observation").search(category="imaging-metric").fetch_all()
+    by_side = {
+        o["component"][0]["valueCodeableConcept"]["coding"][0]["code"]: o for o in observations
+    }
+    left, right = by_side["left"], by_side["right"]
+    assert left["status"] == "amended" and left["valueQuantity"]["value"] == 10.4
+    assert left["method"]["text"] == "spine-decompression 1.0.0, corrected by a reader"
+    assert left["performer"] == [{"display": "reader dr-rita"}]
+    assert "valueQuantity" not in right and right["dataAbsentReason"]["text"]
+    assert publisher.publish(FACTS, result, reads).unchanged == 1  # idempotent

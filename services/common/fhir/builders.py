@@ -243,8 +243,10 @@ def imaging_metric(
     effective: str,
     status: str = "final",
     algorithm: str | None = None,
+    performer: str | None = None,
 ) -> dict[str, Any]:
-    """A decompression metric per level and side, derived from an ImagingStudy."""
+    """A decompression metric per level and side, derived from an ImagingStudy; the
+    ``performer`` is the reader who reviewed it (by name: readers are staff users)."""
     resource = measurement(
         patient_ref, quantity, value, effective=effective, category="imaging-metric"
     )
@@ -256,4 +258,6 @@ def imaging_metric(
         resource["component"] = [{"code": concept("side"), "valueCodeableConcept": concept(side)}]
     if algorithm:
         resource["method"] = {"text": algorithm}
+    if performer:
+        resource["performer"] = [{"display": performer}]
     return resource

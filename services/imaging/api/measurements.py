@@ -42,6 +42,8 @@ from services.imaging.models import (
     Series,
     Study,
     current_measurement_set,
+    read_contract,
+    reads_of,
     utcnow,
 )
 from services.imaging.results import review
@@ -134,18 +136,7 @@ def _study(session: Session, study: str) -> Study:
 
 
 def _manual(session: Session, study: str) -> list[ManualPublic]:
-    rows = session.exec(
-        select(ManualMeasurement)
-        .where(ManualMeasurement.study_instance_uid == study)
-        .order_by(col(ManualMeasurement.id))
-    ).all()
-    return [_public(r) for r in rows]
-
-
-def _public(row: ManualMeasurement) -> ManualPublic:
-    fields = row.model_dump()
-    fields["geometry"] = json.loads(row.geometry) if row.geometry else None
-    return ManualPublic.model_validate(fields)
+    return reads_of(session, study)
 
 
 def _present(
@@ -327,9 +318,12 @@ def add_manual(study: str, body: ManualIn, request: Request, who: Reviewer) -> M
             geometry=None if body.geometry is None else json.dumps(body.geometry),
         )
         session.add(row)
+        if body.purpose == "review" and current is not None:
+            # The primary review changes what the FHIR store should hold: send it again.
+            request.app.state.runtime.dispatcher.plan(session, current, only=("fhir",))
         session.commit()
         session.refresh(row)
-        return _public(row)
+        return read_contract(row)
 
 
 @router.get("/manual-measurements", response_model=list[ManualPublic])
@@ -406,7 +400,7 @@ def list_results(
             .where(col(ManualMeasurement.study_instance_uid).in_(uids))
             .order_by(col(ManualMeasurement.id))
         ).all():
-            manual.setdefault(row.study_instance_uid, []).append(_public(row))
+            manual.setdefault(row.study_instance_uid, []).append(read_contract(row))
         modalities: dict[str, set[str]] = {}
         for uid, modality in session.exec(
             select(Series.study_instance_uid, Series.modality).where(

@@ -56,8 +56,14 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.backoff = timedelta(seconds=backoff_seconds)
 
-    def plan(self, session: Session, measurement_set: MeasurementSet) -> list[ResultDelivery]:
-        """Add the set's deliveries to the caller's transaction."""
+    def plan(
+        self,
+        session: Session,
+        measurement_set: MeasurementSet,
+        only: tuple[str, ...] | None = None,
+    ) -> list[ResultDelivery]:
+        """Add the set's deliveries (to every target, or ``only`` those configured of the
+        ones named: a reader's review sends the values again) to the caller's transaction."""
         assert measurement_set.id is not None
         now = utcnow()
         rows = [
@@ -69,6 +75,7 @@ class Dispatcher:
                 created_at=now,
             )
             for target in self.targets
+            if only is None or target in only
         ]
         for row in rows:
             session.add(row)

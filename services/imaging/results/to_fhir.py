@@ -15,6 +15,7 @@ One FHIR transaction per measurement set, built so that re-running it changes no
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +23,13 @@ import httpx
 from sqlalchemy import Engine
 from sqlmodel import Session, col, func, select
 
-from services.common.contracts import AnalysisResult
+from services.common import reading
+from services.common.contracts import AnalysisResult, ManualMeasurement
 from services.common.fhir import builders, codes
-from services.common.vocabulary import QUANTITIES
+from services.common.vocabulary import QUANTITIES, QuantityName
 from services.imaging.errors import DeliveryError
 from services.imaging.metrics import FHIR_REQUESTS
-from services.imaging.models import Instance, MeasurementSet, Series, Study
+from services.imaging.models import Instance, MeasurementSet, Series, Study, reads_of
 
 FHIR_JSON = "application/fhir+json"
 VALUE_TOLERANCE = 0.005  # values are reported to 2 decimals
@@ -107,7 +109,16 @@ class FhirPublisher:
             logical_id = location.split("/_history")[0].rsplit("/", 1)[-1]
         return f"{resource['resourceType']}/{logical_id}"
 
-    def publish(self, study: StudyFacts, result: AnalysisResult) -> PublishReport:
+    def publish(
+        self,
+        study: StudyFacts,
+        result: AnalysisResult,
+        reads: Sequence[ManualMeasurement] = (),
+    ) -> PublishReport:
+        """The study's values as Observations: the values that count once readers have
+        reviewed them (:mod:`services.common.reading`), with their provenance — ``method``
+        says automatic, accepted or corrected by a reader; ``performer`` names the reader;
+        a corrected value is ``amended``; a rejected one is withdrawn."""
         patient = builders.placeholder_patient(study.patient_id, system=self.mrn_system)
         patient_ref = self._conditional_create(
             patient, f"identifier={self.mrn_system}|{study.patient_id}"
@@ -130,19 +141,23 @@ class FhirPublisher:
         entries: list[dict[str, Any]] = []
         created = amended = unchanged = 0
         wanted: set[str] = set()
-        for m in result.measured():  # not those needing review, nor unnamed levels
-            assert m.value is not None and m.level is not None
-            ident = metric_identifier(study.study_instance_uid, m.level, m.side, m.quantity)
+        decided = reading.decide(result.measurements, reads)
+        for (quantity, level, side), value in decided.items():
+            if value.value is None:  # needing review, rejected, outside the images
+                continue
+            ident = metric_identifier(study.study_instance_uid, level, side, quantity)
             wanted.add(ident)
             observation = builders.imaging_metric(
                 patient_ref,
-                QUANTITIES[m.quantity].code,
-                m.value,
-                level=m.level,
-                side=m.side,
+                QUANTITIES[QuantityName(quantity)].code,
+                value.value,
+                level=level,
+                side=side,
                 imaging_study_ref=study_ref,
                 effective=study.started,
-                algorithm=algorithm,
+                algorithm=method(algorithm, value.state),
+                status="amended" if value.state == "corrected" else "final",
+                performer=None if value.read is None else f"reader {value.read.reader_id}",
             )
             observation["identifier"] = [
                 {"system": codes.IMAGING_METRIC_IDENTIFIER, "value": ident}
@@ -208,6 +223,15 @@ def _entry(
     return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource, "request": request}
 
 
+def method(algorithm: str, state: str) -> str:
+    """How a value was obtained, as Observation.method's text."""
+    if state == "manual":
+        return "measured by a reader"
+    if state in ("accepted", "corrected"):
+        return f"{algorithm}, {state} by a reader"
+    return algorithm
+
+
 class FhirTarget:
     """The outbox target ``fhir``: a measurement set's values as Observations."""
 
@@ -240,4 +264,6 @@ class FhirTarget:
             series=int(counts[0]),
             instances=int(counts[1]),
         )
-        return self.publisher.publish(facts, result).as_json()
+        with Session(self.engine) as session:
+            reads = reads_of(session, uid)
+        return self.publisher.publish(facts, result, reads).as_json()
