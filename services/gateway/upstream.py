@@ -230,31 +230,46 @@ class ImagingClient:
         url = f"/api/studies/{study}/review-images/{name}.png"
         return (await _get(self.http, self.service, url)).content
 
+    async def section(self, study: str, name: str, offset: float, window: str) -> bytes:
+        url = f"/api/studies/{study}/review-images/{name}/section.png"
+        params = {"offset": f"{offset:g}", "window": window}
+        return (await _get(self.http, self.service, url, params)).content
+
     async def review_geometry(self, study: str, name: str) -> dict[str, Any]:
         url = f"/api/studies/{study}/review-images/{name}.json"
         geometry: dict[str, Any] = (await _get(self.http, self.service, url)).json()
         return geometry
 
-    async def post_read(self, study: str, read: dict[str, Any]) -> ManualMeasurement:
-        """Record a reader's read; :class:`Unprocessable` with the imaging service's reason
-        when it does not fit the value it reviews."""
-        url = f"/api/studies/{study}/manual-measurements"
+    async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        """POST a reader's action; :class:`Unprocessable` with the imaging service's reason
+        when it does not fit the result it reviews."""
         try:
-            response = await self.http.post(url, json=read)
+            response = await self.http.post(url, json=body)
         except httpx.TimeoutException:
             raise UpstreamUnavailable(self.service, "timed out") from None
         except httpx.TransportError as exc:
             raise UpstreamUnavailable(self.service, f"unreachable ({type(exc).__name__})") from None
         if response.status_code == 422:
             try:
-                reason = str(response.json().get("reason") or "the read was refused")
+                reason = str(response.json().get("reason") or "the request was refused")
             except ValueError:
-                reason = "the read was refused"
+                reason = "the request was refused"
             raise Unprocessable(reason)
         if response.status_code == 404:
             raise UpstreamNotFound(self.service, "no such study")
         if response.status_code >= 500:
             raise UpstreamUnavailable(self.service, f"answered {response.status_code}")
         if response.status_code >= 400:
-            raise UpstreamRejected(self.service, f"refused the read ({response.status_code})")
+            raise UpstreamRejected(self.service, f"refused the request ({response.status_code})")
+        return response
+
+    async def post_read(self, study: str, read: dict[str, Any]) -> ManualMeasurement:
+        """Record a reader's read (kept next to the automatic value)."""
+        response = await self._post(f"/api/studies/{study}/manual-measurements", read)
         return ManualMeasurement.model_validate_json(response.content)
+
+    async def sign_review(self, study: str, reader: str) -> dict[str, Any]:
+        """The reader signs the study's review: the imaging service writes the verified SR."""
+        response = await self._post(f"/api/studies/{study}/review-sign", {"reader_id": reader})
+        signed: dict[str, Any] = response.json()
+        return signed

@@ -46,6 +46,7 @@ from services.imaging.metrics import QUEUE_DEPTH
 from services.imaging.models import JobState
 from services.imaging.results.folder import ResultsFolder
 from services.imaging.results.outbox import DeliveryTarget, Dispatcher
+from services.imaging.results.sections import Sections
 from services.imaging.results.to_fhir import FhirPublisher, FhirTarget
 from services.imaging.results.to_pacs import CStoreSender, PacsSender, PacsTarget, StowSender
 from services.imaging.settings import ImagingSettings
@@ -188,6 +189,7 @@ class ImagingRuntime:
     runner: AnalysisRunner
     queue_engine: QueueEngine
     analysis: AnalysisQueue
+    sections: Sections
     cohort: CohortRetrieval | None = None
     scp: ThreadedAssociationServer | None = None
     cohort_run: threading.Thread | None = None
@@ -327,5 +329,6 @@ def build_service(settings: ImagingSettings) -> ImagingRuntime:
         runner,
         queue_engine,
         analysis,
+        Sections(engine, store.path_of),
         cohort=build_cohort_retrieval(settings, engine, store, client) if client else None,
     )

@@ -63,7 +63,11 @@ def test_demo_imports_the_registry_retrieves_the_cohort_and_summarises(tmp_path:
     assert "retrieving from PACS: 2/2" in run.stderr
     assert "analysing: 6/6" in run.stderr
     # Re-runnable (it starts from an empty store), and by DIMSE C-FIND + C-MOVE as well.
-    again = _run(data, "--pacs-protocol", "c-move")
+    # ... with two simulated readers through the review workstation's API.
+    again = _run(data, "--pacs-protocol", "c-move", "--simulated-reads")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "cohort retrieval (c-move):" in again.stdout
+    assert "simulated reading: reader-1 reviewed 6 studies" in again.stdout
+    assert "reader-2 read a blinded 30% sample (2 studies" in again.stdout
+    assert "agreement (simulated readers" in again.stdout
     assert "with a pre/post pair: 3" in again.stdout

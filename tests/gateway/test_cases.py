@@ -184,6 +184,68 @@ def test_manual_value_takes_precedence_and_review_has_no_number() -> None:
     assert quantity == "foraminal_height" and reason and "queued" in reason
 
 
+def test_the_primary_review_decides_which_value_counts() -> None:
+    """Accepted keeps the automatic value, corrected replaces it, rejected excludes it; the
+    latest primary read wins; blinded second reads never count; the summary counts the
+    review states and can compare the reviewed values only."""
+
+    def read(n: int, side: str, action: str, value: float | None, **extra: Any) -> Any:
+        return {
+            "quantity": "foraminal_height",
+            "level": "L4-L5",
+            "side": side,
+            "value": value,
+            "reader_id": "rad1",
+            "action": action,
+            "created_at": f"2024-03-0{n}T00:00:00Z",
+            **extra,
+        }
+
+    pre_reads = [
+        read(1, "left", "corrected", 9.0),
+        read(2, "left", "accepted", 12.0),  # the latest primary read
+        read(3, "left", "measured", 5.0, purpose="second", reader_id="rad2"),
+        read(1, "right", "rejected", None, reason="wrong-level"),
+    ]
+    post_reads = [read(4, "left", "corrected", 15.5)]
+    case = build_case(
+        record("c1", "M1"),
+        [
+            study("pre", "20240301", fh(12, 11), manual=pre_reads),
+            study("post", "20240312", fh(16, 17), manual=post_reads),
+        ],
+        VIEW,
+    )
+    rows = {r.side: r for r in case.imaging.metrics if r.operated}
+    left, right = rows["left"], rows["right"]
+    assert (left.pre.status, left.pre.value) == ("accepted", 12.0)
+    assert (left.post[0].value.status, left.post[0].value.value) == ("corrected", 15.5)
+    assert left.post[0].value.automatic == 16
+    assert (right.pre.status, right.pre.value) == ("rejected", None)
+    assert "wrong level" in (right.pre.reason or "")
+    assert right.post[0].change is None
+    assert "rad1" not in case.model_dump_json() and "rad2" not in case.model_dump_json()
+    summary = summarize([case])
+    assert {k: v for k, v in summary.review.items() if v} == {
+        "accepted": 1,
+        "corrected": 1,
+        "rejected": 1,
+        "ok": 1,
+        "missing": 2,  # the disc height, not measured here
+    }
+    patient = next(m for m in summary.metrics if m.unit_of_analysis == "patient")
+    assert patient.pre.mean == pytest.approx(12.0) and patient.post.mean == pytest.approx(15.5)
+    reviewed = summarize([case], reviewed_only=True)
+    assert reviewed.reviewed_only
+    site = next(m for m in reviewed.metrics if m.unit_of_analysis == "site")
+    assert site.post.n == 1  # the unreviewed automatic right post value is left out
+    # The case list marks a change that rests on one side only.
+    from services.gateway.api.cases import list_item
+
+    item = list_item(case)
+    assert item.one_sided and item.primary_change == pytest.approx(3.5)
+
+
 def test_proms_baseline_change_and_mcid() -> None:
     observations = [
         builders.measurement(

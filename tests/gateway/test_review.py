@@ -287,3 +287,60 @@ def test_a_blinded_second_reader_never_receives_another_readers_values(
         for e in bundle["entry"]
         if e["resource"]["resourceType"] == "Observation"
     )
+
+
+def test_the_signed_review_is_a_verified_sr_that_supersedes_the_automatic_one(
+    review_stack: Stack,
+) -> None:
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from tests.harness.series import sr_items
+
+    stack = review_stack
+    with _reader(stack, "rita") as rita:
+        study = rita.get("/api/review/worklist").json()["items"][0]["study_instance_uid"]
+        shown = rita.get(f"/api/review/studies/{study}").json()
+        unread = [it for it in shown["items"] if it["read"] is None]
+        if unread:  # not every value read yet: nothing to sign
+            early = rita.post(f"/api/review/studies/{study}/sign")
+            assert early.status_code == 422 and "not reviewed" in early.json()["reason"]
+        for item in unread:
+            body = (
+                {"action": "accepted"}
+                if item["value"] is not None
+                else {"action": "rejected", "reason": "not-visible"}
+            )
+            where = {k: item[k] for k in ("quantity", "level", "side")}
+            assert (
+                rita.post(f"/api/review/studies/{study}/reads", json={**where, **body}).status_code
+                == 201
+            )
+        signed = rita.post(f"/api/review/studies/{study}/sign")
+        assert signed.status_code == 201, signed.text
+        uid = signed.json()["sop_instance_uid"]
+    with _reader(stack, "sam") as sam:  # a blinded read is never signed
+        assert sam.post(f"/api/review/studies/{study}/sign").status_code == 422
+    with stack.imaging.client() as imaging:
+        found = imaging.get(
+            f"/dicomweb/studies/{study}/instances", params={"SOPInstanceUID": uid}
+        ).json()
+        series = found[0]["0020000E"]["Value"][0]
+        part = imaging.get(
+            f"/dicomweb/studies/{study}/series/{series}/instances/{uid}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
+    sr = dcmread(BytesIO(part.content[part.content.index(b"DICM") - 128 :]))
+    assert sr.VerificationFlag == "VERIFIED"
+    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "rita"
+    assert sr.PredecessorDocumentsSequence  # supersedes the automatic SR
+    items = list(sr_items(sr))
+    observers = [str(i.PersonName) for i in items if i.ValueType == "PNAME"]
+    assert "rita" in observers  # the person observer of the observation context
+    methods = {i.ConceptCodeSequence[0].CodeValue for i in items if i.ValueType == "CODE"}
+    assert "READER-CORRECTED" in methods and "READER-ACCEPTED" in methods
+    values = [float(i.MeasuredValueSequence[0].NumericValue) for i in items if i.ValueType == "NUM"]
+    assert 17.77 in values  # the reader's corrected value, not the automatic one
+    lines = [i for i in items if i.ValueType == "SCOORD"]
+    assert lines  # the constructions, on the key images

@@ -250,3 +250,22 @@ def _review_on_the_section(client: Any, study: str, measured: list[Any]) -> None
         assert refused.status_code == 422, (body, refused.text)
         assert refused.json()["reason"]
     assert client.get(f"/api/studies/{study}/review-images/nope.json").status_code == 404
+    # The neighbouring sections, on the same pixel grid, windowed for soft tissue.
+    from io import BytesIO
+
+    from PIL import Image
+
+    size = Image.open(BytesIO(plain.content)).size
+    here = client.get(f"/api/studies/{study}/review-images/{name}/section.png")
+    beside = client.get(
+        f"/api/studies/{study}/review-images/{name}/section.png",
+        params={"offset": 3, "window": "soft"},
+    )
+    assert here.status_code == 200 and beside.status_code == 200, beside.text
+    assert Image.open(BytesIO(beside.content)).size == size
+    assert here.content != beside.content
+    for params in ({"offset": 25}, {"window": "lung"}, {"offset": "nan"}):
+        refused = client.get(
+            f"/api/studies/{study}/review-images/{name}/section.png", params=params
+        )
+        assert refused.status_code in (400, 422), (params, refused.status_code)

@@ -53,6 +53,7 @@ from services.imaging.app import create_app as imaging_app
 from services.imaging.settings import ImagingSettings
 from services.outcomes.app import create_app as outcomes_app
 from services.outcomes.settings import OutcomesSettings
+from tools.demo import reading
 from tools.demo.cohort import PROM_DAYS, PatientPlan, phantom_specs, plan_patient, surgeon_resources
 from tools.demo.cohort import transaction as fhir_transaction
 from tools.demo.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
@@ -108,6 +109,12 @@ class Demo:
             )
             for role in ("researcher", "clinician")
         }
+        for reader in (reading.PRIMARY, reading.SECOND):  # the review workstation's users
+            users[reader] = BasicUser(
+                password_hash=hash_password(self.password, rounds=50_000),
+                scope="gateway.read",
+                role="reader",
+            )
         self.auth = AuthSettings(secret_key=key, basic_users=users)
         self.authenticator = Authenticator(self.auth)
         base = args.base_port
@@ -322,6 +329,38 @@ class Demo:
             line += f", {len(srs)} SRs back in the PACS"
         return line
 
+    def simulated_reads(self) -> str:
+        """Two simulated readers through the workstation's API, then the agreement."""
+        gateway = f"http://127.0.0.1:{self.gateway.http_port}"
+        imaging = f"http://127.0.0.1:{self.imaging.http_port}"
+
+        def token(subject: str, scope: str, role: str) -> str:
+            return self.authenticator.issue_token(subject, scope, role=role)
+
+        clinician = {"Authorization": f"Bearer {token('demo', 'gateway.read', 'clinician')}"}
+        with (
+            httpx.Client(base_url=gateway, timeout=600) as client,
+            httpx.Client(
+                base_url=imaging,
+                headers={"Authorization": f"Bearer {self.token('imaging.read')}"},
+                timeout=120,
+            ) as pixels,
+        ):
+            line = reading.simulate(client, pixels, token)
+            table = client.get(
+                "/api/agreement", params={"refresh": "true"}, headers=clinician
+            ).json()
+        rows = [line, "agreement (simulated readers: the noise is the simulation's):"]
+        for r in table["agreement"]:
+            if r["kind"] == "intra-reader" or r["icc2"] is None:
+                continue
+            rows.append(
+                f"  {r['quantity']:<18} {r['rater_a']} vs {r['rater_b']}: n={r['n']}, "
+                f"ICC(2,1) {r['icc2']:.3f}, bias {r['bias']:+.2f}, limits of agreement "
+                f"{r['loa'][0]:+.2f} to {r['loa'][1]:+.2f}"
+            )
+        return "\n".join(rows)
+
     def report(self) -> list[Path]:
         """The cohort summary on the terminal; the study report (PDF and HTML) and the
         analysis-ready export, as a researcher gets them from the gateway."""
@@ -387,6 +426,8 @@ class Demo:
                 self.wait_for_analysis(retrieved + 2)
             print(self.results_line())
             self.start(gateway_app(self.gateway), self.gateway.http_port)
+            if self.args.simulated_reads:
+                print(self.simulated_reads())
             written = self.report()
             dashboard = f"http://127.0.0.1:{self.gateway.http_port}/dashboard/"
             print(
@@ -394,7 +435,10 @@ class Demo:
                 f"{written[2].name})"
             )
             print(f"dashboard: {dashboard}")
-            print(f"           user 'researcher' or 'clinician', password {self.password}")
+            print(
+                f"           user 'researcher', 'clinician', or the readers 'reader-1' and "
+                f"'reader-2' (the review workstation), password {self.password}"
+            )
             if self.args.no_serve or not sys.stdout.isatty():
                 return 0
             print("serving; Ctrl-C stops")
@@ -437,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-serve", action="store_true", help="exit after writing the report")
     parser.add_argument(
         "--no-orthanc", action="store_true", help="send to the imaging service, not via Orthanc"
+    )
+    parser.add_argument(
+        "--simulated-reads",
+        action="store_true",
+        help="two simulated readers review the cohort (a primary read and a blinded 30 %% "
+        "sample), so the agreement tables have data",
     )
     parser.add_argument(
         "--pacs-protocol",

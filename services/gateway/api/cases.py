@@ -54,6 +54,9 @@ class CaseListItem(BaseModel):
     primary_change: float | None  # first post - pre, mean at the operated levels
     complications: int
     missing: str | None  # why the primary comparison is not possible
+    # The change rests on one side only (a per-side quantity measured on one side at both
+    # times): a one-sided value, not the patient's mean of both sides.
+    one_sided: bool = False
     retrieval: str | None  # where the PACS retrieval of the patient's studies stands
 
 
@@ -69,9 +72,20 @@ class CasePage(BaseModel):
 def list_item(case: Case) -> CaseListItem:
     quantity, reason = case.primary_pair()
     change = None
+    one_sided = False
     if reason is None:
         pre, post = patient_pair(case, quantity)
         change = round(post - pre, 3) if pre is not None and post is not None else None
+        sides = {
+            r.side
+            for r in case.imaging.metrics
+            if r.quantity == quantity
+            and r.operated
+            and r.pre.value is not None
+            and r.post
+            and r.post[0].value.value is not None
+        }
+        one_sided = change is not None and None not in sides and len(sides) == 1
     return CaseListItem(
         case_id=case.case_id,
         patient=case.patient.id,
@@ -86,6 +100,7 @@ def list_item(case: Case) -> CaseListItem:
         complications=len(case.complications),
         missing=reason,
         retrieval=case.imaging.retrieval,
+        one_sided=one_sided,
     )
 
 

@@ -249,6 +249,28 @@ async def review_image(
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
+@router.get(
+    "/studies/{study}/images/{name}/section.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+async def review_section(
+    request: Request,
+    study: str,
+    name: str,
+    viewer: ReaderDep,
+    offset: Annotated[float, Query(ge=-20, le=20, description="mm along the normal")] = 0.0,
+    window: Annotated[Literal["auto", "bone", "soft"], Query()] = "auto",
+) -> Response:
+    """A section parallel to the review image, ``offset`` mm away (to check the plane),
+    windowed for bone or soft tissue on CT; the construction's pixel grid is kept."""
+    if not KEY_IMAGE_NAME.match(name):
+        raise NotFound("no such review image")
+    await _reading(request, viewer, study)
+    png = await source_of(request).imaging.section(study, name, offset, window)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
 @router.get("/studies/{study}/images/{name}.json")
 async def review_geometry(
     request: Request, study: str, name: str, viewer: ReaderDep
@@ -306,6 +328,23 @@ async def post_read(
         },
     )
     return review.OwnRead.of(read)
+
+
+class SignedOut(BaseModel):
+    sop_instance_uid: str
+    values: int
+
+
+@router.post("/studies/{study}/sign", status_code=201, response_model=SignedOut)
+async def sign(request: Request, study: str, viewer: ReaderDep) -> SignedOut:
+    """Sign the study's review once every value has a primary read: the imaging service
+    writes the verified SR (this reader as observer) that supersedes the automatic one
+    and sends it to the PACS. Blinded readings are never signed (agreement data only)."""
+    reading, _, _ = await _reading(request, viewer, study)
+    if reading.purpose != "review":
+        raise Unprocessable("a blinded read is not signed: it serves the agreement statistics")
+    signed = await source_of(request).imaging.sign_review(study, viewer.principal.subject)
+    return SignedOut(sop_instance_uid=signed["sop_instance_uid"], values=signed["values"])
 
 
 # --------------------------------------------------------------------- blinded assignments

@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -83,16 +84,85 @@ class KeyImage:
     # automatic construction on it, a ``line`` (two end points) or a closed ``contour``.
     review_png: bytes = b""
     kind: str = "line"
+    plane: Plane | None = None  # where the section lies: neighbouring sections are parallel
 
     def review_geometry(self) -> dict[str, object]:
-        """The review image's geometry (JSON): the construction, its kind, the pixel size."""
+        """The review image's geometry (JSON): the construction, its kind, the pixel size,
+        and the section's plane in patient space (to render its neighbours)."""
         return {
             "name": self.name,
             "kind": self.kind,
             "points": [list(p) for p in self.graphic],
             "mm_per_pixel": MM_PER_PIXEL,
             "orientation": list(self.orientation),
+            "plane": None if self.plane is None else self.plane.as_json(),
         }
+
+
+@dataclass(frozen=True)
+class Plane:
+    """A key image's section: its top left corner, row and column directions (LPS), its
+    size in mm, and the series it was sampled from."""
+
+    origin: tuple[float, float, float]
+    right: tuple[float, float, float]
+    down: tuple[float, float, float]
+    size_mm: tuple[float, float]
+    series_instance_uid: str
+    modality: str
+
+    @classmethod
+    def of(
+        cls,
+        origin: FloatArray,
+        right: FloatArray,
+        down: FloatArray,
+        size: tuple[float, float],
+        series: str,
+        modality: str,
+    ) -> Plane:
+        def v(a: FloatArray) -> tuple[float, float, float]:
+            x, y, z = (round(float(c), 4) for c in a)
+            return (x, y, z)
+
+        return cls(v(origin), v(right), v(down), size, series, modality)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "origin": list(self.origin),
+            "right": list(self.right),
+            "down": list(self.down),
+            "size_mm": list(self.size_mm),
+            "series_instance_uid": self.series_instance_uid,
+            "modality": self.modality,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plane:
+        return cls(
+            tuple(data["origin"]),
+            tuple(data["right"]),
+            tuple(data["down"]),
+            tuple(data["size_mm"]),
+            str(data["series_instance_uid"]),
+            str(data["modality"]),
+        )
+
+
+# Window presets (lower, upper) of a section read on CT; MR is windowed on its own signal.
+WINDOWS: dict[str, tuple[float, float]] = {"bone": (-250.0, 1250.0), "soft": (-160.0, 240.0)}
+
+
+def section_png(sampler: Sampler, plane: Plane, offset_mm: float, window: str) -> bytes:
+    """The section ``offset_mm`` along the plane's normal from a key image's, on the same
+    pixel grid (its constructions fit it), with orientation letters and the scale bar."""
+    right, down = np.array(plane.right), np.array(plane.down)
+    normal = unit(np.cross(right, down))
+    origin = np.array(plane.origin) + offset_mm * normal
+    chosen = WINDOWS.get(window) if plane.modality == "CT" else None
+    image, axes = _render(sampler, origin, right, down, plane.size_mm, plane.modality, chosen)
+    _annotate(image, axes, [])
+    return _png(image)
 
 
 def key_image_name(m: Measurement) -> str:
@@ -100,7 +170,7 @@ def key_image_name(m: Measurement) -> str:
     return "_".join(x for x in (m.quantity, where, m.side or "") if x)
 
 
-CT_WINDOW = (-250.0, 1250.0)  # bone window; MR is windowed on the section's own signal
+CT_WINDOW = WINDOWS["bone"]  # the key images' window; MR is windowed on its own signal
 
 
 def _render(
@@ -110,13 +180,16 @@ def _render(
     down: FloatArray,
     size: tuple[float, float],
     modality: str,
+    window: tuple[float, float] | None = None,
 ) -> tuple[Image.Image, FloatArray]:
     u = np.arange(0, size[0], STEP_MM)
     v = np.arange(0, size[1], STEP_MM)
     vv, uu = np.meshgrid(v, u, indexing="ij")
     pts = origin + uu[..., None] * right + vv[..., None] * down
     values = np.nan_to_num(sampler(pts), nan=float(np.nanmin(sampler.array)))
-    if modality == "CT":
+    if window is not None:
+        lo, hi = window
+    elif modality == "CT":
         lo, hi = CT_WINDOW
     else:
         lo, hi = float(np.percentile(values, 1)), float(np.percentile(values, 99.5))
@@ -165,6 +238,7 @@ def height_image(sampler: Sampler, m: Measurement, axis: FloatArray, modality: s
     # Image rows go down (caudal), columns go posterior: anterior on the left as readers expect.
     origin = mid - 35 * posterior + 40 * up
     image, axes = _render(sampler, origin, posterior, -up, (80, 80), modality)
+    plane = Plane.of(origin, posterior, -up, (80, 80), m.series_instance_uid, modality)
     plain = image.copy()
     _annotate(plain, axes, [])
     draw = ImageDraw.Draw(image)
@@ -184,6 +258,7 @@ def height_image(sampler: Sampler, m: Measurement, axis: FloatArray, modality: s
         _orientation(axes),
         _png(plain),
         "line",
+        plane,
     )
 
 
@@ -197,6 +272,7 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
     # Radiological convention: patient's left on the image's right, anterior up.
     origin = centre - 32 * left - 32 * posterior
     image, axes = _render(sampler, origin, left, posterior, (64, 64), modality)
+    plane = Plane.of(origin, left, posterior, (64, 64), m.series_instance_uid, modality)
     plain = image.copy()
     _annotate(plain, axes, [])
     draw = ImageDraw.Draw(image)
@@ -214,4 +290,5 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
         _orientation(axes),
         _png(plain),
         "contour",
+        plane,
     )

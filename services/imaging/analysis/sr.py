@@ -24,7 +24,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from services.common.vocabulary import QUANTITIES, SR_SCHEME
+from services.common import contracts, reading
+from services.common.vocabulary import QUANTITIES, SR_SCHEME, QuantityName
 from services.imaging.analysis.overlays import KeyImage, key_image_name
 from services.imaging.analysis.report import (
     ALGORITHM_NAME,
@@ -251,6 +252,7 @@ def secondary_captures(
     manufacturer: str,
     series_instance_uid: str,
     orientations: Sequence[tuple[str, str]],
+    names: Sequence[str] = (),
 ) -> list[Dataset]:
     """The key images (RGB PNG overlays) as DICOM Secondary Capture instances in one new
     series of the study ``reference`` belongs to (its patient and study are copied), with
@@ -274,5 +276,124 @@ def secondary_captures(
             series_description="Key images of the decompression measurements",
             transfer_syntax_uid=ExplicitVRLittleEndian,
         )
+        if len(names) >= number:  # which key image it is (a reviewed SR draws on it again)
+            sc.ImageComments = names[number - 1]
         out.append(sc)
     return out
+
+
+REVIEW_METHODS = {
+    "ok": Code("AUTOMATIC", SR_SCHEME, "Automatic measurement, not reviewed"),
+    "accepted": Code("READER-ACCEPTED", SR_SCHEME, "Automatic measurement accepted by a reader"),
+    "corrected": Code("READER-CORRECTED", SR_SCHEME, "Automatic measurement corrected by a reader"),
+    "manual": Code("READER-MEASURED", SR_SCHEME, "Measured by a reader"),
+}
+
+
+def build_reviewed_sr(
+    result: contracts.AnalysisResult,
+    decided: dict[reading.Key, reading.Decided],
+    captures: Sequence[Dataset],
+    automatic_points: dict[str, Sequence[Sequence[float]]],
+    *,
+    reader: str,
+    predecessor: Dataset | None,
+) -> Dataset:
+    """The reviewed values as a verified TID 1500 report that supersedes the automatic
+    one: the reader is the person observer (next to the algorithm, the device observer)
+    and the verifying observer; each group's method says whether the value was accepted,
+    corrected or measured by the reader; its region is the construction that gave it (the
+    reader's, or the automatic one accepted) on the key image. Rejected and unreviewed
+    flagged values are left out, as in the automatic report."""
+    by_name = {str(c.get("ImageComments", "")): c for c in captures}
+    algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=ALGORITHM_VERSION)
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
+    plain: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
+    for (quantity_name, level, side), value in sorted(
+        decided.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
+    ):
+        if value.value is None or value.state not in REVIEW_METHODS:
+            continue
+        quantity = QUANTITIES[QuantityName(quantity_name)]
+        where = " ".join(x for x in (level, side) if x)
+        measurement = hd.sr.Measurement(
+            name=Code(*quantity.sr_concept),
+            value=round(value.value, 2),
+            unit=Code(quantity.unit, "UCUM", quantity.unit_display),
+            algorithm_id=algorithm if value.state in ("ok", "accepted", "corrected") else None,
+        )
+        tracking = hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier=f"{where} {quantity_name}"[:64]
+        )
+        name = "_".join(x for x in (quantity_name, level, side or "") if x)
+        read = value.read
+        points = (
+            read.geometry
+            if read is not None and read.geometry
+            else automatic_points.get(name)
+            if value.state in ("ok", "accepted")
+            else None
+        )
+        capture = by_name.get(name)
+        method = REVIEW_METHODS[value.state]
+        if points and capture is not None and len(points) >= 2:
+            drawn = [tuple(p) for p in points]
+            if quantity.geometry == "contour" and drawn[0] != drawn[-1]:
+                drawn.append(drawn[0])
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.array(drawn, dtype=np.float64),
+                source_image=hd.sr.SourceImageForRegion(
+                    str(capture.SOPClassUID), str(capture.SOPInstanceUID)
+                ),
+            )
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking,
+                    referenced_region=region,
+                    measurements=[measurement],
+                    method=method,
+                )
+            )
+        else:
+            plain.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking, measurements=[measurement], method=method
+                )
+            )
+    if not groups and not plain:
+        raise ValueError("no reviewed value to report")
+    person = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=reader),
+    )
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[ALGORITHM_NAME, ALGORITHM_VERSION]),
+            name=ALGORITHM_NAME,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_person_context=person, observer_device_context=device
+        ),
+        procedure_reported=PROCEDURE,
+        imaging_measurements=[*groups, *plain],
+    )
+    evidence = [_header(ds) for ds in captures] or ([predecessor] if predecessor else [])
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description=f"{ALGORITHM_NAME} {ALGORITHM_VERSION} measurements, reviewed",
+        is_complete=True,
+        is_verified=True,
+        verifying_observer_name=reader,
+        verifying_organization=MANUFACTURER,
+        previous_versions=[predecessor] if predecessor is not None else None,
+    )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select
 
+from services.common import reading
 from services.common.auth import Principal, require_scope
 from services.common.contracts import (
     AnalysisResult,
@@ -33,8 +34,11 @@ from services.common.vocabulary import (
     RejectReason,
     Side,
 )
+from services.imaging.analysis.overlays import Plane
+from services.imaging.analysis.sr import build_reviewed_sr, to_bytes
 from services.imaging.api.dicomweb import public_base_url
-from services.imaging.errors import NotFound, StaleResult
+from services.imaging.errors import InvalidRead, NotFound, StaleResult
+from services.imaging.intake.store import DERIVED_SOURCE
 from services.imaging.models import (
     AnalysisJob,
     ManualMeasurement,
@@ -47,6 +51,7 @@ from services.imaging.models import (
     utcnow,
 )
 from services.imaging.results import review
+from services.imaging.results.sections import MAX_OFFSET_MM
 
 router = APIRouter(prefix="/api/studies/{study}", tags=["Measurements"])
 Reader = Annotated[Principal, require_scope("imaging.read")]
@@ -258,6 +263,32 @@ def get_review_geometry(study: str, name: str, request: Request, _: Reader) -> d
     return geometry
 
 
+@router.get(
+    "/review-images/{name}/section.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_section(
+    study: str,
+    name: str,
+    request: Request,
+    _: Reader,
+    offset: Annotated[float, Query(ge=-MAX_OFFSET_MM, le=MAX_OFFSET_MM)] = 0.0,
+    window: Annotated[Literal["auto", "bone", "soft"], Query()] = "auto",
+) -> Response:
+    """A section parallel to the key image's, ``offset`` mm along its normal, on the same
+    pixel grid (the construction fits it), windowed for bone or soft tissue on CT."""
+    with Session(request.app.state.engine) as session:
+        current = current_measurement_set(session, study)
+    results = request.app.state.runtime.results
+    geometry = None if current is None else results.review_geometry(current, name)
+    if geometry is None or not geometry.get("plane"):
+        raise NotFound("no such review image (or one kept before sections were)")
+    plane = Plane.from_json(geometry["plane"])
+    png = request.app.state.runtime.sections.render(plane, offset, window)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
 def _automatic(current: MeasurementSet | None, body: ManualIn) -> Any:
     if current is None:
         return None
@@ -324,6 +355,82 @@ def add_manual(study: str, body: ManualIn, request: Request, who: Reviewer) -> M
         session.commit()
         session.refresh(row)
         return read_contract(row)
+
+
+class SignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reader_id: str | None = Field(
+        default=None, min_length=1, max_length=64, description="defaults to the caller"
+    )
+
+
+class Signed(BaseModel):
+    sop_instance_uid: str
+    series_instance_uid: str
+    values: int  # values in the reviewed report
+
+
+@router.post(
+    "/review-sign",
+    status_code=201,
+    response_model=Signed,
+    responses={422: {"description": "values of the study are not reviewed yet"}},
+)
+def sign_review(study: str, body: SignIn, request: Request, who: Reviewer) -> Signed:
+    """The reader signs the study's review: a verified SR of the reviewed values (the
+    reader as person and verifying observer) supersedes the automatic SR in the study and
+    is sent to the PACS. Every value to review must have a primary read."""
+    reader = body.reader_id or who.subject
+    runtime = request.app.state.runtime
+    with Session(request.app.state.engine) as session:
+        _study(session, study)
+        current = current_measurement_set(session, study)
+        if current is None:
+            raise NotFound(f"study {study} has no result to sign")
+        try:
+            result = AnalysisResult.from_json(current.result)
+        except ContractError:
+            raise StaleResult("the stored result cannot be read (analyse it again)") from None
+        decided = reading.decide(result.measurements, reads_of(session, study))
+    open_items = [
+        key
+        for key, value in decided.items()
+        if value.automatic is not None
+        and value.automatic.status in ("ok", "needs_review")
+        and value.read is None
+    ]
+    if open_items:
+        raise InvalidRead(f"{len(open_items)} value(s) of the study are not reviewed yet")
+    results = runtime.results
+    names = results.key_image_names(current)
+    automatic_points = {
+        name: geometry["points"]
+        for name in names
+        if (geometry := results.review_geometry(current, name)) is not None
+    }
+    try:
+        sr = build_reviewed_sr(
+            result,
+            decided,
+            results.captures(current),
+            automatic_points,
+            reader=reader,
+            predecessor=results.sr(current),
+        )
+    except ValueError as exc:
+        raise InvalidRead(str(exc)) from None
+    results.write_reviewed_sr(current, sr)
+    runtime.store.put(to_bytes(sr), source=DERIVED_SOURCE)
+    with Session(request.app.state.engine) as session:
+        runtime.dispatcher.plan(session, current, only=("pacs",))
+        session.commit()
+    values = sum(1 for v in decided.values() if v.value is not None and v.state != "rejected")
+    return Signed(
+        sop_instance_uid=str(sr.SOPInstanceUID),
+        series_instance_uid=str(sr.SeriesInstanceUID),
+        values=values,
+    )
 
 
 @router.get("/manual-measurements", response_model=list[ManualPublic])

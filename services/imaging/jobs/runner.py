@@ -146,6 +146,7 @@ class AnalysisRunner:
             manufacturer=MANUFACTURER,
             series_instance_uid=generate_uid(),
             orientations=[image.orientation for image in analysis.key_images],
+            names=[image.name for image in analysis.key_images],
         )
 
     def _sr(

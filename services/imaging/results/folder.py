@@ -25,6 +25,7 @@ from services.imaging.analysis.sr import to_bytes
 from services.imaging.models import MeasurementSet
 
 SR_FILE = "sr.dcm"
+REVIEWED_SR_FILE = "reviewed-sr.dcm"  # a reader's signed review: supersedes sr.dcm
 REVIEW = "review"
 CAPTURE_PREFIX = "capture-"
 KEY_IMAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
@@ -66,12 +67,24 @@ class ResultsFolder:
     def _folder(measurement_set: MeasurementSet) -> Path | None:
         return Path(measurement_set.key_images_dir) if measurement_set.key_images_dir else None
 
-    def sr(self, measurement_set: MeasurementSet) -> Dataset | None:
-        """The SR of a stored result (None when nothing was measured)."""
+    def sr(self, measurement_set: MeasurementSet, *, automatic: bool = False) -> Dataset | None:
+        """The SR of a stored result: the reviewed one once a reader signed the review
+        (unless ``automatic``), else the automatic one; None when nothing was measured."""
         folder = self._folder(measurement_set)
-        if folder is None or not (folder / SR_FILE).is_file():
+        if folder is None:
             return None
-        return dcmread(folder / SR_FILE)
+        for name in (SR_FILE,) if automatic else (REVIEWED_SR_FILE, SR_FILE):
+            if (folder / name).is_file():
+                return dcmread(folder / name)
+        return None
+
+    def write_reviewed_sr(self, measurement_set: MeasurementSet, sr: Dataset) -> None:
+        folder = self._folder(measurement_set)
+        if folder is None:
+            raise ValueError("the result has no folder")
+        temporary = folder / f".{REVIEWED_SR_FILE}.tmp"
+        temporary.write_bytes(to_bytes(sr))
+        temporary.replace(folder / REVIEWED_SR_FILE)
 
     def key_image_names(self, measurement_set: MeasurementSet) -> list[str]:
         folder = self._folder(measurement_set)
