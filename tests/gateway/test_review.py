@@ -333,10 +333,10 @@ def test_the_signed_review_is_a_verified_sr_that_supersedes_the_automatic_one(
         )
     sr = dcmread(BytesIO(part.content[part.content.index(b"DICM") - 128 :]))
     assert sr.VerificationFlag == "VERIFIED"
-    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "rita"
+    assert sr.VerifyingObserverSequence[0].VerifyingObserverName.family_name == "rita"
     assert sr.PredecessorDocumentsSequence  # supersedes the automatic SR
     items = list(sr_items(sr))
-    observers = [str(i.PersonName) for i in items if i.ValueType == "PNAME"]
+    observers = [i.PersonName.family_name for i in items if i.ValueType == "PNAME"]
     assert "rita" in observers  # the person observer of the observation context
     methods = {i.ConceptCodeSequence[0].CodeValue for i in items if i.ValueType == "CODE"}
     assert "READER-CORRECTED" in methods and "READER-ACCEPTED" in methods

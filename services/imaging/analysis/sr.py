@@ -363,6 +363,8 @@ def build_reviewed_sr(
             )
     if not groups and not plain:
         raise ValueError("no reviewed value to report")
+    # A user name is one component of a Person Name: the trailing caret says so (PS3.5 6.2).
+    reader = reader if "^" in reader else f"{reader}^"
     person = hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=reader),
