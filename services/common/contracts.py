@@ -15,7 +15,7 @@ renaming, removing or changing the meaning of either is.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -126,6 +126,11 @@ class AnalysisResult(_Contract):
         return [m for m in self.measurements if m.value is not None and m.level is not None]
 
 
+# A point of a reader's construction on a review image (column, row): finite, bounded.
+Coordinate = Annotated[float, Field(ge=-10_000, le=10_000, allow_inf_nan=False)]
+GeometryPoint = tuple[Coordinate, Coordinate]
+
+
 class ManualMeasurement(_Contract):
     """A reader's read of one measurement, kept next to the automatic value (neither
     overwrites the other; a later read of the same reader supersedes an earlier one).
@@ -152,6 +157,8 @@ class ManualMeasurement(_Contract):
     automatic_value: float | None = None  # the automatic value the reader saw or reviewed
     key_image: str | None = None
     geometry: list[tuple[float, float]] | None = None
+    # The result the read reviewed: a re-analysis makes earlier reads stale (not counted).
+    measurement_set_id: int | None = None
 
 
 class SrLink(_Contract):
@@ -169,6 +176,7 @@ class StudyMeasurements(AnalysisResult):
 
     study_version: int
     computed_at: datetime
+    measurement_set_id: int | None = None  # which result this is (readers' reads name it)
     sr: SrLink | None
     key_images: list[KeyImageLink] = Field(default_factory=list)
     manual_measurements: list[ManualMeasurement] = Field(default_factory=list)

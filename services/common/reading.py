@@ -34,10 +34,27 @@ class Decided:
         return self.automatic.value if self.automatic is not None else None
 
 
+def current(
+    reads: Iterable[ManualMeasurement], measurement_set_id: int | None
+) -> list[ManualMeasurement]:
+    """The reads of the result ``measurement_set_id``: a read of an earlier result (before a
+    re-analysis) reviewed other values and constructions, so it no longer counts."""
+    return [
+        r
+        for r in reads
+        if measurement_set_id is None
+        or r.measurement_set_id is None
+        or r.measurement_set_id == measurement_set_id
+    ]
+
+
 def decide(
-    measurements: Iterable[Measurement], reads: Iterable[ManualMeasurement]
+    measurements: Iterable[Measurement],
+    reads: Iterable[ManualMeasurement],
+    measurement_set_id: int | None = None,
 ) -> dict[Key, Decided]:
-    """The value that counts for each measurement at a named level."""
+    """The value that counts for each measurement at a named level (reads of another result
+    than ``measurement_set_id``, when given, do not count)."""
     out: dict[Key, Decided] = {}
     for m in measurements:
         if m.level is None:
@@ -45,7 +62,8 @@ def decide(
         ok = m.status == "ok" and m.value is not None
         state: State = "ok" if ok else "needs_review" if m.status == "ok" else m.status
         out[(m.quantity.value, m.level, m.side)] = Decided(m.value if ok else None, state, m, None)
-    for read in sorted(reads, key=lambda r: (r.created_at, r.id)):  # the latest wins
+    kept = current(reads, measurement_set_id)
+    for read in sorted(kept, key=lambda r: (r.created_at, r.id)):  # the latest wins
         if read.purpose != "review":
             continue
         key = (read.quantity.value, read.level, read.side)

@@ -30,8 +30,10 @@ Role = Literal["researcher", "clinician", "reader", "integration"]
 ROLES: tuple[Role, ...] = ("researcher", "clinician", "reader", "integration")
 DASHBOARD_ROLES: tuple[Role, ...] = ("researcher", "clinician", "reader")
 READ_SCOPE = "gateway.read"
-# Who may open images in the viewer (identified pixels and headers): never researchers.
-VIEWER_ROLES: tuple[Role, ...] = ("clinician", "reader")
+# Who may open images in the viewer (identified pixels and headers): never researchers, and
+# never readers: the study holds the automatic SR, the key images with their values burned
+# in and other readers' signed SRs, which would unblind them.
+VIEWER_ROLES: tuple[Role, ...] = ("clinician",)
 READER_ROLES: tuple[Role, ...] = ("reader",)
 AUDIT_SCOPE = "gateway.audit"
 ASSIGN_SCOPE = "gateway.assign"

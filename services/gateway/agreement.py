@@ -27,6 +27,7 @@ import pandas as pd
 import pingouin as pg
 from scipy import stats
 
+from services.common import reading
 from services.common.contracts import StudyResult
 from services.common.vocabulary import READ_ACTIONS
 
@@ -77,7 +78,9 @@ def reads(results: Iterable[StudyResult]) -> pd.DataFrame:
                     }
                 )
         counts: dict[tuple[str, str, str, str], int] = {}
-        for manual in sorted(study.manual_measurements, key=lambda x: (x.created_at, x.id)):
+        set_id = study.result.measurement_set_id if study.result else None
+        kept = reading.current(study.manual_measurements, set_id)  # reads of this result
+        for manual in sorted(kept, key=lambda x: (x.created_at, x.id)):
             if manual.value is None:  # rejected: no value to compare (counted in actions())
                 continue
             key = (manual.reader_id, manual.quantity.value, manual.level, manual.side or "")

@@ -538,7 +538,9 @@ class _Builder:
             return {}
         measured = study.result.measurements if study.result else []
         out: dict[tuple[str, str, str | None], Value] = {}
-        for key, decided in reading.decide(measured, study.manual_measurements).items():
+        set_id = study.result.measurement_set_id if study.result else None
+        decisions = reading.decide(measured, study.manual_measurements, set_id)
+        for key, decided in decisions.items():
             read, state = decided.read, decided.state
             if read is None:
                 out[key] = Value(

@@ -20,6 +20,7 @@ from datetime import date
 
 from pydantic import BaseModel
 
+from services.common import reading as common_reading
 from services.common import vocabulary
 from services.common.contracts import ManualMeasurement, Measurement, StudyResult
 
@@ -86,11 +87,13 @@ class ReviewItem(BaseModel):
 
 
 def own_reads(
-    manual: Iterable[ManualMeasurement], reading: Reading
+    manual: Iterable[ManualMeasurement], reading: Reading, measurement_set_id: int | None = None
 ) -> dict[Key, ManualMeasurement]:
-    """The reader's latest read of each measurement, for the reading's purpose."""
+    """The reader's latest read of each measurement of the result, for the reading's purpose
+    (a read of an earlier result, before a re-analysis, is not shown: it must be read again)."""
     latest: dict[Key, ManualMeasurement] = {}
-    for read in sorted(manual, key=lambda r: (r.created_at, r.id)):
+    kept = common_reading.current(manual, measurement_set_id)
+    for read in sorted(kept, key=lambda r: (r.created_at, r.id)):
         if read.reader_id == reading.reader and read.purpose == reading.purpose:
             latest[(read.quantity.value, read.level, read.side)] = read
     return latest
@@ -117,7 +120,7 @@ def items(
     result = study.result
     if result is None:
         return []
-    mine = own_reads(study.manual_measurements, reading)
+    mine = own_reads(study.manual_measurements, reading, result.measurement_set_id)
     names = set(review_images)
     out = []
     for m in reviewable(result.measurements):
@@ -177,7 +180,7 @@ def worklist_item(
     review = reviewable(study.result.measurements)
     if not review:
         return None
-    mine = own_reads(study.manual_measurements, reading)
+    mine = own_reads(study.manual_measurements, reading, study.result.measurement_set_id)
     done = sum((m.quantity.value, m.level, m.side) in mine for m in review)
     flagged = 0 if reading.blind_automatic else sum(m.status == "needs_review" for m in review)
     return WorklistItem.model_validate(

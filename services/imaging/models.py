@@ -249,6 +249,7 @@ class ManualMeasurement(ImagingModel, table=True):
     automatic_value: float | None = None
     key_image: str | None = Field(default=None, max_length=120)
     geometry: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+    measurement_set_id: int | None = None  # the result the read reviewed
 
 
 def read_contract(row: ManualMeasurement) -> contracts.ManualMeasurement:

@@ -98,6 +98,7 @@ def study(
                 "measurements": measurements,
                 "study_version": 1,
                 "computed_at": "2024-03-01T00:00:00Z",
+                "measurement_set_id": 1,
                 "key_images": [{"name": "fh-l4-l5-left", "url": "/fh-l4-l5-left.png"}],
                 "sr": {"sop_instance_uid": "9.9", "wado": "/dicomweb"},
             },
@@ -205,6 +206,7 @@ def test_the_primary_review_decides_which_value_counts() -> None:
         read(1, "left", "corrected", 9.0),
         read(2, "left", "accepted", 12.0),  # the latest primary read
         read(3, "left", "measured", 5.0, purpose="second", reader_id="rad2"),
+        read(4, "left", "corrected", 30.0, measurement_set_id=0),  # of an earlier result
         read(1, "right", "rejected", None, reason="wrong-level"),
     ]
     post_reads = [read(4, "left", "corrected", 15.5)]

@@ -214,6 +214,15 @@ def test_a_blinded_second_reader_never_receives_another_readers_values(
         assert geometry["points"] == []
         png = sam.get(f"/api/review/studies/{study}/images/{name}.png")
         assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+        # Not a number, not a point: a clear 422, never a 500.
+        start = json.dumps({**where, "action": "measured"})[:-1]
+        for geometry in ("[[NaN, 1], [2, 3]]", "[[1e400, 1], [2, 3]]", "[[1, 1], [1, 1]]"):
+            odd = sam.post(
+                f"/api/review/studies/{study}/reads",
+                content=f'{start}, "geometry": {geometry}}}',
+                headers={"Content-Type": "application/json"},
+            )
+            assert odd.status_code == 422, (geometry, odd.status_code, odd.text)
         # Blinded: accepting is not possible, measuring is.
         refused = sam.post(
             f"/api/review/studies/{study}/reads", json={**where, "action": "accepted"}
@@ -305,7 +314,7 @@ def test_the_signed_review_is_a_verified_sr_that_supersedes_the_automatic_one(
         unread = [it for it in shown["items"] if it["read"] is None]
         if unread:  # not every value read yet: nothing to sign
             early = rita.post(f"/api/review/studies/{study}/sign")
-            assert early.status_code == 422 and "not reviewed" in early.json()["reason"]
+            assert early.status_code == 422 and "not read" in early.json()["reason"]
         for item in unread:
             body = (
                 {"action": "accepted"}

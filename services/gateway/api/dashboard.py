@@ -434,5 +434,4 @@ async def review_page(request: Request, study: str) -> Response:
         study=study,
         title=title,
         subtitle=subtitle,
-        viewer_url=_viewer_link(request)(study),
     )

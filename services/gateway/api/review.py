@@ -16,12 +16,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from services.common import vocabulary
-from services.common.contracts import StudyResult
+from services.common.contracts import GeometryPoint, StudyMeasurements, StudyResult
 from services.common.vocabulary import GroupCode, Level
 from services.gateway import review
-from services.gateway.access import Assigner, ReaderDep, Viewer
+from services.gateway.access import (
+    Assigner,
+    KeyImageLinker,
+    ReaderDep,
+    Viewer,
+    public_base_url,
+)
 from services.gateway.api.cases import KEY_IMAGE_NAME, source_of
-from services.gateway.errors import NotFound, Unprocessable
+from services.gateway.cases import View
+from services.gateway.errors import NotFound, Unprocessable, UpstreamNotFound, UpstreamRejected
 from services.gateway.models import ReadingAssignment
 from services.gateway.sources import CaseFilter
 
@@ -32,12 +39,10 @@ STUDY_UID = r"^[0-9.]{1,64}$"
 # ------------------------------------------------------------------------- where studies are
 
 
-async def _studies(
-    request: Request, viewer: Viewer
-) -> dict[str, tuple[StudyResult, dict[str, Any]]]:
+async def _studies(request: Request, view: View) -> dict[str, tuple[StudyResult, dict[str, Any]]]:
     """Every study of the cohort's cases with its case context (from the snapshot): a reader
     reads the cohort's studies, nothing else the imaging service holds."""
-    cases, snapshot = await source_of(request).cases(viewer.view, CaseFilter())
+    cases, snapshot = await source_of(request).cases(view, CaseFilter())
     results = {
         s.study_instance_uid: s for group in snapshot.studies_by_patient.values() for s in group
     }
@@ -86,7 +91,7 @@ def _assignments(request: Request, reader: str) -> dict[str, review.Assignment]:
 async def _reading(
     request: Request, viewer: Viewer, study: str
 ) -> tuple[review.Reading, StudyResult, dict[str, Any]]:
-    found = await _studies(request, viewer)
+    found = await _studies(request, viewer.view)
     if study not in found:
         raise NotFound("no such study in the cohort")
     result, context = found[study]
@@ -94,6 +99,17 @@ async def _reading(
         study
     )
     return review.Reading.of(viewer.principal.subject, assignment), result, context
+
+
+async def _live(request: Request, study: str) -> StudyMeasurements:
+    """The study's current result with its reads, from the imaging service."""
+    try:
+        measured = await source_of(request).imaging.measurements(study)
+    except (UpstreamNotFound, UpstreamRejected):  # 404, or 422: the analysis failed
+        measured = None
+    if measured is None:
+        raise NotFound("the study has no result to review (not analysed yet, or it failed)")
+    return measured
 
 
 # ---------------------------------------------------------------------------- the worklist
@@ -109,7 +125,7 @@ async def worklist(
 ) -> review.Worklist:
     """The reader's studies to review: assigned blinded reads and ``needs_review`` first,
     then the unreviewed; the reader's own progress (reads / review items)."""
-    found = await _studies(request, viewer)
+    found = await _studies(request, viewer.view)
     assigned = await run_in_threadpool(_assignments, request, viewer.principal.subject)
     live = {
         s.study_instance_uid: s
@@ -171,11 +187,9 @@ async def study_for_review(request: Request, study: str, viewer: ReaderDep) -> R
     """One study as the reader reviews it: the review items (the automatic value, status
     and reason unless blinded to them), the reader's own latest reads, nobody else's."""
     reading, _, context = await _reading(request, viewer, study)
-    found = await _studies(request, viewer)
+    found = await _studies(request, viewer.view)
     imaging = source_of(request).imaging
-    measured = await imaging.measurements(study)  # live: the reader's latest reads
-    if measured is None:
-        raise NotFound("the study has no result to review yet")
+    measured = await _live(request, study)  # the reader's latest reads
     names = [k.name for k in measured.key_images]
     live = StudyResult(
         study_instance_uid=study,
@@ -195,7 +209,10 @@ async def study_for_review(request: Request, study: str, viewer: ReaderDep) -> R
     for other in context["pair"]:
         if other == study:
             continue
-        other_measured = await imaging.measurements(other)
+        try:
+            other_measured = await imaging.measurements(other)
+        except (UpstreamNotFound, UpstreamRejected):  # not analysed, or its analysis failed
+            continue
         if other_measured is not None and other in found:
             counterparts.append(
                 Counterpart(
@@ -219,7 +236,7 @@ async def study_for_review(request: Request, study: str, viewer: ReaderDep) -> R
 
 async def _pair_study(request: Request, viewer: Viewer, study: str, of: str | None) -> str:
     """The study whose image is asked: the one under review, or its counterpart."""
-    found = await _studies(request, viewer)
+    found = await _studies(request, viewer.view)
     if study not in found:
         raise NotFound("no such study in the cohort")
     if of is None or of == study:
@@ -296,7 +313,7 @@ class ReadIn(BaseModel):
     side: vocabulary.Side | None = None
     action: vocabulary.ReadAction
     value: float | None = Field(default=None, gt=0, lt=1e6)
-    geometry: list[tuple[float, float]] | None = Field(default=None, min_length=2, max_length=1024)
+    geometry: list[GeometryPoint] | None = Field(default=None, min_length=2, max_length=1024)
     reason: vocabulary.RejectReason | None = None
     note: str | None = Field(default=None, max_length=256)
 
@@ -308,8 +325,8 @@ async def post_read(
     """Accept, reject (with a reason) or correct (move the construction, or type a value)
     one review item; a blinded reading measures (``measured``) without the automatic value.
     Stored by the imaging service as the reader's read (append-only; the latest counts)."""
-    reading, cached, _ = await _reading(request, viewer, study)
-    measured = cached.result.measurements if cached.result else []
+    reading, _, _ = await _reading(request, viewer, study)
+    measured = (await _live(request, study)).measurements  # as the imaging service has it now
     items = {(m.quantity, m.level, m.side) for m in review.reviewable(measured)}
     if (body.quantity, body.level, body.side) not in items:
         raise NotFound("no such review item in this study")
@@ -377,8 +394,12 @@ async def draw_sample(request: Request, body: SampleIn, who: Assigner) -> list[A
     """Assign a seeded random sample of studies to a reader: a ``second`` read (studies
     another reader reviewed, never the reader's own) or a ``reread`` (studies the reader
     reviewed). Already assigned studies are not drawn again."""
-    imaging = source_of(request).imaging
-    studies = await imaging.results()
+    settings = request.app.state.settings
+    identified = View(True, None, settings.mrn_system, KeyImageLinker(public_base_url(request)))
+    cohort = await _studies(request, identified)  # the cohort's studies, nothing else
+    studies = [
+        s for s in await source_of(request).imaging.results() if s.study_instance_uid in cohort
+    ]
     eligible = []
     for study in studies:
         if study.result is None or not review.reviewable(study.result.measurements):

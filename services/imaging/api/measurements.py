@@ -16,6 +16,7 @@ from services.common.auth import Principal, require_scope
 from services.common.contracts import (
     AnalysisResult,
     ContractError,
+    GeometryPoint,
     KeyImageLink,
     ResultsPage,
     SrLink,
@@ -41,8 +42,10 @@ from services.imaging.errors import InvalidRead, NotFound, StaleResult
 from services.imaging.intake.store import DERIVED_SOURCE
 from services.imaging.models import (
     AnalysisJob,
+    DeliveryState,
     ManualMeasurement,
     MeasurementSet,
+    ResultDelivery,
     Series,
     Study,
     current_measurement_set,
@@ -70,11 +73,6 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     last_error: str | None
-
-
-GeometryPoint = tuple[
-    Annotated[float, Field(ge=-10_000, le=10_000)], Annotated[float, Field(ge=-10_000, le=10_000)]
-]
 
 
 class ManualIn(BaseModel):
@@ -169,6 +167,7 @@ def _present(
         ),
         key_images=[KeyImageLink(name=n, url=f"{base}/key-images/{n}.png") for n in names],
         manual_measurements=manual,
+        measurement_set_id=current.id,
     )
 
 
@@ -289,6 +288,18 @@ def get_section(
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
+def _fhir_pending(session: Session, current: MeasurementSet) -> bool:
+    """Whether a FHIR delivery of this result is still waiting (it will send every read)."""
+    waiting = session.exec(
+        select(ResultDelivery.id).where(
+            ResultDelivery.measurement_set_id == current.id,
+            ResultDelivery.target == "fhir",
+            col(ResultDelivery.state) == DeliveryState.PENDING,
+        )
+    ).first()
+    return waiting is not None
+
+
 def _automatic(current: MeasurementSet | None, body: ManualIn) -> Any:
     if current is None:
         return None
@@ -347,10 +358,12 @@ def add_manual(study: str, body: ManualIn, request: Request, who: Reviewer) -> M
             automatic_value=checked.automatic_value,
             key_image=checked.key_image,
             geometry=None if body.geometry is None else json.dumps(body.geometry),
+            measurement_set_id=current.id if current is not None else None,
         )
         session.add(row)
-        if body.purpose == "review" and current is not None:
-            # The primary review changes what the FHIR store should hold: send it again.
+        if body.purpose == "review" and current is not None and not _fhir_pending(session, current):
+            # The primary review changes what the FHIR store should hold: send it again
+            # (once: a delivery still waiting sends the reads made meanwhile too).
             request.app.state.runtime.dispatcher.plan(session, current, only=("fhir",))
         session.commit()
         session.refresh(row)
@@ -392,7 +405,9 @@ def sign_review(study: str, body: SignIn, request: Request, who: Reviewer) -> Si
             result = AnalysisResult.from_json(current.result)
         except ContractError:
             raise StaleResult("the stored result cannot be read (analyse it again)") from None
-        decided = reading.decide(result.measurements, reads_of(session, study))
+        # The signer's own reads: a verified report names its reader, never another's values.
+        mine = [r for r in reads_of(session, study) if r.reader_id == reader]
+        decided = reading.decide(result.measurements, mine, current.id)
     open_items = [
         key
         for key, value in decided.items()
@@ -401,7 +416,7 @@ def sign_review(study: str, body: SignIn, request: Request, who: Reviewer) -> Si
         and value.read is None
     ]
     if open_items:
-        raise InvalidRead(f"{len(open_items)} value(s) of the study are not reviewed yet")
+        raise InvalidRead(f"you have not read {len(open_items)} value(s) of the study yet")
     results = runtime.results
     names = results.key_image_names(current)
     automatic_points = {

@@ -93,6 +93,8 @@ def check(
     else:
         raise InvalidRead("a corrected or measured read needs a value or a construction")
     q = QUANTITIES[quantity]
+    if measured <= 0:
+        raise InvalidRead("the construction has no length or area (points on top of each other)")
     low, high = q.accepted
     if not low <= measured <= high:
         raise InvalidRead(

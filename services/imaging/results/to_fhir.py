@@ -114,6 +114,7 @@ class FhirPublisher:
         study: StudyFacts,
         result: AnalysisResult,
         reads: Sequence[ManualMeasurement] = (),
+        measurement_set_id: int | None = None,
     ) -> PublishReport:
         """The study's values as Observations: the values that count once readers have
         reviewed them (:mod:`services.common.reading`), with their provenance — ``method``
@@ -141,7 +142,7 @@ class FhirPublisher:
         entries: list[dict[str, Any]] = []
         created = amended = unchanged = 0
         wanted: set[str] = set()
-        decided = reading.decide(result.measurements, reads)
+        decided = reading.decide(result.measurements, reads, measurement_set_id)
         for (quantity, level, side), value in decided.items():
             if value.value is None:  # needing review, rejected, outside the images
                 continue
@@ -266,4 +267,4 @@ class FhirTarget:
         )
         with Session(self.engine) as session:
             reads = reads_of(session, uid)
-        return self.publisher.publish(facts, result, reads).as_json()
+        return self.publisher.publish(facts, result, reads, measurement_set.id).as_json()

@@ -44,10 +44,19 @@ def upgrade() -> None:
             sa.Column("key_image", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=True)
         )
         batch_op.add_column(sa.Column("geometry", sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column("measurement_set_id", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("manual_measurement", schema=None) as batch_op:
-        for column in ("geometry", "key_image", "automatic_value", "reason", "purpose", "action"):
+        for column in (
+            "measurement_set_id",
+            "geometry",
+            "key_image",
+            "automatic_value",
+            "reason",
+            "purpose",
+            "action",
+        ):
             batch_op.drop_column(column)
         batch_op.alter_column("value", existing_type=sa.Float(), nullable=False)
