@@ -240,6 +240,7 @@ def test_a_blinded_second_reader_never_receives_another_readers_values(
         assert read["value"] == 12.5 and read["action"] == "measured"
         # The views that show other readers' values are closed to a reader.
         for path in (
+            "/api/export/agreement.csv",
             "/api/cases",
             "/api/cohort/summary",
             "/api/agreement",
@@ -272,6 +273,12 @@ def test_a_blinded_second_reader_never_receives_another_readers_values(
             "/api/agreement", params={"quantity": "foraminal_height", "refresh": "true"}
         ).json()
         bundle = clinician.get(f"/api/cases/{stack.cases[stack.plans[0].mrn]}/bundle").json()
+        exported = clinician.get("/api/export/agreement.csv").text.splitlines()
+    with stack.gateway.client(role="researcher") as researcher:
+        pseudonymised = researcher.get("/api/export/agreement.csv").text
+    assert exported[0].startswith("quantity,kind,rater_a,rater_b,n,icc2")
+    assert any(",reader-reader,rita,sam," in line for line in exported)
+    assert "rita" not in pseudonymised and ",reader-reader,RD-" in pseudonymised
     values = [
         v
         for row in case["imaging"]["metrics"]
