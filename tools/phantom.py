@@ -27,13 +27,14 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
+from scipy import ndimage
 
 from services.common.vocabulary import QUANTITIES, QuantityName
 from services.imaging.analysis.spine import LUMBAR_LEVELS
@@ -87,8 +88,23 @@ class PhantomSpec:
     patient_id: str = "PHANTOM-0001"
     study_date: str = "20260101"
     study_instance_uid: str = ""
+    # MR protocols as acquired in practice: ``stack`` (one contiguous axial stack),
+    # ``blocks`` (a few slices per disc, each block angled parallel to its disc, all in one
+    # series) or ``block-series`` (the same blocks, one series per level); ``sagittal``
+    # adds a sagittal T2 of the whole lumbar spine (the series that names the levels).
+    protocol: str = "stack"
+    block_slices: int = 4
+    sagittal: bool = False
 
     def __post_init__(self) -> None:
+        if self.protocol not in ("stack", "blocks", "block-series"):
+            raise ValueError(
+                f"protocol must be stack, blocks or block-series, not {self.protocol!r}"
+            )
+        if self.protocol != "stack" and self.modality != "MR":
+            raise ValueError("angled blocks are an MR protocol")
+        if not 2 <= self.block_slices <= 9:
+            raise ValueError("a block has 2 to 9 slices")
         if self.modality not in ("CT", "MR"):
             raise ValueError(f"modality must be CT or MR, not {self.modality!r}")
         if self.orientation not in ("axial", "sagittal", "oblique"):
@@ -676,10 +692,24 @@ def render(spec: PhantomSpec) -> tuple[sitk.Image, Spine]:
     spacing = np.array([spec.pixel_spacing, spec.pixel_spacing, spec.slice_spacing])
     size = np.ceil((local.max(axis=0) - local.min(axis=0)) / spacing).astype(int) + 1
     origin = direction @ local.min(axis=0)
+    return acquire(spine, spec, rng, origin, direction, size, spacing), spine
+
+
+def acquire(
+    spine: Spine,
+    spec: PhantomSpec,
+    rng: np.random.Generator,
+    origin: FloatArray,
+    direction: FloatArray,
+    size: FloatArray,
+    spacing: FloatArray,
+) -> sitk.Image:
+    """Slices of ``size`` (i, j, k) voxels from ``origin`` along ``direction``'s columns:
+    each slice integrates its thickness, then blur, streaks (CT) and noise."""
     regions = shapes(spine, spec)
     column = 0 if spec.modality == "CT" else 1
-    n_sub = max(1, min(4, round(spec.slice_spacing / spec.pixel_spacing)))
-    offsets = ((np.arange(n_sub) + 0.5) / n_sub - 0.5) * spec.slice_spacing
+    n_sub = max(1, min(4, round(spacing[2] / spacing[0])))
+    offsets = ((np.arange(n_sub) + 0.5) / n_sub - 0.5) * spacing[2]
     volume = np.empty((size[2], size[1], size[0]), dtype=np.float32)
     jj, ii = np.meshgrid(np.arange(size[1]), np.arange(size[0]), indexing="ij")
     plane = (
@@ -689,13 +719,22 @@ def render(spec: PhantomSpec) -> tuple[sitk.Image, Spine]:
         acc = np.zeros(plane.shape[0], dtype=np.float64)
         for off in offsets:
             xyz = origin + plane + (k * spacing[2] + off) * direction[:, 2]
-            acc += _paint(spine, regions, xyz, column, spec.pixel_spacing)
+            acc += _paint(spine, regions, xyz, column, float(spacing[0]))
         volume[k] = (acc / n_sub).reshape(size[1], size[0])
     image = sitk.GetImageFromArray(volume)
     image.SetSpacing(tuple(float(v) for v in spacing))
     image.SetOrigin(tuple(float(v) for v in origin))
     image.SetDirection(tuple(float(v) for v in direction.flatten()))
-    image = sitk.SmoothingRecursiveGaussian(image, [0.4 * float(v) for v in spacing[:2]] + [0.3])
+    sigma = [0.4 * float(v) for v in spacing[:2]]
+    if size[2] >= 4:
+        image = sitk.SmoothingRecursiveGaussian(image, [*sigma, 0.3])
+    else:  # too few slices for ITK's filter: each slice in its plane (sigma 0.4 pixel)
+        flat = sitk.GetArrayFromImage(image)
+        smoothed = sitk.GetImageFromArray(
+            np.stack([ndimage.gaussian_filter(flat[k], 0.4) for k in range(flat.shape[0])])
+        )
+        smoothed.CopyInformation(image)
+        image = smoothed
     array = sitk.GetArrayFromImage(image)
     if spec.modality == "CT":
         if spine.operated:
@@ -707,7 +746,53 @@ def render(spec: PhantomSpec) -> tuple[sitk.Image, Spine]:
         array = np.hypot(noisy, rng.normal(0, spec.noise, array.shape)).astype(np.float32)
     out = sitk.GetImageFromArray(array.astype(np.float32))
     out.CopyInformation(image)
-    return out, spine
+    return out
+
+
+BLOCK_FOV_MM = 150.0
+
+
+def render_blocks(spec: PhantomSpec) -> tuple[list[tuple[str, sitk.Image]], Spine]:
+    """Axial T2 blocks as acquired per disc: ``block_slices`` slices centred on the disc's
+    middle, the slices parallel to the disc (perpendicular to the spine's axis there)."""
+    spine = build_spine(spec)
+    rng = np.random.default_rng(spec.seed + 2)
+    blocks = []
+    for disc in spine.discs:
+        if disc.level not in LUMBAR_LEVELS or (not spec.sacrum_in_view and disc.level == "L5-S1"):
+            continue
+        normal = spine.axis(disc.middle)
+        row = np.array([1.0, 0.0, 0.0])
+        column = np.cross(normal, row)
+        direction = np.column_stack([row, column, normal])
+        centre = spine.to_world(np.array([disc.middle]), np.array([SAC_CENTRE]), np.zeros(1))[0]
+        spacing = np.array([spec.pixel_spacing, spec.pixel_spacing, spec.slice_spacing])
+        n = round(BLOCK_FOV_MM / spec.pixel_spacing)
+        size = np.array([n, n, spec.block_slices])
+        half = (size - 1) * spacing / 2
+        origin = centre - direction @ half
+        blocks.append((disc.level, acquire(spine, spec, rng, origin, direction, size, spacing)))
+    return blocks, spine
+
+
+def render_sagittal(spec: PhantomSpec) -> sitk.Image:
+    """The sagittal T2 of the same spine: 0.8 mm pixels, 4 mm slices across the canal."""
+    sagittal = replace(
+        spec,
+        orientation="sagittal",
+        pixel_spacing=0.8,
+        slice_spacing=4.0,
+        protocol="stack",
+        sacrum_in_view=True,
+    )
+    image, _ = render(sagittal)
+    # Only the slices within 30 mm of the midline, as a lumbar sagittal is planned.
+    keep = [
+        k
+        for k in range(image.GetSize()[2])
+        if abs(image.TransformIndexToPhysicalPoint((0, 0, k))[0]) <= 30
+    ]
+    return image[:, :, keep[0] : keep[-1] + 1]
 
 
 def _paint(
@@ -794,12 +879,21 @@ def _streaks(image: sitk.Image, spine: Spine, rng: np.random.Generator) -> Float
 # -- ground truth -------------------------------------------------------------------
 
 
-def ground_truth(spine: Spine, spec: PhantomSpec, series_instance_uid: str) -> dict[str, Any]:
-    """The expected measurements in the CLI's schema, from the analytic geometry."""
+def ground_truth(
+    spine: Spine,
+    spec: PhantomSpec,
+    series_instance_uid: str,
+    per_level: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The expected measurements in the CLI's schema, from the analytic geometry (angled
+    blocks: the area per level, in the block's series; no volume, the coverage is not
+    contiguous)."""
     levels = [d for d in spine.discs if d.level in LUMBAR_LEVELS]
     visible = [d for d in levels if spec.sacrum_in_view or d.level != "L5-S1"]
     measurements: list[dict[str, Any]] = []
-    labelled = spec.sacrum_in_view
+    # Named from the sacrum in view, or from the sagittal series that shows it.
+    labelled = spec.sacrum_in_view or (spec.modality == "MR" and spec.sagittal)
+    per_level = per_level or {}
     by_name = {v.name: v for v in [*spine.vertebrae, spine.s1]}
     for index, d in enumerate(visible):
         upper_name, lower_name = d.level.split("-")
@@ -822,7 +916,7 @@ def ground_truth(spine: Spine, spec: PhantomSpec, series_instance_uid: str) -> d
                     "side": side,
                     "value": round(float(value), 3),
                     "unit": QUANTITIES[quantity].unit,
-                    "series_instance_uid": series_instance_uid,
+                    "series_instance_uid": per_level.get(d.level, series_instance_uid),
                     "true_level": d.level,
                 }
             )
@@ -839,6 +933,8 @@ def ground_truth(spine: Spine, spec: PhantomSpec, series_instance_uid: str) -> d
         else:
             width, depth = spine.sac.semi_axes(np.array([d.middle]))
             add(QuantityName.DURAL_SAC_AREA, math.pi * float(width[0] * depth[0]))
+            if spec.protocol != "stack":
+                continue
             s_lo = lower.s_centre if lower is not None else spine.sacrum_top - 15
             s = np.linspace(s_lo, upper.s_centre, 4001)
             w, dp = spine.sac.semi_axes(s)
@@ -890,11 +986,7 @@ def _disc_height(spine: Spine, d: Disc, upper: Vertebra) -> float:
 # -- writing --------------------------------------------------------------------------
 
 
-def write_phantom(spec: PhantomSpec, folder: Path) -> dict[str, Any]:
-    """Render ``spec`` into ``folder`` as DICOM plus ``ground_truth.json``; return the truth."""
-    image, spine = render(spec)
-    series_uid = generate_uid(entropy_srcs=[spec.study_instance_uid, "series"])
-    description = "PHANTOM CT BONE" if spec.modality == "CT" else "PHANTOM T2 TSE AX"
+def _header(spec: PhantomSpec, series_uid: str, description: str, number: int) -> SeriesHeader:
     extra: dict[str, object] = {}
     if spec.modality == "CT":
         extra = {"ConvolutionKernel": "BONE", "BodyPartExamined": "LSPINE"}
@@ -907,7 +999,7 @@ def write_phantom(spec: PhantomSpec, folder: Path) -> dict[str, Any]:
             "SequenceVariant": "SK",
             "MRAcquisitionType": "2D",
         }
-    header = SeriesHeader(
+    return SeriesHeader(
         patient_id=spec.patient_id,
         patient_name=f"Phantom^{spec.patient_id}",
         study_instance_uid=spec.study_instance_uid,
@@ -915,13 +1007,51 @@ def write_phantom(spec: PhantomSpec, folder: Path) -> dict[str, Any]:
         study_date=spec.study_date,
         modality=spec.modality,
         study_description=f"{spec.modality} LUMBAR SPINE" + (" POST-OP" if spec.postop else ""),
-        series_description=description
-        if spec.orientation == "axial" or spec.modality == "CT"
-        else description.replace("AX", spec.orientation.upper()[:3]),
+        series_description=description,
+        series_number=number,
         extra=extra,
     )
-    write_series(image, header, folder)
-    truth = ground_truth(spine, spec, series_uid)
+
+
+def write_phantom(spec: PhantomSpec, folder: Path) -> dict[str, Any]:
+    """Render ``spec`` into ``folder`` as DICOM plus ``ground_truth.json``; return the truth."""
+    series_uid = generate_uid(entropy_srcs=[spec.study_instance_uid, "series"])
+    session = generate_uid(entropy_srcs=[spec.study_instance_uid, "frame-of-reference"])
+    per_level: dict[str, str] = {}
+    if spec.protocol == "stack":
+        image, spine = render(spec)
+        description = "PHANTOM CT BONE" if spec.modality == "CT" else "PHANTOM T2 TSE AX"
+        if spec.modality == "MR" and spec.orientation != "axial":
+            description = description.replace("AX", spec.orientation.upper()[:3])
+        write_series(
+            image,
+            _header(spec, series_uid, description, 3),
+            folder,
+            frame_of_reference=session if spec.modality == "MR" else None,
+        )
+    else:
+        blocks, spine = render_blocks(spec)
+        number = 1
+        for index, (level, block) in enumerate(blocks):
+            if spec.protocol == "block-series":
+                uid = generate_uid(entropy_srcs=[spec.study_instance_uid, "series", level])
+                header = _header(spec, uid, f"PHANTOM T2 TSE AX {level}", 10 + index)
+            else:
+                uid = series_uid
+                header = _header(spec, uid, "PHANTOM T2 TSE AX ANGLED", 3)
+            per_level[level] = uid
+            write_series(block, header, folder, first_instance=number, frame_of_reference=session)
+            number += block.GetSize()[2]
+    if spec.sagittal and spec.modality == "MR":
+        sagittal_uid = generate_uid(entropy_srcs=[spec.study_instance_uid, "sagittal"])
+        write_series(
+            render_sagittal(spec),
+            _header(spec, sagittal_uid, "PHANTOM T2 TSE SAG", 2),
+            folder,
+            first_instance=1001,
+            frame_of_reference=session,
+        )
+    truth = ground_truth(spine, spec, series_uid, per_level)
     (folder / "ground_truth.json").write_text(json.dumps(truth, indent=2))
     return truth
 

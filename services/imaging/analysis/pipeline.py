@@ -20,6 +20,7 @@ from pydicom.errors import InvalidDicomError
 
 from services.common.vocabulary import QUANTITIES
 from services.imaging.analysis import consistency, ct, mr
+from services.imaging.analysis.blocks import Block, find_blocks, measure_blocks, sagittal_levels
 from services.imaging.analysis.overlays import KeyImage, area_image, height_image
 from services.imaging.analysis.report import AnalysisResult
 from services.imaging.analysis.sampling import Sampler
@@ -114,6 +115,10 @@ def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) ->
             f"{unreadable} image(s) left out: position, orientation or spacing unreadable"
         )
     if selection.primary is None:
+        blocks = find_blocks(by_series)
+        if blocks:
+            result.modality = "MR"
+            return _analyze_blocks(result, blocks, candidates, by_series, key_images, started)
         result.warnings.append("no series suitable for measurement")
         result.settle()
         return Analysis(result)
@@ -182,6 +187,45 @@ def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) ->
     result.timings["total"] = time.perf_counter() - started
     result.settle()
     return Analysis(result, images, list(series))
+
+
+def _analyze_blocks(
+    result: AnalysisResult,
+    blocks: list[Block],
+    candidates: list[SeriesCandidate],
+    by_series: dict[str, list[Dataset]],
+    key_images: bool,
+    started: float,
+) -> Analysis:
+    """The angled-block protocol: the sac area per block, levels from the sagittal T2."""
+    series = sorted({b.series_instance_uid for b in blocks})
+    result.selection = [
+        r for r in result.selection if not r.startswith("no T2-weighted axial MR stack")
+    ]
+    result.selection.append(
+        f"MR axial T2 acquired as {len(blocks)} angled block(s) in {len(series)} series "
+        f"({', '.join(series)}) chosen for the dural sac"
+    )
+    sagittal = [
+        c
+        for c in candidates
+        if c.modality == "MR" and c.is_t2 and c.orientation == "sagittal" and c.slices >= 5
+    ]
+    levels = None
+    if sagittal:
+        chosen = min(sagittal, key=lambda c: c.slice_step)
+        result.selection.append(f"MR sagittal T2 {chosen.series_instance_uid} added for levels")
+        levels = sagittal_levels(by_series[chosen.series_instance_uid])
+        if levels is None:
+            result.warnings.append("the sagittal T2 could not be read for levels")
+    measured = time.perf_counter()
+    found = measure_blocks(blocks, levels, key_images=key_images)
+    result.timings["measure"] = time.perf_counter() - measured
+    result.warnings += found.warnings
+    result.measurements = found.measurements
+    result.timings["total"] = time.perf_counter() - started
+    result.settle()
+    return Analysis(result, found.key_images, found.evidence)
 
 
 def analyze_paths(paths: Iterable[Path], *, key_images: bool = True) -> Analysis:

@@ -65,6 +65,7 @@ class SeriesCandidate:
     image_type: tuple[str, ...]
     echo_time: float | None
     repetition_time: float | None
+    orientations: int = 1  # distinct slice orientations (several: angled blocks, localizer)
 
     @classmethod
     def from_datasets(cls, datasets: Sequence[Dataset]) -> SeriesCandidate:
@@ -99,6 +100,13 @@ class SeriesCandidate:
                 float(first.RepetitionTime)
                 if first.get("RepetitionTime") not in (None, "")
                 else None
+            ),
+            orientations=len(
+                {
+                    tuple(round(float(v), 3) for v in d.ImageOrientationPatient)
+                    for d in datasets
+                    if "ImageOrientationPatient" in d
+                }
             ),
         )
 
@@ -138,6 +146,8 @@ def select_series(candidates: Sequence[SeriesCandidate]) -> Selection:
         why = None
         if "LOCALIZER" in c.image_type or c.slices < MIN_SLICES:
             why = f"localizer or only {c.slices} images"
+        elif c.orientations > 1:
+            why = f"{c.orientations} slice orientations (angled blocks or a localizer)"
         elif c.modality == "CT" and kernel_class(c.kernel) == "lung":
             why = f"lung kernel '{c.kernel}'"
         elif c.modality == "CT" and c.coverage_mm < MIN_CT_COVERAGE_MM:

@@ -118,12 +118,20 @@ class SeriesHeader:
 
 
 def write_series(
-    image: sitk.Image, header: SeriesHeader, folder: Path, *, intercept: float = -1024.0
+    image: sitk.Image,
+    header: SeriesHeader,
+    folder: Path,
+    *,
+    intercept: float = -1024.0,
+    first_instance: int = 1,
+    frame_of_reference: str | None = None,
 ) -> list[Path]:
     """Write a volume as a DICOM series, one slice per k, geometry from the image.
 
     The inverse of :func:`load_series`: CT values are stored as int16 with the given
-    RescaleIntercept; MR values as uint16.
+    RescaleIntercept; MR values as uint16. Several volumes make one series when written
+    with the same header and following instance numbers (``first_instance``); series of
+    one session share their ``frame_of_reference``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     direction = np.array(image.GetDirection()).reshape(3, 3)
@@ -131,7 +139,9 @@ def write_series(
     spacing = image.GetSpacing()
     array = sitk.GetArrayFromImage(image)  # (k, j, i)
     sop_class = CTImageStorage if header.modality == "CT" else MRImageStorage
-    frame_of_reference = generate_uid(entropy_srcs=[header.series_instance_uid])
+    frame_of_reference = frame_of_reference or generate_uid(
+        entropy_srcs=[header.series_instance_uid]
+    )
     paths = []
     for k in range(array.shape[0]):
         ds = Dataset()
@@ -155,7 +165,7 @@ def write_series(
         if header.study_description:
             ds.StudyDescription = header.study_description
         ds.SeriesNumber = header.series_number
-        ds.InstanceNumber = k + 1
+        ds.InstanceNumber = first_instance + k
         ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row, *col)]
         ds.ImagePositionPatient = [
             round(float(v), 4) for v in image.TransformIndexToPhysicalPoint((0, 0, k))
@@ -177,7 +187,7 @@ def write_series(
         for keyword, value in (header.extra or {}).items():
             setattr(ds, keyword, value)
         ds.PixelData = values.tobytes()
-        path = folder / f"{k + 1:04d}.dcm"
+        path = folder / f"{first_instance + k:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
