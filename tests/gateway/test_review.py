@@ -79,7 +79,7 @@ def test_a_reader_corrects_by_dragging_and_accepts_with_the_keyboard(
     with _reader(stack, "rita") as rita:
         geometry = rita.get(f"/api/review/studies/{study}/images/{name}.json").json()
     (ax, ay), (bx, by) = geometry["points"]
-    expected = math.hypot(bx - ax, by + 40 - ay) * geometry["mm_per_pixel"]
+    expected = math.hypot(bx - ax, by + 40 - ay) * geometry["mm_per_pixel"] * geometry["scale"]
 
     browser.get(f"{stack.gateway.url}/dashboard/login?next=/dashboard/review")
     browser.find_element(By.NAME, "username").send_keys("rita")

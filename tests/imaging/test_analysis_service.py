@@ -200,11 +200,13 @@ def _review_on_the_section(client: Any, study: str, measured: list[Any]) -> None
     geometry = client.get(f"/api/studies/{study}/review-images/{name}.json").json()
     assert geometry["kind"] == "line" and geometry["mm_per_pixel"] == 0.125
     (x0, y0), (x1, y1) = geometry["points"]
-    # The construction drawn on the section is the automatic value (in-plane, within 0.3 mm).
+    # The construction drawn on the section is the automatic value (in-plane, within 0.3
+    # mm); its scale carries the rest (the line's component across the section).
     drawn = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 * 0.125
     assert abs(drawn - first["value"]) < 0.3, (drawn, first["value"])
+    assert abs(drawn * geometry["scale"] - first["value"]) < 0.01
     moved = [[x0, y0], [x1, y1 + 16]]  # 16 px = 2 mm further along the rows
-    expected = ((x1 - x0) ** 2 + (y1 + 16 - y0) ** 2) ** 0.5 * 0.125
+    expected = ((x1 - x0) ** 2 + (y1 + 16 - y0) ** 2) ** 0.5 * 0.125 * geometry["scale"]
     where = {"quantity": "foraminal_height", "level": first["level"], "side": first["side"]}
     corrected = client.post(
         f"/api/studies/{study}/manual-measurements",

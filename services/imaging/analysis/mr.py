@@ -197,9 +197,12 @@ def _measure_slice(
     fraction = np.clip((crop - outside) / (inside - outside), 0, 1)
     area_px = float(solid.sum() + fraction[band].sum())
     area = area_px * spacing[0] * spacing[1]
-    # The mask's border as one ordered, closed polygon (the 0.5 iso-line between inside
-    # and outside pixel centres), as a reader's contour tool would draw it.
-    generator = contourpy.contour_generator(z=np.pad(core, 1).astype(np.float64))
+    # The border as one ordered, closed polygon: the iso-line where the signal is half way
+    # between the dura and the CSF (around this sac only), as a reader's contour tool
+    # draws it — its area is the partial-volume area measured above, to a few per cent.
+    near = ndimage.binary_dilation(core, iterations=3)
+    level = np.where(near, np.where(solid, 1.0, fraction), 0.0)
+    generator = contourpy.contour_generator(z=np.pad(level, 1))
     lines: list[FloatArray] = list(generator.lines(0.5))  # type: ignore[arg-type]
     border = max(lines, key=lambda line: line.shape[0]) - 1.0  # undo the padding
     ii, jj = border[:, 0], border[:, 1]

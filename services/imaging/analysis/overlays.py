@@ -85,6 +85,11 @@ class KeyImage:
     review_png: bytes = b""
     kind: str = "line"
     plane: Plane | None = None  # where the section lies: neighbouring sections are parallel
+    # The value per unit drawn (mm, or mm² for a contour): the automatic value over its own
+    # construction's length or area on the section. It carries what the section does not
+    # show — a line's component across the plane, a slice's obliquity to the canal, the
+    # partial-volume border — so a reader's construction is valued as the automatic one.
+    scale: float = 1.0
 
     def review_geometry(self) -> dict[str, object]:
         """The review image's geometry (JSON): the construction, its kind, the pixel size,
@@ -96,6 +101,7 @@ class KeyImage:
             "mm_per_pixel": MM_PER_PIXEL,
             "orientation": list(self.orientation),
             "plane": None if self.plane is None else self.plane.as_json(),
+            "scale": round(self.scale, 4),
         }
 
 
@@ -222,6 +228,21 @@ def _graphic(pixels: list[tuple[float, float]]) -> tuple[tuple[float, float], ..
     return tuple((x + SCALE / 2, y + SCALE / 2) for x, y in pixels)
 
 
+def _polygon_area(points: list[tuple[float, float]]) -> float:
+    xy = np.asarray(points, dtype=np.float64)
+    x, y = xy[:, 0], xy[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def _scale(value: float | None, drawn: float) -> float:
+    """The automatic value per unit of its drawn construction (1 without a value); a ratio
+    far from 1 means the drawing does not show the value, and is not used."""
+    if value is None or drawn <= 0:
+        return 1.0
+    ratio = value / drawn
+    return ratio if 0.5 <= ratio <= 1.5 else 1.0
+
+
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
@@ -259,6 +280,7 @@ def height_image(sampler: Sampler, m: Measurement, axis: FloatArray, modality: s
         _png(plain),
         "line",
         plane,
+        _scale(m.value, float(np.hypot(pb[0] - pa[0], pb[1] - pa[1])) * MM_PER_PIXEL),
     )
 
 
@@ -291,4 +313,5 @@ def area_image(sampler: Sampler, m: Measurement, normal: FloatArray, modality: s
         _png(plain),
         "contour",
         plane,
+        _scale(m.value, _polygon_area(outline) * MM_PER_PIXEL**2),
     )

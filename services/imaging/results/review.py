@@ -43,14 +43,15 @@ def polygon_area(points: Sequence[Point], mm_per_pixel: float) -> float:
 def value_of(geometry: dict[str, Any], points: Sequence[Point]) -> float:
     """The value of a construction drawn on a review image of ``geometry``'s kind."""
     kind, mm = geometry.get("kind"), float(geometry["mm_per_pixel"])
+    scale = float(geometry.get("scale", 1.0))  # see KeyImage.scale
     if kind == "line":
         if len(points) != 2:
             raise InvalidRead("a height is drawn with its two end points")
-        return line_length(points, mm)
+        return line_length(points, mm) * scale
     if kind == "contour":
         if len(points) < 3:
             raise InvalidRead("a contour needs at least three points")
-        return polygon_area(points, mm)
+        return polygon_area(points, mm) * scale
     raise InvalidRead(f"the review image has no construction of kind {kind!r}")
 
 
