@@ -131,6 +131,30 @@ def sagittal_levels(datasets: Sequence[Dataset]) -> SagittalLevels | None:
     return SagittalLevels(model.centre, named, model.sacrum, list(model.warnings))
 
 
+def name_from_sagittal(
+    model: mr.MrModel, measurements: list[Measurement], sagittal: SagittalLevels
+) -> list[str]:
+    """Name the discs of an axial stack that does not reach the sacrum from the sagittal
+    T2 that does (each stack disc to the sagittal disc within 10 mm along the canal); the
+    stack's warnings, without the one the naming answers."""
+    names: dict[int, str | None] = {}
+    for index, disc in enumerate(model.discs):
+        name, distance = sagittal.level_at(model.centre.point(disc.middle))
+        names[index] = name if distance <= LEVEL_TOLERANCE_MM else None
+    taken = [n for n in names.values() if n is not None]
+    duplicated = {n for n in taken if taken.count(n) > 1}
+    for m in measurements:
+        name = names.get(m.level_index)
+        m.level = None if name in duplicated else name
+    warnings = [w for w in model.warnings if not w.startswith("sacrum not in the field of view")]
+    unnamed = sum(1 for n in names.values() if n is None or n in duplicated)
+    warnings.append(
+        "the axial stack does not show the sacrum: its levels are named from the sagittal T2"
+        + (f" ({unnamed} disc(s) could not be matched and stay unnamed)" if unnamed else "")
+    )
+    return warnings
+
+
 @dataclass
 class BlockAnalysis:
     measurements: list[Measurement]

@@ -20,7 +20,13 @@ from pydicom.errors import InvalidDicomError
 
 from services.common.vocabulary import QUANTITIES
 from services.imaging.analysis import consistency, ct, mr
-from services.imaging.analysis.blocks import Block, find_blocks, measure_blocks, sagittal_levels
+from services.imaging.analysis.blocks import (
+    Block,
+    find_blocks,
+    measure_blocks,
+    name_from_sagittal,
+    sagittal_levels,
+)
 from services.imaging.analysis.overlays import KeyImage, area_image, height_image
 from services.imaging.analysis.report import AnalysisResult
 from services.imaging.analysis.sampling import Sampler
@@ -146,7 +152,13 @@ def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) ->
                 volume.image, volume.series_instance_uid, volume.sop_instance_uids
             )
             line, levels = mr_model.centre, len({m.level_index for m in measurements})
-            result.warnings += mr_model.warnings
+            warnings = mr_model.warnings
+            if not mr_model.sacrum and selection.secondary is not None:
+                # The stack does not reach the sacrum: the sagittal T2 names its discs.
+                sagittal = sagittal_levels(by_series[selection.secondary.series_instance_uid])
+                if sagittal is not None and sagittal.sacrum:
+                    warnings = name_from_sagittal(mr_model, measurements, sagittal)
+            result.warnings += warnings
             consistency.check(measurements, scatter_mm=line.residual)
     except (ct.SpineNotFound, mr.SacNotFound, ValueError) as exc:
         result.warnings.append(f"no measurement: {exc}")
