@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from services.imaging.completion.completeness import SliceGeometry, check_series
@@ -91,3 +93,42 @@ def test_mixed_matrix_sizes_are_reported() -> None:
         None,
     )
     assert any("matrix" in p for p in check_series("1.2.3", slices).problems)
+
+
+def _block(n: int, tilt: float, centre: float, skip: frozenset[int] = frozenset()) -> list[Any]:
+    c, s = np.cos(np.radians(tilt)), np.sin(np.radians(tilt))
+    orientation = (1.0, 0.0, 0.0, 0.0, c, s)
+    normal = np.cross(orientation[:3], orientation[3:])
+    out = []
+    for i in range(n):
+        if i in skip:
+            continue
+        p = np.array([0.0, 0.0, centre]) + normal * 4.0 * (i - (n - 1) / 2)
+        out.append(
+            SliceGeometry(
+                f"1.2.{centre}.{i}",
+                "\\".join(f"{v:.6g}" for v in p),
+                "\\".join(f"{v:.6g}" for v in orientation),
+                256,
+                256,
+                "0.7\\0.7",
+                None,
+            )
+        )
+    return out
+
+
+def test_angled_blocks_in_one_series_are_checked_block_by_block() -> None:
+    """The lumbar MR's axial T2: four slices per disc, each block tilted with its disc; the
+    distance between blocks is not a gap, a slice missing inside a block is."""
+    blocks = [(0.0, 60.0), (5.0, 30.0), (12.0, 0.0), (20.0, -30.0), (28.0, -60.0)]
+    whole = [g for tilt, z in blocks for g in _block(4, tilt, z)]
+    check = check_series("1.2.3", whole)
+    assert check.is_volume and check.problems == ()
+    # Two parallel blocks (a straight segment of spine) are still two blocks, not a gap.
+    parallel = _block(4, 0.0, 60.0) + _block(4, 0.0, 30.0) + _block(4, 12.0, 0.0)
+    assert check_series("1.2.3", parallel).problems == ()
+    missing = [
+        g for tilt, z in blocks for g in _block(4, tilt, z, frozenset({1} if z == 0.0 else ()))
+    ]
+    assert "gap" in " ".join(check_series("1.2.3", missing).problems)

@@ -5,7 +5,10 @@ A *volume series* is a series of single-frame images that share one orientation
 and have at least three slices; for it we require one matrix and pixel spacing,
 and slice positions along the normal that are evenly stepped, without gaps (a step
 larger than ``(1 + tolerance)`` times the median step) and without repeats.
-Localizers (several orientations) and single-image or multi-frame series pass.
+Localizers (several orientations) and single-image or multi-frame series pass. A series of
+*angled blocks* (several orientations, each with two slices or more: the lumbar MR's axial
+T2 planned parallel to each disc) is checked block by block: within a block the slices are
+evenly stepped; the distance between blocks (more than three steps) is not a gap.
 """
 
 from __future__ import annotations
@@ -77,8 +80,12 @@ def check_series(
         return SeriesCheck(series_instance_uid, False, ())
     distinct = Counter(tuple(np.round(o, 3)) for o in orientations if o is not None)
     if len(distinct) > 1:
-        # Several orientations: a localizer or a multi-planar series, not one volume.
-        return SeriesCheck(series_instance_uid, False, ())
+        if min(distinct.values()) < 2:
+            # Several orientations, single images: a localizer, not a volume.
+            return SeriesCheck(series_instance_uid, False, ())
+        return SeriesCheck(
+            series_instance_uid, True, _check_blocks(slices, orientations, gap_tolerance)
+        )
 
     problems: list[str] = []
     if len({(s.rows, s.columns) for s in slices}) > 1:
@@ -109,6 +116,44 @@ def check_series(
                 f"missing; step {median:.3g} mm)"
             )
     return SeriesCheck(series_instance_uid, True, tuple(problems))
+
+
+def _check_blocks(
+    slices: Sequence[SliceGeometry],
+    orientations: Sequence[np.ndarray | None],
+    gap_tolerance: float,
+) -> tuple[str, ...]:
+    """Angled blocks: each orientation's slices, split where a step exceeds three typical
+    steps (the next block), must be evenly stepped without repeats."""
+    problems: list[str] = []
+    if len({(s.rows, s.columns) for s in slices}) > 1:
+        problems.append("slices have different matrix sizes")
+    groups: dict[tuple[float, ...], list[np.ndarray]] = {}
+    for s, o in zip(slices, orientations, strict=True):
+        position = _vector(s.image_position_patient)
+        if o is not None and position is not None:
+            groups.setdefault(tuple(np.round(o, 3)), []).append(position)
+    repeats = gaps = 0
+    for orientation, positions in groups.items():
+        normal = np.cross(orientation[:3], orientation[3:])
+        norm = float(np.linalg.norm(normal))
+        if norm < 1e-6:
+            problems.append("degenerate ImageOrientationPatient")
+            continue
+        distances = np.sort([float(np.dot(p, normal / norm)) for p in positions])
+        steps = np.diff(distances)
+        repeats += int(np.sum(steps < 1e-3))
+        moving = steps[steps >= 1e-3]
+        if moving.size == 0:
+            continue
+        typical = float(np.min(moving))  # within a block; blocks are farther apart
+        within = moving[moving <= 3 * typical]
+        gaps += int(np.sum(within > (1.0 + gap_tolerance) * typical))
+    if repeats:
+        problems.append(f"{repeats} repeated slice position(s) in the angled blocks")
+    if gaps:
+        problems.append(f"{gaps} gap(s) within the angled blocks (a slice missing)")
+    return tuple(problems)
 
 
 def check_study(
