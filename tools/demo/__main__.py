@@ -203,6 +203,7 @@ class Demo:
                 plan,
                 pixel_spacing=1.2 if plan.modality == "CT" else None,
                 slice_spacing=1.5 if plan.modality == "CT" else None,
+                mr_protocols=True,
             )
             for name, spec in (("pre", pre), ("post", post)):
                 jobs[self.data / "phantoms" / f"{plan.mrn}-{name}"] = (plan, spec)

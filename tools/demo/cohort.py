@@ -268,11 +268,18 @@ def _post(full_url: str | None, resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def phantom_specs(
-    plan: PatientPlan, *, pixel_spacing: float | None = None, slice_spacing: float | None = None
+    plan: PatientPlan,
+    *,
+    pixel_spacing: float | None = None,
+    slice_spacing: float | None = None,
+    mr_protocols: bool = False,
 ) -> tuple[PhantomSpec, PhantomSpec]:
     """The pre-operative (stenotic) and post-operative (decompressed) studies of a plan:
-    the same anatomy (same seed), CT for foraminal and axial T2 MR for central stenosis."""
+    the same anatomy (same seed), CT for foraminal and axial T2 MR for central stenosis.
+    With ``mr_protocols``, every other MR patient is examined as most centres do: the axial
+    T2 in angled blocks per disc plus a sagittal T2 (the others: one contiguous stack)."""
     ct = plan.modality == "CT"
+    blocks = mr_protocols and not ct and plan.index % 4 == 1
     common: dict[str, Any] = {
         "modality": plan.modality,
         "pixel_spacing": pixel_spacing or (1.0 if ct else 0.8),
@@ -282,6 +289,7 @@ def phantom_specs(
         "severity": plan.severity,
         "seed": 1000 + plan.index,
         "patient_id": plan.mrn,
+        **({"protocol": "blocks", "sagittal": True} if blocks else {}),
     }
     pre = PhantomSpec(**common, study_date=plan.pre_imaging_date.strftime("%Y%m%d"))
     post = PhantomSpec(**common, postop=True, study_date=plan.post_imaging_date.strftime("%Y%m%d"))
