@@ -179,6 +179,9 @@ class StudyMeasurements(AnalysisResult):
     measurement_set_id: int | None = None  # which result this is (readers' reads name it)
     sr: SrLink | None
     key_images: list[KeyImageLink] = Field(default_factory=list)
+    # The key images a reader can measure on (their sections without construction are kept;
+    # results analysed before review images existed have none).
+    review_images: list[str] = Field(default_factory=list)
     manual_measurements: list[ManualMeasurement] = Field(default_factory=list)
 
 

@@ -190,7 +190,7 @@ async def study_for_review(request: Request, study: str, viewer: ReaderDep) -> R
     found = await _studies(request, viewer.view)
     imaging = source_of(request).imaging
     measured = await _live(request, study)  # the reader's latest reads
-    names = [k.name for k in measured.key_images]
+    names = measured.review_images
     live = StudyResult(
         study_instance_uid=study,
         patient_id=None,
@@ -219,7 +219,7 @@ async def study_for_review(request: Request, study: str, viewer: ReaderDep) -> R
                     study_instance_uid=other,
                     slot=found[other][1]["slot"],
                     label=found[other][1]["label"],
-                    review_images=[k.name for k in other_measured.key_images],
+                    review_images=other_measured.review_images,
                 )
             )
     return ReviewStudy(

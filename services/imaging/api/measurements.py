@@ -168,6 +168,7 @@ def _present(
         key_images=[KeyImageLink(name=n, url=f"{base}/key-images/{n}.png") for n in names],
         manual_measurements=manual,
         measurement_set_id=current.id,
+        review_images=request.app.state.runtime.results.review_image_names(current),
     )
 
 

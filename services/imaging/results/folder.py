@@ -98,6 +98,10 @@ class ResultsFolder:
         path = folder / f"{name}.png"
         return path.read_bytes() if path.is_file() else None
 
+    def review_image_names(self, measurement_set: MeasurementSet) -> list[str]:
+        folder = self._folder(measurement_set)
+        return sorted(p.stem for p in (folder / REVIEW).glob("*.json")) if folder else []
+
     def review_image(self, measurement_set: MeasurementSet, name: str) -> bytes | None:
         """A key image's section without its construction; None when there is none (an
         unknown name, or a result written before review images were kept)."""
