@@ -240,7 +240,10 @@ def build_model(image: sitk.Image) -> MrModel:
     zz, profile = zz[good], profile[good]
     marrow = float(np.median(profile))
     deviation = ndimage.gaussian_filter1d(np.abs(profile - marrow), 0.5)
-    spread = float(np.percentile(deviation, 50))
+    # The noise floor of the marrow: a low percentile, since long stretches of the profile
+    # may pass other tissue (above the lumbar spine, the pelvis) and would raise a median
+    # enough to hide a collapsed, dark disc.
+    spread = float(np.percentile(deviation, 25))
     discs = find_discs(
         zz, deviation, baseline=spread, bright_discs=True, prominence=max(0.25 * marrow, 4 * spread)
     )

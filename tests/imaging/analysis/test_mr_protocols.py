@@ -136,11 +136,10 @@ def test_an_oblique_stack_without_the_sacrum_is_named_from_the_sagittal(tmp_path
     }
     found = {k: v for k, v in _areas(analysis).items() if k is not None and v is not None}
     assert set(expected) == {"L1-L2", "L2-L3", "L3-L4", "L4-L5"}
-    both = set(expected) & set(found)
-    # Named, and not shifted: each named value is its own level's. (The stack's disc finder
-    # misses the stenotic L3-L4 of this steeper, oblique anatomy: a known weakness.)
-    assert len(both) >= 3, (found, analysis.result.warnings)
-    for level in both:
+    # Named, and not shifted: each value is its own level's (the collapsed, dark disc of the
+    # stenotic L3-L4 included).
+    assert set(expected) <= set(found), (found, analysis.result.warnings)
+    for level in expected:
         assert abs(found[level] - expected[level]) / expected[level] < 0.2, (level, found)
     assert any("named from the sagittal" in w for w in analysis.result.warnings)
 
