@@ -125,10 +125,19 @@ def run_engine(
         sending = send_all(imaging.dicom_port, imaging.ae_title, studies, senders)
         if drain:
             assert wait_until(lambda: len(_jobs(imaging)) == len(studies), 600, 0.5)
+            early = [j for j in _jobs(imaging) if j.state != "queued"]
+            if early:  # a drain figure is the workers' alone: fail rather than print it
+                raise RuntimeError(
+                    f"{label}: {len(early)} of {len(studies)} studies were analysed while "
+                    "receiving, before the workers were started; the drain figure would be "
+                    "meaningless"
+                )
             started = time.perf_counter()
             start_workers()
         assert wait_until(finished, timeout=3600, interval=0.5)
         total = time.perf_counter() - started
+        if total < 0.5 * len(studies) * 0.1:
+            raise RuntimeError(f"{label}: {total:.1f} s for {len(studies)} studies is impossible")
         jobs = _jobs(imaging)
         durations = [
             (j.finished_at - j.started_at).total_seconds()
