@@ -131,6 +131,13 @@ Coordinate = Annotated[float, Field(ge=-10_000, le=10_000, allow_inf_nan=False)]
 GeometryPoint = tuple[Coordinate, Coordinate]
 
 
+def key_image_name(quantity: str, where: str, side: str | None) -> str:
+    """The file-safe name of a measurement's key image (and its review image): quantity,
+    level (or ``index<n>`` when unnamed) and side — how the imaging service stores them and
+    every consumer asks for them."""
+    return "_".join(x for x in (quantity, where, side or "") if x)
+
+
 class ManualMeasurement(_Contract):
     """A reader's read of one measurement, kept next to the automatic value (neither
     overwrites the other; a later read of the same reader supersedes an earlier one).

@@ -14,7 +14,7 @@ nothing to check.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
@@ -22,7 +22,13 @@ from pydantic import BaseModel
 
 from services.common import reading as common_reading
 from services.common import vocabulary
-from services.common.contracts import ManualMeasurement, Measurement, StudyResult
+from services.common.contracts import (
+    ManualMeasurement,
+    Measurement,
+    StudyMeasurements,
+    StudyResult,
+    key_image_name,
+)
 
 Key = tuple[str, str, str | None]  # quantity, level, side
 
@@ -113,21 +119,17 @@ def reviewable(measurements: Iterable[Measurement]) -> list[Measurement]:
     )
 
 
-def items(
-    study: StudyResult, reading: Reading, review_images: Sequence[str] = ()
-) -> list[ReviewItem]:
-    """What the reader is shown of one study: the review items with their own reads."""
-    result = study.result
-    if result is None:
-        return []
-    mine = own_reads(study.manual_measurements, reading, result.measurement_set_id)
-    names = set(review_images)
+def items(result: StudyMeasurements, reading: Reading) -> list[ReviewItem]:
+    """What the reader is shown of one study's current result: the review items with the
+    reader's own reads."""
+    mine = own_reads(result.manual_measurements, reading, result.measurement_set_id)
+    names = set(result.review_images)
     out = []
     for m in reviewable(result.measurements):
         assert m.level is not None  # reviewable()
         key = (m.quantity.value, m.level, m.side)
         quantity = vocabulary.QUANTITIES[m.quantity]
-        name = "_".join(x for x in (m.quantity.value, m.level, m.side or "") if x)
+        name = key_image_name(m.quantity.value, m.level, m.side)
         read = mine.get(key)
         blind = reading.blind_automatic
         out.append(

@@ -42,12 +42,22 @@ OUTCOME_CATEGORIES = ("prom", "complication", "early-postop")
 async def _get(
     client: httpx.AsyncClient, service: str, url: str, params: Any = None
 ) -> httpx.Response:
+    return _checked(service, await _send(client, service, "GET", url, params=params))
+
+
+async def _send(
+    client: httpx.AsyncClient, service: str, method: str, url: str, **kwargs: Any
+) -> httpx.Response:
     try:
-        response = await client.get(url, params=params)
+        return await client.request(method, url, **kwargs)
     except httpx.TimeoutException:
         raise UpstreamUnavailable(service, "timed out") from None
     except httpx.TransportError as exc:
         raise UpstreamUnavailable(service, f"unreachable ({type(exc).__name__})") from None
+
+
+def _checked(service: str, response: httpx.Response) -> httpx.Response:
+    """The response, or the upstream error its status means."""
     if response.status_code >= 500:
         raise UpstreamUnavailable(service, f"answered {response.status_code}")
     if response.status_code == 404:
@@ -243,25 +253,14 @@ class ImagingClient:
     async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
         """POST a reader's action; :class:`Unprocessable` with the imaging service's reason
         when it does not fit the result it reviews."""
-        try:
-            response = await self.http.post(url, json=body)
-        except httpx.TimeoutException:
-            raise UpstreamUnavailable(self.service, "timed out") from None
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(self.service, f"unreachable ({type(exc).__name__})") from None
+        response = await _send(self.http, self.service, "POST", url, json=body)
         if response.status_code == 422:
             try:
                 reason = str(response.json().get("reason") or "the request was refused")
             except ValueError:
                 reason = "the request was refused"
             raise Unprocessable(reason)
-        if response.status_code == 404:
-            raise UpstreamNotFound(self.service, "no such study")
-        if response.status_code >= 500:
-            raise UpstreamUnavailable(self.service, f"answered {response.status_code}")
-        if response.status_code >= 400:
-            raise UpstreamRejected(self.service, f"refused the request ({response.status_code})")
-        return response
+        return _checked(self.service, response)
 
     async def post_read(self, study: str, read: dict[str, Any]) -> ManualMeasurement:
         """Record a reader's read (kept next to the automatic value)."""

@@ -91,18 +91,9 @@ AGREEMENT_COLUMNS = (
 def _agreement_row(row: dict[str, Any]) -> list[str]:
     flat: dict[str, Any] = {}
     for key, value in row.items():
-        if isinstance(value, (list, tuple)):
-            low, high = value
-            target = {
-                "icc2_ci": "icc2_ci",
-                "icc3_ci": "icc3_ci",
-                "bias_ci": "bias_ci",
-                "loa": "loa",
-                "loa_lower_ci": "loa_low_ci",
-                "loa_upper_ci": "loa_high_ci",
-                "ccc_ci": "ccc_ci",
-            }[key]
-            flat[f"{target}_low"], flat[f"{target}_high"] = low, high
+        if isinstance(value, (list, tuple)):  # an interval: two columns
+            target = {"loa_lower_ci": "loa_low_ci", "loa_upper_ci": "loa_high_ci"}.get(key, key)
+            flat[f"{target}_low"], flat[f"{target}_high"] = value
         else:
             flat[key] = value
     return ["" if flat.get(c) is None else str(flat[c]) for c in AGREEMENT_COLUMNS]

@@ -64,7 +64,12 @@ async def _studies(request: Request, view: View) -> dict[str, tuple[StudyResult,
                     "label": ref.label,
                     "study_date": ref.study_date,
                     "modality": ref.modality,
-                    "pair": [r.study for r in (case.imaging.pre, *case.imaging.post[:1]) if r],
+                    # The pre / first-post pair: (study, slot, label) of each.
+                    "pair": [
+                        (r.study, r.slot, r.label)
+                        for r in (case.imaging.pre, *case.imaging.post[:1])
+                        if r
+                    ],
                 },
             )
     return found
@@ -90,15 +95,15 @@ def _assignments(request: Request, reader: str) -> dict[str, review.Assignment]:
 
 async def _reading(
     request: Request, viewer: Viewer, study: str
-) -> tuple[review.Reading, StudyResult, dict[str, Any]]:
+) -> tuple[review.Reading, dict[str, Any]]:
+    """How the reader reads a study of the cohort (NotFound for any other), with its case."""
     found = await _studies(request, viewer.view)
     if study not in found:
         raise NotFound("no such study in the cohort")
-    result, context = found[study]
     assignment = (await run_in_threadpool(_assignments, request, viewer.principal.subject)).get(
         study
     )
-    return review.Reading.of(viewer.principal.subject, assignment), result, context
+    return review.Reading.of(viewer.principal.subject, assignment), found[study][1]
 
 
 async def _live(request: Request, study: str) -> StudyMeasurements:
@@ -186,39 +191,23 @@ class ReviewStudy(BaseModel):
 async def study_for_review(request: Request, study: str, viewer: ReaderDep) -> ReviewStudy:
     """One study as the reader reviews it: the review items (the automatic value, status
     and reason unless blinded to them), the reader's own latest reads, nobody else's."""
-    reading, _, context = await _reading(request, viewer, study)
-    found = await _studies(request, viewer.view)
+    reading, context = await _reading(request, viewer, study)
     imaging = source_of(request).imaging
     measured = await _live(request, study)  # the reader's latest reads
-    names = measured.review_images
-    live = StudyResult(
-        study_instance_uid=study,
-        patient_id=None,
-        issuer_of_patient_id=None,
-        study_date=None,
-        study_time=None,
-        modalities=[],
-        state="complete",
-        version=measured.study_version,
-        analysis_state="done",
-        analysis_error=None,
-        result=measured,
-        manual_measurements=measured.manual_measurements,
-    )
     counterparts = []
-    for other in context["pair"]:
+    for other, slot, label in context["pair"]:
         if other == study:
             continue
         try:
             other_measured = await imaging.measurements(other)
         except (UpstreamNotFound, UpstreamRejected):  # not analysed, or its analysis failed
             continue
-        if other_measured is not None and other in found:
+        if other_measured is not None:
             counterparts.append(
                 Counterpart(
                     study_instance_uid=other,
-                    slot=found[other][1]["slot"],
-                    label=found[other][1]["label"],
+                    slot=slot,
+                    label=label,
                     review_images=other_measured.review_images,
                 )
             )
@@ -228,7 +217,7 @@ async def study_for_review(request: Request, study: str, viewer: ReaderDep) -> R
         purpose=reading.purpose,
         blind_automatic=reading.blind_automatic,
         warnings=[] if reading.blind_automatic else list(measured.warnings),
-        items=review.items(live, reading, names),
+        items=review.items(measured, reading),
         counterparts=counterparts,
         reject_reasons=vocabulary.REJECT_REASONS,
     )
@@ -241,7 +230,7 @@ async def _pair_study(request: Request, viewer: Viewer, study: str, of: str | No
         raise NotFound("no such study in the cohort")
     if of is None or of == study:
         return study
-    if of not in found[study][1]["pair"]:
+    if of not in {pair[0] for pair in found[study][1]["pair"]}:
         raise NotFound("no such counterpart")
     return of
 
@@ -296,7 +285,7 @@ async def review_geometry(
     construction's points (none when the reading is blinded to the automatic value)."""
     if not KEY_IMAGE_NAME.match(name):
         raise NotFound("no such review image")
-    reading, _, _ = await _reading(request, viewer, study)
+    reading, _ = await _reading(request, viewer, study)
     geometry = await source_of(request).imaging.review_geometry(study, name)
     if reading.blind_automatic:
         geometry = {**geometry, "points": []}
@@ -325,7 +314,7 @@ async def post_read(
     """Accept, reject (with a reason) or correct (move the construction, or type a value)
     one review item; a blinded reading measures (``measured``) without the automatic value.
     Stored by the imaging service as the reader's read (append-only; the latest counts)."""
-    reading, _, _ = await _reading(request, viewer, study)
+    reading, _ = await _reading(request, viewer, study)
     measured = (await _live(request, study)).measurements  # as the imaging service has it now
     items = {(m.quantity, m.level, m.side) for m in review.reviewable(measured)}
     if (body.quantity, body.level, body.side) not in items:
@@ -357,7 +346,7 @@ async def sign(request: Request, study: str, viewer: ReaderDep) -> SignedOut:
     """Sign the study's review once every value has a primary read: the imaging service
     writes the verified SR (this reader as observer) that supersedes the automatic one
     and sends it to the PACS. Blinded readings are never signed (agreement data only)."""
-    reading, _, _ = await _reading(request, viewer, study)
+    reading, _ = await _reading(request, viewer, study)
     if reading.purpose != "review":
         raise Unprocessable("a blinded read is not signed: it serves the agreement statistics")
     signed = await source_of(request).imaging.sign_review(study, viewer.principal.subject)

@@ -181,29 +181,23 @@ def measure_blocks(
     loaded = []
     for block in blocks:
         try:
-            loaded.append((block, load_series(block.datasets)))
+            volume = load_series(block.datasets)
         except VolumeError as exc:
             warnings.append(f"a block of series {block.series_instance_uid} left out: {exc}")
-    # Cranial first, by the centre of each block.
-    loaded.sort(
-        key=lambda bv: (
-            -float(
-                bv[1].image.TransformContinuousIndexToPhysicalPoint(
-                    [(s - 1) / 2 for s in bv[1].image.GetSize()]
-                )[2]
-            )
+            continue
+        size = volume.image.GetSize()
+        centre = np.array(
+            volume.image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in size])
         )
-    )
+        loaded.append((block, volume, centre))
+    loaded.sort(key=lambda loaded_block: -float(loaded_block[2][2]))  # cranial first
     measurements: list[Measurement] = []
     images: list[KeyImage] = []
     evidence: list[Dataset] = []
     seen: dict[str, int] = {}
-    for index, (block, volume) in enumerate(loaded):
+    for index, (block, volume, centre) in enumerate(loaded):
         evidence += block.datasets
         image = volume.image
-        centre = np.array(
-            image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
-        )
         found = mr.block_sac(image)
         point = found[1].centroid if found else centre
         name: str | None = None

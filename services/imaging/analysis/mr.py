@@ -123,11 +123,12 @@ def block_sac(image: sitk.Image) -> tuple[float, SliceSac] | None:
     mean = float(np.mean([s.area for s in measured]))
     # The other slices: the candidate where the middle's sac is, if it agrees.
     ks, areas = [], []
+    done = dict(zip(middle, measured, strict=True))  # the middle slices, measured above
     for k in range(slices):
         near = [
             c[0] for c in candidates[k] if np.linalg.norm((c[0] - measured[0].centroid)[:2]) < 8
         ]
-        sac = _measure_slice(array[k], k, near[0], image, csf) if near else None
+        sac = done.get(k) or (_measure_slice(array[k], k, near[0], image, csf) if near else None)
         if sac is not None and 0.5 * mean <= sac.area <= 2.0 * mean:
             ks.append(k)
             areas.append(sac.area)

@@ -19,6 +19,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from services.common import contracts
 from services.imaging.analysis.report import Measurement
 from services.imaging.analysis.sampling import FloatArray, Sampler, unit
 
@@ -172,8 +173,7 @@ def section_png(sampler: Sampler, plane: Plane, offset_mm: float, window: str) -
 
 
 def key_image_name(m: Measurement) -> str:
-    where = m.level or f"index{m.level_index}"
-    return "_".join(x for x in (m.quantity, where, m.side or "") if x)
+    return contracts.key_image_name(m.quantity, m.level or f"index{m.level_index}", m.side)
 
 
 CT_WINDOW = WINDOWS["bone"]  # the key images' window; MR is windowed on its own signal

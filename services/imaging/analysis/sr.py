@@ -148,6 +148,17 @@ def _on_key_image(m: Measurement, image: KeyImage, capture: Dataset) -> hd.sr.Im
     )
 
 
+def _algorithm_observer() -> hd.sr.ObserverContext:
+    """The algorithm as the report's device observer (a stable UID per name and version)."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[ALGORITHM_NAME, ALGORITHM_VERSION]),
+            name=ALGORITHM_NAME,
+        ),
+    )
+
+
 def build_sr(
     result: AnalysisResult,
     evidence: Sequence[Dataset],
@@ -163,13 +174,7 @@ def build_sr(
     evidence = [_header(ds) for ds in (*evidence, *(capture for _, capture in key_images))]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in evidence}
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=ALGORITHM_VERSION)
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(entropy_srcs=[ALGORITHM_NAME, ALGORITHM_VERSION]),
-            name=ALGORITHM_NAME,
-        ),
-    )
+    device = _algorithm_observer()
     groups: list[
         hd.sr.MeasurementsAndQualitativeEvaluations
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -325,7 +330,7 @@ def build_reviewed_sr(
         tracking = hd.sr.TrackingIdentifier(
             uid=generate_uid(), identifier=f"{where} {quantity_name}"[:64]
         )
-        name = "_".join(x for x in (quantity_name, level, side or "") if x)
+        name = contracts.key_image_name(quantity_name, level, side)
         read = value.read
         points = (
             read.geometry
@@ -369,13 +374,7 @@ def build_reviewed_sr(
         observer_type=codes.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=reader),
     )
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(entropy_srcs=[ALGORITHM_NAME, ALGORITHM_VERSION]),
-            name=ALGORITHM_NAME,
-        ),
-    )
+    device = _algorithm_observer()
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_person_context=person, observer_device_context=device

@@ -22,6 +22,7 @@ from services.common.contracts import (
     SrLink,
     StudyMeasurements,
     StudyResult,
+    key_image_name,
 )
 from services.common.contracts import (
     ManualMeasurement as ManualPublic,
@@ -233,6 +234,22 @@ def get_key_image(study: str, name: str, request: Request, _: Reader) -> Respons
     return Response(png, media_type="image/png")
 
 
+def _current(request: Request, study: str) -> MeasurementSet | None:
+    with Session(request.app.state.engine) as session:
+        return current_measurement_set(session, study)
+
+
+def _review_geometry(request: Request, study: str, name: str) -> dict[str, Any] | None:
+    """The geometry of a review image of the study's current result (None: there is none)."""
+    current = _current(request, study)
+    if current is None:
+        return None
+    geometry: dict[str, Any] | None = request.app.state.runtime.results.review_geometry(
+        current, name
+    )
+    return geometry
+
+
 @router.get(
     "/review-images/{name}.png",
     response_class=Response,
@@ -240,8 +257,7 @@ def get_key_image(study: str, name: str, request: Request, _: Reader) -> Respons
 )
 def get_review_image(study: str, name: str, request: Request, _: Reader) -> Response:
     """A key image's section without the construction and value (for a reader to measure)."""
-    with Session(request.app.state.engine) as session:
-        current = current_measurement_set(session, study)
+    current = _current(request, study)
     png = None if current is None else request.app.state.runtime.results.review_image(current, name)
     if png is None:
         raise NotFound("no such review image")
@@ -252,12 +268,7 @@ def get_review_image(study: str, name: str, request: Request, _: Reader) -> Resp
 def get_review_geometry(study: str, name: str, request: Request, _: Reader) -> dict[str, Any]:
     """The automatic construction on a review image: kind (line or contour), points
     (column, row), pixel size (mm), orientation of its rows and columns."""
-    with Session(request.app.state.engine) as session:
-        current = current_measurement_set(session, study)
-    results = request.app.state.runtime.results
-    geometry: dict[str, Any] | None = (
-        None if current is None else results.review_geometry(current, name)
-    )
+    geometry = _review_geometry(request, study, name)
     if geometry is None:
         raise NotFound("no such review image")
     return geometry
@@ -278,10 +289,7 @@ def get_section(
 ) -> Response:
     """A section parallel to the key image's, ``offset`` mm along its normal, on the same
     pixel grid (the construction fits it), windowed for bone or soft tissue on CT."""
-    with Session(request.app.state.engine) as session:
-        current = current_measurement_set(session, study)
-    results = request.app.state.runtime.results
-    geometry = None if current is None else results.review_geometry(current, name)
+    geometry = _review_geometry(request, study, name)
     if geometry is None or not geometry.get("plane"):
         raise NotFound("no such review image (or one kept before sections were)")
     plane = Plane.from_json(geometry["plane"])
@@ -330,7 +338,7 @@ def add_manual(study: str, body: ManualIn, request: Request, who: Reviewer) -> M
     with Session(request.app.state.engine) as session:
         _study(session, study)
         current = current_measurement_set(session, study)
-        name = review.review_image_name(body.quantity.value, body.level, body.side)
+        name = key_image_name(body.quantity.value, body.level, body.side)
         checked = review.check(
             action=body.action,
             quantity=body.quantity,

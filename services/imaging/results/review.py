@@ -14,16 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.contracts import Measurement
+from services.common.contracts import Measurement, key_image_name
 from services.common.vocabulary import QUANTITIES, QuantityName
 from services.imaging.errors import InvalidRead
 
 Point = tuple[float, float]
-
-
-def review_image_name(quantity: str, level: str, side: str | None) -> str:
-    """The key image of a measurement (as the analysis names it)."""
-    return "_".join(x for x in (quantity, level, side or "") if x)
 
 
 def line_length(points: Sequence[Point], mm_per_pixel: float) -> float:
@@ -74,7 +69,7 @@ def check(
     geometry: dict[str, Any] | None,
 ) -> Checked:
     """The value a read records, or :class:`InvalidRead` when it does not fit."""
-    name = review_image_name(quantity.value, level, side)
+    name = key_image_name(quantity.value, level, side)
     automatic_value = automatic.value if automatic is not None else None
     if action in ("accepted", "corrected", "rejected") and automatic is None:
         verb = {"accepted": "accept", "corrected": "correct", "rejected": "reject"}[action]
