@@ -31,7 +31,9 @@ from services.imaging.analysis import ct, mr  # noqa: E402
 from services.imaging.analysis.pipeline import analyze_datasets, read_folder  # noqa: E402
 from services.imaging.analysis.sampling import resample_world  # noqa: E402
 from services.imaging.analysis.volume import SeriesHeader, load_files, write_series  # noqa: E402
+from tools import reference  # noqa: E402
 from tools.phantom import PhantomSpec, ground_truth, render, write_phantom  # noqa: E402
+from tools.reference import Masks  # noqa: E402
 
 
 def specs(quick: bool) -> list[tuple[str, PhantomSpec]]:
@@ -277,38 +279,68 @@ def real_mr() -> None:
     )
 
 
-def real_ct() -> None:
-    print("\nReal CT")
-    for name, path in [
-        ("TPTBox L2-L4 crop, 1.5 mm", ROOT / "tests/data/tptbox-ct/sub-ct_label-22_ct.nii.gz"),
-        (
-            "TotalSegmentator abdomen, 3 mm",
-            ROOT / "tests/data/totalsegmentator-ct/ts_example_ct.nii.gz",
-        ),
-    ]:
-        image = sitk.ReadImage(str(path), sitk.sitkFloat32)
-        with tempfile.TemporaryDirectory() as tmp:
-            write_series(
-                image,
-                SeriesHeader(
-                    "R",
-                    "Real^Ct",
-                    "1.2.826.0.1.3680043.8.498.7",
-                    "1.2.826.0.1.3680043.8.498.8",
-                    "20200101",
-                    extra={"ConvolutionKernel": "BONE"},
-                ),
-                Path(tmp),
-            )
-            result = analyze_datasets(read_folder(Path(tmp)), key_images=False).result
-        values = [
-            f"{m.quantity}#{m.level_index}{'/' + m.side if m.side else ''}={m.value:.1f}"
-            for m in result.measurements
-            if m.value is not None
-        ]
-        print(
-            f"  {name}: {result.status}; {len(values)} values {values}; warnings {result.warnings}"
+def _analyse_nifti(path: Path) -> Any:
+    image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_series(
+            image,
+            SeriesHeader(
+                "R",
+                "Real^Ct",
+                "1.2.826.0.1.3680043.8.498.7",
+                "1.2.826.0.1.3680043.8.498.8",
+                "20200101",
+                extra={"ConvolutionKernel": "BONE"},
+            ),
+            Path(tmp),
         )
+        return analyze_datasets(read_folder(Path(tmp)), key_images=False).result
+
+
+def real_ct() -> None:
+    """The real CT samples: what is found, and on TPTBox each value against the one its
+    expert masks give (tools/reference.py, never the analyzer)."""
+    print("\nReal CT")
+    folder = ROOT / "tests/data/tptbox-ct"
+    result = _analyse_nifti(folder / "sub-ct_label-22_ct.nii.gz")
+    masks = Masks.read(
+        folder / "sub-ct_seg-vert_label-22_msk.nii.gz",
+        folder / "sub-ct_seg-subreg_label-22_msk.nii.gz",
+    )
+    print(f"  TPTBox L2-L4 crop, 1.5 mm, osteoporotic: {result.status}")
+    print(f"  {'level':7} {'quantity':17} {'side':5} {'reference':>9} {'analyzer':>8}  status")
+    # No sacrum in view: the analyzer numbers the levels it measures; the crop's only level
+    # between two whole vertebrae is L3-L4 (L2 is cut 10 mm above its disc).
+    found = sorted({m.level_index for m in result.measurements})
+    print(f"  levels measured: {len(found)} of 1 expected (L3-L4); warnings: {result.warnings}")
+    levels = {0: ("L3-L4", 22, 23)} if len(found) == 1 else {}
+    for m in result.measurements:
+        if m.level_index not in levels:
+            continue
+        name, upper, lower = levels[m.level_index]
+        if m.quantity == "disc_height":
+            ref = reference.disc_height(masks, upper, lower)
+        else:
+            ref = reference.foraminal_height(masks, upper, lower, m.side or "")
+        value = m.value
+        if value is None and m.reason and " mm measured" in m.reason:
+            value = float(m.reason.split(" mm measured")[0].rsplit(" ", 1)[-1])
+        shown = f"{value:8.1f}" if value is not None else f"{'-':>8}"
+        print(
+            f"  {name:7} {m.quantity:17} {m.side or '':5} "
+            f"{ref if ref is not None else float('nan'):9.1f} {shown}  {m.status}"
+            f"{': ' + m.reason if m.reason else ''}"
+        )
+    result = _analyse_nifti(ROOT / "tests/data/totalsegmentator-ct/ts_example_ct.nii.gz")
+    values = [
+        f"{m.quantity}#{m.level_index}{'/' + m.side if m.side else ''}={m.value:.1f}"
+        for m in result.measurements
+        if m.value is not None
+    ]
+    print(
+        f"  TotalSegmentator abdomen, 3 mm: {result.status}; {len(values)} values {values}; "
+        f"warnings {result.warnings}"
+    )
 
 
 def speed() -> None:

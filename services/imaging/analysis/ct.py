@@ -20,11 +20,13 @@ Steps (each a function below):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+from scipy.signal import find_peaks
 
 from services.common.vocabulary import QuantityName
 from services.imaging.analysis.report import Measurement
@@ -32,10 +34,17 @@ from services.imaging.analysis.sampling import FloatArray, Sampler, edge, resamp
 from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
 
 BONE_HU = 150.0
+ENDPLATE_RISE_HU = 80.0  # an endplate (or a body) above a disc, along the spine
+CORTEX_HU = 120.0  # a thin cortex, smoothed along the spine
+FAT_HU = 0.0  # the foramen holds fat; a pedicle's marrow is denser
+CANAL_HU = 40.0  # CSF in the canal, below fatty marrow
+CANCELLOUS_HU = 150.0  # healthy cancellous bone is denser; below, the bodies are hollow
+DISC_SPAN_MM = 18.0  # endplate to endplate across a disc; a body is taller
 PEDICLE_HU = 250.0
 METAL_HU = 2000.0
 METAL_ASYMMETRY_MM = 3.0
 COARSE_MM = 2.0
+ENCLOSING_MM = 32.0  # a lumbar body's centre is within 30 mm of its cortex
 
 
 class SpineNotFound(ValueError):
@@ -58,6 +67,7 @@ class CtModel:
     levels: list[Level]
     sacrum: bool
     warnings: list[str] = field(default_factory=list)
+    hollow: bool = False  # osteoporotic: marrow darker than healthy cancellous bone
 
     def body_heights(self) -> dict[int, list[float]]:
         """Per level index, the heights of the vertebral bodies above and below its disc
@@ -75,16 +85,64 @@ class CtModel:
         return out
 
 
-def solid_bone(array: FloatArray) -> FloatArray:
-    """Bone with its cortical rings filled, per axial slice.
+def solid_bone(array: FloatArray, threshold: float = BONE_HU) -> FloatArray:
+    """Bone with its cortical shells filled, per axial slice (on the 2 mm grid)."""
+    closed, hollow = bone_parts(array, threshold)
+    return closed | hollow
+
+
+def bone_parts(array: FloatArray, threshold: float = BONE_HU) -> tuple[FloatArray, FloatArray]:
+    """Per axial slice: bone with its closed rings filled, and the hollow insides of open shells.
 
     Osteoporotic cancellous bone can be as dark as a disc (50 HU on the real TPTBox CT);
-    its cortex is not, so a body is the inside of its cortical ring (closed over the gaps
-    a thin, noisy cortex leaves).
+    its cortex is not, so a body is the inside of its cortical shell. A real shell is
+    rarely closed: noise breaks a thin cortex, and the posterior wall has the basivertebral
+    foramen. So besides the holes of closed rings, a voxel that is not bone is *hollow*
+    when bone lies within :data:`ENCLOSING_MM` in at least 7 of the 8 in-plane directions
+    around it: the inside of a body (and of the canal behind it) is, a disc's section is
+    not — nothing bounds it in front — and neither is the soft tissue beside the spine.
+    The two are kept apart because the hollow inside of a body and of its canal are
+    separate regions (the posterior wall between them), while filled together they make
+    one blob whose centre is neither's.
     """
-    ring = np.stack([ndimage.binary_closing(sl, iterations=2) for sl in array > BONE_HU])
-    filled = np.stack([ndimage.binary_fill_holes(sl) for sl in ring])
-    return ndimage.binary_opening(filled, iterations=1)
+    bone = array > threshold
+    ring = np.stack([ndimage.binary_closing(sl, iterations=2) for sl in bone])
+    closed = np.stack([ndimage.binary_fill_holes(sl) for sl in ring])
+    hollow = _enclosed(ring, round(ENCLOSING_MM / COARSE_MM)) & ~ring
+    # Rays slip between the grains of a dotted cortex, and noise leaves bright grains in
+    # dark marrow: the pinholes either way are filled.
+    hollow = np.stack([ndimage.binary_fill_holes(sl) for sl in hollow])
+    return (
+        ndimage.binary_opening(closed, iterations=1),
+        ndimage.binary_opening(hollow, iterations=1),
+    )
+
+
+def _enclosed(bone: FloatArray, reach: int) -> FloatArray:
+    """Voxels with bone within ``reach`` voxels in at least 7 of 8 in-plane directions."""
+    hits = np.zeros(bone.shape, dtype=np.uint8)
+    for dj, di in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)):
+        seen = bone.copy()
+        step = 1
+        while step < reach:  # doubling: after the loop, offsets 0 .. 2*step - 1 are covered
+            seen |= _shifted(seen, dj * step, di * step)
+            step *= 2
+        hits += seen
+    return hits >= 7
+
+
+def _shifted(mask: FloatArray, dj: int, di: int) -> FloatArray:
+    """``out[k, j, i] = mask[k, j + dj, i + di]``, False beyond the edge."""
+    out = np.zeros_like(mask)
+    nj, ni = mask.shape[1:]
+    if abs(dj) >= nj or abs(di) >= ni:
+        return out
+    src_j = slice(max(dj, 0), nj + min(dj, 0))
+    dst_j = slice(max(-dj, 0), nj + min(-dj, 0))
+    src_i = slice(max(di, 0), ni + min(di, 0))
+    dst_i = slice(max(-di, 0), ni + min(-di, 0))
+    out[:, dst_j, dst_i] = mask[:, src_j, src_i]
+    return out
 
 
 def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -92,7 +150,11 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
     array = sitk.GetArrayViewFromImage(coarse)
     spacing = np.array(coarse.GetSpacing())
     origin = np.array(coarse.GetOrigin())
-    bone = solid_bone(array)
+    # A body's cortex runs on craniocaudally, noise does not: smoothed along the axis
+    # (3 mm), the grains noise leaves in osteoporotic marrow fade and the shell stays.
+    along = ndimage.gaussian_filter1d(np.asarray(array, dtype=np.float32), 3.0 / spacing[2], axis=0)
+    closed, hollow = bone_parts(along, CORTEX_HU)
+    bone = closed | hollow
     occupied = np.nonzero(bone.any(axis=(0, 1)))[0]
     if occupied.size == 0:
         raise SpineNotFound("no bone in the volume")
@@ -102,11 +164,13 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
     half = int(40 / spacing[0])
     zs, centres, radii = [], [], []
     for k in range(array.shape[0]):
-        sl = bone[k]
-        if sl.sum() < 20:
+        if bone[k].sum() < 20:
             continue
-        dist = ndimage.distance_transform_edt(sl, sampling=spacing[1::-1])
-        lo, hi = max(0, mid - half), min(sl.shape[1], mid + half)
+        dist = np.maximum(
+            ndimage.distance_transform_edt(closed[k], sampling=spacing[1::-1]),
+            ndimage.distance_transform_edt(hollow[k], sampling=spacing[1::-1]),
+        )
+        lo, hi = max(0, mid - half), min(dist.shape[1], mid + half)
         window = dist[:, lo:hi]
         j, i = np.unravel_index(int(np.argmax(window)), window.shape)
         r = float(window[j, i])
@@ -138,18 +202,34 @@ def build_model(image: sitk.Image) -> CtModel:
     )
     solid.CopyInformation(coarse)
     filled = Sampler.of(solid)
-    z = np.arange(line.z_min, line.z_max, 1.0)
+    # A body cut short at the end of the field is often too thin to be detected: the
+    # profile runs on past the last detection (up to 10 mm, inside the images) so the
+    # disc next to it is found, and bounds the vertebra beside it. No level is measured
+    # beyond the detections.
+    lo, hi = sampler.bounds()
+    z = np.arange(max(line.z_min - 10.0, lo[2] + 1.0), min(line.z_max + 10.0, hi[2] - 1.0), 1.0)
     u = np.arange(-12.0, 12.1, 2.0)
     v = np.arange(-8.0, 8.1, 2.0)
     profile = np.empty(len(z))
+    raw = np.empty(len(z))
     for n, zz in enumerate(z):
         _, left, posterior = line.frame(zz)
-        values = filled(plane_points(line.point(zz), left, posterior, u, v))
-        profile[n] = np.nanpercentile(values, 20)
+        points = plane_points(line.point(zz), left, posterior, u, v)
+        profile[n] = np.nanpercentile(filled(points), 20)
+        raw[n] = np.nanmedian(sampler(points))
     profile = ndimage.gaussian_filter1d(profile, 1.0)
     body = float(np.percentile(profile, 75))
     low = float(np.percentile(profile, 3))
-    discs = find_discs(z, profile, baseline=body, prominence=max(0.45 * (body - low), 60.0))
+    # Hollow (osteoporotic) bodies: their marrow is darker than any healthy cancellous
+    # bone; the filled-bone profile then only says where a body's shell is, and the
+    # endplates say where the discs are.
+    marrow = float(np.nanmedian(raw[profile >= np.percentile(profile, 75)]))
+    hollow = marrow < CANCELLOUS_HU
+    if hollow:
+        discs = _endplate_discs(z, raw, profile)
+    else:
+        found = find_discs(z, profile, baseline=body, prominence=max(0.45 * (body - low), 60.0))
+        discs = [d for d in found if _between_endplates(z, raw, d)]
     warnings: list[str] = []
     if not discs:
         raise SpineNotFound("no intervertebral disc found along the spine")
@@ -163,7 +243,7 @@ def build_model(image: sitk.Image) -> CtModel:
         )
     names = level_names(len(discs), sacrum)
     levels = []
-    bounds = [float(z[-1])] + [d.z for d in discs] + [float(z[0])]
+    bounds = [line.z_max] + [d.z for d in discs] + [line.z_min]
     index = 0
     for n, (disc, name) in enumerate(zip(discs, names, strict=True)):
         if name == "T":
@@ -175,7 +255,50 @@ def build_model(image: sitk.Image) -> CtModel:
             continue
         levels.append(Level(name, index, disc, upper, lower, position=n))
         index += 1
-    return CtModel(line, levels, sacrum, warnings)
+    return CtModel(line, levels, sacrum, warnings, hollow)
+
+
+def _between_endplates(z: FloatArray, raw: FloatArray, disc: Disc) -> bool:
+    """A disc lies between two endplates: within 15 mm above and below its middle, the HU
+    along the spine rise well above the disc's. Where a body's cortex is broken, its dark
+    middle looks like a disc on the filled-bone profile; it has an endplate on one side at
+    most."""
+    at = np.abs(z - disc.z) <= 2.0
+    above = (z > disc.z + 2.0) & (z <= disc.z + 15.0)
+    below = (z < disc.z - 2.0) & (z >= disc.z - 15.0)
+    if not at.any() or not above.any() or not below.any():
+        return False
+    floor = float(np.nanmin(raw[at])) + ENDPLATE_RISE_HU
+    return bool(np.nanmax(raw[above]) >= floor and np.nanmax(raw[below]) >= floor)
+
+
+def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[Disc]:
+    """Discs between hollow bodies: a dip between two endplates close together.
+
+    In osteoporotic bone the marrow (30-80 HU) is as dark as a disc, so along the spine a
+    disc and a body look alike; only the endplates tell them apart. Each pair of
+    neighbouring endplate peaks at most :data:`DISC_SPAN_MM` apart, with the filled-bone
+    profile empty between them (no cortical shell: not a body's section), bounds a disc;
+    its extent runs to where the HU have risen halfway to each endplate.
+    """
+    smooth = ndimage.gaussian_filter1d(raw, 1.0)
+    peaks, _ = find_peaks(smooth, prominence=ENDPLATE_RISE_HU / 2)
+    full = float(np.max(filled)) if filled.size else 0.0
+    discs = []
+    for a, b in itertools.pairwise(peaks):
+        if z[b] - z[a] > DISC_SPAN_MM:
+            continue
+        i = int(a + np.argmin(smooth[a : b + 1]))
+        dip = float(smooth[i])
+        if min(smooth[a], smooth[b]) - dip < ENDPLATE_RISE_HU or filled[i] > 0.5 * full:
+            continue
+        lo, hi = i, i
+        while lo > a and smooth[lo - 1] < (dip + smooth[a]) / 2:
+            lo -= 1
+        while hi < b and smooth[hi + 1] < (dip + smooth[b]) / 2:
+            hi += 1
+        discs.append(Disc(z=float(z[i]), z_low=float(z[lo]), z_high=float(z[hi])))
+    return sorted(discs, key=lambda d: -d.z)
 
 
 def _is_sacrum(
@@ -223,17 +346,26 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
     centre = line.point(zc)
     offsets = [(du, dv) for du in (-3.0, -1.5, 0.0, 1.5, 3.0) for dv in (-3.0, -1.5, 0.0, 1.5, 3.0)]
     lines = np.stack([centre + du * left + dv * posterior + s[:, None] * t for du, dv in offsets])
-    profile = np.nanmean(sampler(lines), axis=0)
-    if np.isnan(profile).any():
+    samples = sampler(lines)
+    counts = np.sum(~np.isnan(samples), axis=0)
+    profile = np.where(counts > 0, np.nansum(samples, axis=0) / np.maximum(counts, 1), np.nan)
+    mid = len(s) // 2
+    valid = np.flatnonzero(~np.isnan(profile))
+    # Both endplates must be in the images: 8 mm of the line either side of the middle.
+    if valid.size == 0 or valid[0] > mid - int(8 / step) or valid[-1] < mid + int(8 / step):
         m.outside("the disc is at the edge of the images")
         return m
-    mid = len(s) // 2
+    # Beyond the images the profile runs on flat: no edge can be found there.
+    profile = np.interp(np.arange(len(s)), valid, profile[valid])
     around = slice(mid - int(4 / step), mid + int(4 / step))
     i0 = around.start + int(np.argmin(ndimage.gaussian_filter1d(profile, 3)[around]))
     hi = edge(profile, step, rising=True, start=i0, stop=i0 + int(15 / step))
     lo = edge(profile, step, rising=False, start=i0 - int(15 / step), stop=i0 + 1)
     if hi is None or lo is None:
         m.review("endplates not found")
+        return m
+    if hi > valid[-1] - 1 / step or lo < valid[0] + 1 / step:
+        m.review("an endplate is at the edge of the images")
         return m
     m.value = (hi - lo) * step
     m.points = [list(centre + s[0] * t + lo * step * t), list(centre + s[0] * t + hi * step * t)]
@@ -251,7 +383,7 @@ def _pedicle_lr(
     zc = (z0 + z1) / 2
     t, left, posterior = line.frame(zc)
     centre = line.point(zc)
-    wall = _posterior_wall(sampler, centre, posterior)
+    wall = _posterior_wall(sampler, centre, posterior, left)
     u = np.arange(-40.0, 40.1, 0.5)
     heights = np.linspace(0.05, 0.4, 8) * (z1 - z0)
     acc = np.zeros(len(u))
@@ -281,16 +413,35 @@ def _pedicle_lr(
     return out
 
 
-def _posterior_wall(sampler: Sampler, centre: FloatArray, posterior: FloatArray) -> float:
-    """Distance from the body centre to its posterior wall along the AP direction."""
+def _posterior_wall(
+    sampler: Sampler, centre: FloatArray, posterior: FloatArray, left: FloatArray
+) -> float:
+    """Distance from the body centre to its posterior wall along the AP direction.
+
+    From a dense body's centre the wall is where the bone ends; from a hollow
+    (osteoporotic) one's, it is the first cortex behind the dark marrow. The profile is the
+    mean of 17 lines across 16 mm of the wall: noise grains in the marrow fade in it, the
+    wall (a plate) does not, nor does it vanish where one line passes through the
+    basivertebral foramen.
+    """
     step = 0.25
     d = np.arange(0.0, 50.0, step)
-    profile = sampler(centre + d[:, None] * posterior, outside=-1024)
-    inside = profile > BONE_HU
+    lines = np.stack(
+        [centre + du * left + d[:, None] * posterior for du in np.arange(-8.0, 8.1, 1.0)]
+    )
+    profile = np.mean(sampler(lines, outside=-1024), axis=0)
+    inside = ndimage.gaussian_filter1d(profile, 0.5 / step) > BONE_HU
     first = runs(inside)
-    if not first or first[0][0] != 0:
-        return 15.0
-    stop = first[0][1]
+    if first and first[0][0] == 0:  # a dense body: its bone ends at the wall
+        stop = first[0][1]
+    else:
+        # A hollow body: its thin wall may be fainter than bone; the canal behind it (CSF,
+        # darker than the fatty marrow) is at least 8 mm deep and starts within 30 mm.
+        dark = ndimage.gaussian_filter1d(profile, 1.0 / step) < CANAL_HU
+        canal = [r for r in runs(dark) if (r[1] - r[0]) * step >= 8.0 and r[0] * step <= 30.0]
+        if not canal or canal[0][0] == 0:
+            return 15.0
+        stop = canal[0][0]
     e = edge(profile, step, rising=False, start=stop - int(4 / step), stop=stop + int(3 / step))
     return (e if e is not None else stop) * step
 
@@ -303,6 +454,7 @@ def foraminal_height(
     series_uid: str,
     upper_lr: dict[str, float],
     lower_lr: dict[str, float],
+    hollow: bool = False,
 ) -> tuple[Measurement, bool]:
     """Lowest point of the upper pedicle to highest point of the lower, along the level's axis."""
     m = Measurement(QuantityName.FORAMINAL_HEIGHT, level.name, level.index, side, None, series_uid)
@@ -314,7 +466,7 @@ def foraminal_height(
     centre = line.point(zc)
     lr = (upper_lr[side] + lower_lr[side]) / 2
     wall = _posterior_wall(
-        sampler, line.point((level.upper_z[0] + level.upper_z[1]) / 2), posterior
+        sampler, line.point((level.upper_z[0] + level.upper_z[1]) / 2), posterior, left
     )
     step = 0.2
     s = np.arange(-35.0, 35.0 + step / 2, step)
@@ -322,16 +474,21 @@ def foraminal_height(
     upper_h = level.upper_z[1] - level.upper_z[0]
     tops, bottoms, aps = [], [], []
     metal = False
-    for ap in np.arange(wall - 2.0, wall + 14.0, 0.5):
+    ap_range = np.arange(wall - 2.0, wall + 14.0, 0.5)
+    section = np.empty((len(ap_range), len(s)))
+    for row, ap in enumerate(ap_range):
         base = centre + ap * posterior + lr * left
         lines = np.stack(
             [base + dl * left + s[:, None] * t for dl in (-1.5, -0.75, 0.0, 0.75, 1.5)]
         )
-        profile = np.nanmean(sampler(lines, outside=-1024), axis=0)
+        section[row] = np.nanmean(sampler(lines, outside=-1024), axis=0)
         if not metal:  # screws nearby, in this plane or beside it, make streaks
             near = np.stack([base + dl * left + s[:, None] * t for dl in (-8.0, -4.0, 4.0, 8.0)])
-            metal = bool(np.any(profile > METAL_HU) or np.any(sampler(near) > METAL_HU))
-        bone = ndimage.gaussian_filter1d(profile, 0.5 / step) > PEDICLE_HU
+            metal = bool(np.any(section[row] > METAL_HU) or np.any(sampler(near) > METAL_HU))
+    solid = _pedicle_bone(section, step, hollow)
+    for row, ap in enumerate(ap_range):
+        profile = section[row]
+        bone = solid[row]
         segments = runs(bone)
         gap = next(((a, b) for a, b in _gaps(segments, len(s)) if a <= zero < b), None)
         if gap is None:
@@ -380,6 +537,26 @@ def foraminal_height(
     return m, metal
 
 
+def _pedicle_bone(section: FloatArray, step: float, hollow: bool) -> FloatArray:
+    """Bone in a para-sagittal section (rows: AP, columns: along the spine).
+
+    A dense pedicle is bone through and through. A hollow (osteoporotic) one is a cortical
+    oval round marrow no brighter than soft tissue: its bone is the lower threshold's, with
+    the marrow inside its ovals filled — the holes that hold fat (the foramen's, below
+    :data:`FAT_HU`) are not pedicle and stay open.
+    """
+    smooth = ndimage.gaussian_filter1d(section, 0.5 / step, axis=1)
+    if not hollow:
+        return smooth > PEDICLE_HU
+    bone = ndimage.binary_closing(smooth > BONE_HU, structure=np.ones((3, 5)))
+    holes, count = ndimage.label(ndimage.binary_fill_holes(bone) & ~bone)
+    if count:
+        means = ndimage.mean(section, holes, index=np.arange(1, count + 1))
+        marrow = np.flatnonzero(np.asarray(means) > FAT_HU) + 1
+        bone |= np.isin(holes, marrow)
+    return bone
+
+
 def _smooth_stretch(edge_mm: FloatArray, aps: FloatArray) -> FloatArray:
     """Indices of the longest run of sections whose edge moves < 1 mm between neighbours."""
     breaks = (np.abs(np.diff(edge_mm)) > 1.0) | (np.diff(aps) > 0.75)
@@ -418,6 +595,7 @@ def measure(image: sitk.Image, series_uid: str) -> tuple[CtModel, list[Measureme
                 series_uid,
                 pedicles[level.upper_z],
                 pedicles[level.lower_z],
+                model.hollow,
             )
             for side in ("left", "right")
         )
@@ -433,5 +611,12 @@ def measure(image: sitk.Image, series_uid: str) -> tuple[CtModel, list[Measureme
             )
             left.review(why)
             right.review(why)
+        if model.hollow:
+            for m in (left, right):
+                if m.value is not None:
+                    m.review(
+                        f"osteoporotic bone (hollow vertebral bodies and pedicles): "
+                        f"{m.value:.1f} mm measured on faint pedicle edges, to be checked"
+                    )
         out += [left, right]
     return model, out

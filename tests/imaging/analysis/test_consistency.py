@@ -18,30 +18,27 @@ def _m(quantity: str, index: int, side: str | None, value: float) -> Measurement
 
 
 def test_the_real_abdominal_ct_reports_no_value_as_ok() -> None:
-    """TotalSegmentator's abdominal CT (3 mm, T11-L5, no sacrum): the analyzer's raw values
-    include a 22.7 / 9.2 mm left/right pair and a 19.2 mm disc between 5.7 and 8.7 mm ones,
-    each plausible alone. None may come out as ``ok``."""
+    """TotalSegmentator's abdominal CT (3 mm, T11-L5, no sacrum). Before the hollow-body
+    detector its raw values held a 22.7 / 9.2 mm left/right pair and a 19.2 mm disc between
+    5.7 and 8.7 mm ones, each plausible alone (the hand-made cases below keep those
+    numbers). Now: the centre line still scatters beyond what a spine can, so nothing comes
+    out ``ok``; and even judged as if the model were sound, its foraminal heights (faint
+    pedicle edges in its dark marrow) are never trusted, each with its reason."""
     image = sitk.ReadImage(str(DATA / "totalsegmentator-ct" / "ts_example_ct.nii.gz"))
     model, measurements = ct.measure(sitk.Cast(image, sitk.sitkFloat32), "1.2.3")
-    raw = {(m.quantity, m.level_index, m.side): m.value for m in measurements}
     consistency.check(
         measurements, scatter_mm=model.centre.residual, body_heights=model.body_heights()
     )
     assert model.centre.residual > consistency.UNRELIABLE_LINE_MM
     assert not [m for m in measurements if m.status == "ok"]
     assert all(m.reason for m in measurements)
-    assert round(raw[("foraminal_height", 0, "left")] or 0, 1) == 22.7
-    assert round(raw[("foraminal_height", 0, "right")] or 0, 1) == 9.2
-    assert round(raw[("disc_height", 4, None)] or 0, 1) == 19.2
-    # The rules that judge values together catch them even when the model looks sound.
     _, again = ct.measure(sitk.Cast(image, sitk.sitkFloat32), "1.2.3")
     consistency.check(again, scatter_mm=0.0, body_heights=model.body_heights())
-    by_key = {(m.quantity, m.level_index, m.side): m for m in again}
-    for side in ("left", "right"):
-        assert "differ" in (by_key[("foraminal_height", 0, side)].reason or "")
-    assert "neighbours" in (by_key[("disc_height", 4, None)].reason or "") or "proportion" in (
-        by_key[("disc_height", 4, None)].reason or ""
-    )
+    heights = [m for m in again if m.quantity == "foraminal_height"]
+    assert heights and all(m.status == "needs_review" and m.reason for m in heights)
+    for m in again:
+        if m.quantity == "disc_height" and m.value is not None:
+            assert 4.0 <= m.value <= 14.0, m
 
 
 def test_left_and_right_that_cannot_both_be_right() -> None:

@@ -1,0 +1,97 @@
+"""Reference values from a real image's expert masks (TPTBox layout), never from the analyzer.
+
+The masks are the TPTBox project's: ``seg-vert`` labels each vertebra (21 = L2, 22 = L3,
+23 = L4, ...), ``seg-subreg`` its parts (41 arcus with the pedicles, 49 corpus border,
+50 corpus, ...). The reference follows the analyzer's definitions in words, on voxels:
+
+- **foraminal height** (per level and side): in the para-sagittal slab through the two
+  pedicles (3 voxels wide, at the median left-right position of both vertebrae's arcus
+  just behind their bodies), over the antero-posterior columns from the body's posterior
+  wall to 15 mm behind it, from the lowest voxel edge of the upper vertebra's arcus to
+  the highest voxel edge of the lower one's;
+- **disc height** (per level): in the 3x3-voxel column at the bodies' mean centre, from
+  the top voxel edge of the lower body to the bottom voxel edge of the upper one.
+
+Distances are along the scanner's z axis, which the TPTBox crop's spine follows to within
+a few degrees (a 5° tilt shortens 15 mm by 0.06 mm). Voxel edges quantise each end to
+half a voxel (0.75 mm at 1.5 mm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+ARCUS = 41
+BODY = (49, 50)
+PEDICLE_ZONE_MM = 15.0
+
+
+@dataclass(frozen=True)
+class Masks:
+    vert: Any  # (k, j, i) array, LPS-oriented, k cranial
+    subreg: Any
+    spacing: Any  # (x, y, z) mm
+
+    @classmethod
+    def read(cls, vert: Path, subreg: Path) -> Masks:
+        v = sitk.DICOMOrient(sitk.ReadImage(str(vert)), "LPS")  # type: ignore[no-untyped-call]
+        s = sitk.DICOMOrient(sitk.ReadImage(str(subreg)), "LPS")  # type: ignore[no-untyped-call]
+        return cls(sitk.GetArrayFromImage(v), sitk.GetArrayFromImage(s), np.array(v.GetSpacing()))
+
+    def body(self, label: int) -> Any:
+        return (self.vert == label) & np.isin(self.subreg, BODY)
+
+    def arcus(self, label: int) -> Any:
+        return (self.vert == label) & (self.subreg == ARCUS)
+
+
+def foraminal_height(masks: Masks, upper: int, lower: int, side: str) -> float | None:
+    """Foraminal height (mm) between vertebrae ``upper`` and ``lower`` on ``side``."""
+    _, sy, sz = masks.spacing
+    bodies = masks.body(upper) | masks.body(lower)
+    if not bodies.any():
+        return None
+    _, jb, ib = np.nonzero(bodies)
+    mid_i = float(np.median(ib))
+    wall_j = int(np.percentile(jb, 99))
+    zone = slice(max(wall_j - 1, 0), wall_j + int(PEDICLE_ZONE_MM / sy) + 1)
+    columns = []
+    for label in (upper, lower):
+        _, j, i = np.nonzero(masks.arcus(label))
+        near = (j >= zone.start) & (j < zone.stop)
+        near &= i > mid_i if side == "left" else i < mid_i  # LPS: +x is the patient's left
+        columns.append(i[near])
+    if not all(c.size for c in columns):
+        return None
+    centre = round(float(np.median(np.concatenate(columns))))
+    slab = slice(centre - 1, centre + 2)
+    up = masks.arcus(upper)[:, zone, slab].any(axis=2)  # (k, j)
+    low = masks.arcus(lower)[:, zone, slab].any(axis=2)
+    up_k = [np.flatnonzero(up[:, j]) for j in range(up.shape[1])]
+    low_k = [np.flatnonzero(low[:, j]) for j in range(low.shape[1])]
+    bottoms = [k.min() for k in up_k if k.size]
+    tops = [k.max() for k in low_k if k.size]
+    if not bottoms or not tops:
+        return None
+    return float((min(bottoms) - max(tops) - 1) * sz)
+
+
+def disc_height(masks: Masks, upper: int, lower: int) -> float | None:
+    """Central disc height (mm) between the bodies of ``upper`` and ``lower``."""
+    sz = masks.spacing[2]
+    bodies = masks.body(upper) | masks.body(lower)
+    if not bodies.any():
+        return None
+    _, jb, ib = np.nonzero(bodies)
+    j0, i0 = round(float(np.mean(jb))), round(float(np.mean(ib)))
+    column = (slice(None), slice(j0 - 1, j0 + 2), slice(i0 - 1, i0 + 2))
+    up = np.flatnonzero(masks.body(upper)[column].any(axis=(1, 2)))
+    low = np.flatnonzero(masks.body(lower)[column].any(axis=(1, 2)))
+    if not up.size or not low.size:
+        return None
+    return float((up.min() - low.max() - 1) * sz)
