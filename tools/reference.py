@@ -39,8 +39,8 @@ class Masks:
 
     @classmethod
     def read(cls, vert: Path, subreg: Path) -> Masks:
-        v = sitk.DICOMOrient(sitk.ReadImage(str(vert)), "LPS")  # type: ignore[no-untyped-call]
-        s = sitk.DICOMOrient(sitk.ReadImage(str(subreg)), "LPS")  # type: ignore[no-untyped-call]
+        v = sitk.DICOMOrient(sitk.ReadImage(str(vert)), "LPS")
+        s = sitk.DICOMOrient(sitk.ReadImage(str(subreg)), "LPS")
         return cls(sitk.GetArrayFromImage(v), sitk.GetArrayFromImage(s), np.array(v.GetSpacing()))
 
     def body(self, label: int) -> Any:

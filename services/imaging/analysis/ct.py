@@ -68,6 +68,7 @@ class CtModel:
     sacrum: bool
     warnings: list[str] = field(default_factory=list)
     hollow: bool = False  # osteoporotic: marrow darker than healthy cancellous bone
+    metal: bool = False  # metal in the bodies' sections along the spine (screws, cages)
 
     def body_heights(self) -> dict[int, list[float]]:
         """Per level index, the heights of the vertebral bodies above and below its disc
@@ -106,6 +107,11 @@ def bone_parts(array: FloatArray, threshold: float = BONE_HU) -> tuple[FloatArra
     one blob whose centre is neither's.
     """
     bone = array > threshold
+    metal = array > METAL_HU
+    if metal.any():
+        # Screws and rods are no cortex: with their blooming (6 mm) they are left out, or
+        # the rods and converging screws would enclose the canal and posterior elements.
+        bone &= ~ndimage.binary_dilation(metal, iterations=3)
     ring = np.stack([ndimage.binary_closing(sl, iterations=2) for sl in bone])
     closed = np.stack([ndimage.binary_fill_holes(sl) for sl in ring])
     hollow = _enclosed(ring, round(ENCLOSING_MM / COARSE_MM)) & ~ring
@@ -162,6 +168,9 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
     xs = np.nonzero(bone)[2]
     mid = int(np.median(xs))
     half = int(40 / spacing[0])
+    metal = np.asarray(array) > METAL_HU
+    metal_rows = [np.nonzero(sl)[0] for sl in metal]
+    metal_cols = [np.nonzero(sl)[1] for sl in metal]
     zs, centres, radii = [], [], []
     for k in range(array.shape[0]):
         if bone[k].sum() < 20:
@@ -176,6 +185,15 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
         r = float(window[j, i])
         if r < 7.0:
             continue
+        if metal_rows[k].size:
+            # A detection that metal (a screw through the body, rods behind it) bounds or
+            # crosses is the hardware's shape, not the body's: the centre line follows the
+            # sections without it.
+            reach = np.hypot(
+                (metal_rows[k] - j) * spacing[1], (metal_cols[k] - (i + lo)) * spacing[0]
+            )
+            if reach.min() < r + 5.0:
+                continue
         zs.append(origin[2] + k * spacing[2])
         centres.append((origin[0] + (i + lo) * spacing[0], origin[1] + j * spacing[1]))
         radii.append(r)
@@ -212,18 +230,28 @@ def build_model(image: sitk.Image) -> CtModel:
     v = np.arange(-8.0, 8.1, 2.0)
     profile = np.empty(len(z))
     raw = np.empty(len(z))
+    metal_seen = False
     for n, zz in enumerate(z):
         _, left, posterior = line.frame(zz)
         points = plane_points(line.point(zz), left, posterior, u, v)
         profile[n] = np.nanpercentile(filled(points), 20)
-        raw[n] = np.nanmedian(sampler(points))
+        tissue = sampler(points)
+        metal_seen = metal_seen or bool(np.nanmax(tissue) > METAL_HU)
+        raw[n] = _median_clear_of_metal(tissue)
     profile = ndimage.gaussian_filter1d(profile, 1.0)
     body = float(np.percentile(profile, 75))
     low = float(np.percentile(profile, 3))
     # Hollow (osteoporotic) bodies: their marrow is darker than any healthy cancellous
     # bone; the filled-bone profile then only says where a body's shell is, and the
     # endplates say where the discs are.
-    marrow = float(np.nanmedian(raw[profile >= np.percentile(profile, 75)]))
+    # Where metal fills a section, its HU are taken from the sections beside it.
+    clear = ~np.isnan(raw)
+    if not clear.any():
+        raise SpineNotFound("metal in every section along the spine")
+    raw = np.interp(z, z[clear], raw[clear])
+    # The marrow: the lower quartile of the HU in the bodies' sections (endplates and
+    # the blooming round screws are brighter, never darker).
+    marrow = float(np.percentile(raw[clear & (profile >= np.median(profile))], 25))
     hollow = marrow < CANCELLOUS_HU
     if hollow:
         discs = _endplate_discs(z, raw, profile)
@@ -255,7 +283,22 @@ def build_model(image: sitk.Image) -> CtModel:
             continue
         levels.append(Level(name, index, disc, upper, lower, position=n))
         index += 1
-    return CtModel(line, levels, sacrum, warnings, hollow)
+    return CtModel(line, levels, sacrum, warnings, hollow, metal_seen)
+
+
+def _median_clear_of_metal(section: FloatArray) -> float:
+    """The median HU of a section's samples (2 mm apart) farther than 4 mm from metal.
+
+    A screw and the blooming round it would look like an endplate; NaN where fewer than a
+    quarter of the samples are clear of them.
+    """
+    metal = section > METAL_HU
+    if metal.any():
+        near = ndimage.binary_dilation(metal, iterations=2)
+        if (~near).sum() < 0.25 * section.size:
+            return float("nan")
+        return float(np.nanmedian(section[~near]))
+    return float(np.nanmedian(section))
 
 
 def _between_endplates(z: FloatArray, raw: FloatArray, disc: Disc) -> bool:
@@ -619,4 +662,13 @@ def measure(image: sitk.Image, series_uid: str) -> tuple[CtModel, list[Measureme
                         f"{m.value:.1f} mm measured on faint pedicle edges, to be checked"
                     )
         out += [left, right]
+    if model.hollow and model.metal:
+        # Between hollow bodies only the endplates mark a disc, and a screw's streaks make
+        # bright bands as an endplate does: no disc found here can be trusted.
+        for m in out:
+            if m.value is not None:
+                m.review(
+                    f"osteoporotic bone with metal: {m.value:.1f} mm measured where the "
+                    "streaks may have been taken for an endplate, to be checked"
+                )
     return model, out

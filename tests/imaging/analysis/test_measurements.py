@@ -21,8 +21,9 @@ import SimpleITK as sitk
 from services.imaging.analysis import ct, mr
 from services.imaging.analysis.pipeline import analyze_datasets, read_folder
 from services.imaging.analysis.volume import SeriesHeader, write_series
+from tools.hybrid import instrument
 from tools.phantom import PhantomSpec, ground_truth, render, write_phantom
-from tools.reference import Masks, disc_height
+from tools.reference import Masks, disc_height, foraminal_height
 
 DATA = Path(__file__).parents[2] / "data"
 
@@ -152,6 +153,44 @@ def test_real_ct_finds_the_vertebrae_present(tmp_path: Path) -> None:
     heights = [m for m in result.measurements if m.quantity == "foraminal_height"]
     assert heights and all(m.status == "needs_review" and m.reason for m in heights)
     assert any("osteoporotic" in (m.reason or "") for m in heights)
+
+
+def test_real_ct_with_screws_reports_nothing_wrong_as_ok(tmp_path: Path) -> None:
+    """The hybrid post-operative CT: the real osteoporotic crop with titanium screws through
+    the L3 and L4 pedicles, rods and physically modelled streaks (tools/hybrid.py). The
+    masks' references do not change; no value may be ``ok`` and more than 1.5 mm from them,
+    and the study says why it is not trusted."""
+    folder = DATA / "tptbox-ct"
+    masks = Masks.read(
+        folder / "sub-ct_seg-vert_label-22_msk.nii.gz",
+        folder / "sub-ct_seg-subreg_label-22_msk.nii.gz",
+    )
+    image = sitk.ReadImage(str(folder / "sub-ct_label-22_ct.nii.gz"), sitk.sitkFloat32)
+    hybrid = instrument(image, masks, (22, 23))
+    array = sitk.GetArrayViewFromImage(hybrid)
+    assert (array > 2500).sum() > 500  # the hardware is in the images
+    assert (array < -300).sum() > (sitk.GetArrayViewFromImage(image) < -300).sum()  # streaks
+    header = SeriesHeader(
+        "TPT-2",
+        "Anon^Tpt",
+        "1.2.826.0.1.3680043.8.498.3",
+        "1.2.826.0.1.3680043.8.498.4",
+        "20200102",
+        series_description="CT",
+        extra={"ConvolutionKernel": "BONE"},
+    )
+    write_series(hybrid, header, tmp_path / "ct")
+    result = analyze_datasets(read_folder(tmp_path / "ct"), key_images=False).result
+    assert result.status in ("needs_review", "failed") and result.warnings
+    references = {
+        ("disc_height", None): disc_height(masks, 22, 23),
+        ("foraminal_height", "left"): foraminal_height(masks, 22, 23, "left"),
+        ("foraminal_height", "right"): foraminal_height(masks, 22, 23, "right"),
+    }
+    for m in result.measurements:
+        if m.status == "ok":
+            ref = references[(m.quantity, m.side)]
+            assert ref is not None and m.value is not None and abs(m.value - ref) <= 1.5, m
 
 
 def test_cli_prints_the_schema_and_fails_cleanly(tmp_path: Path) -> None:
