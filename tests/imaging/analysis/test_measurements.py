@@ -103,8 +103,22 @@ def test_implausible_values_are_not_emitted() -> None:
     assert m.status == "needs_review" and m.value is None and "implausible" in (m.reason or "")
 
 
-def _real_ct(tmp_path: Path) -> Any:
-    image = sitk.ReadImage(str(DATA / "tptbox-ct" / "sub-ct_label-22_ct.nii.gz"), sitk.sitkFloat32)
+TPTBOX = DATA / "tptbox-ct"
+
+
+def _tptbox_image() -> sitk.Image:
+    return sitk.ReadImage(str(TPTBOX / "sub-ct_label-22_ct.nii.gz"), sitk.sitkFloat32)
+
+
+def _tptbox_masks() -> Masks:
+    return Masks.read(
+        TPTBOX / "sub-ct_seg-vert_label-22_msk.nii.gz",
+        TPTBOX / "sub-ct_seg-subreg_label-22_msk.nii.gz",
+    )
+
+
+def _real_ct(tmp_path: Path, image: sitk.Image | None = None) -> Any:
+    """The whole pipeline on the TPTBox crop (or an image made from it) written as DICOM."""
     header = SeriesHeader(
         "TPT-1",
         "Anon^Tpt",
@@ -114,7 +128,7 @@ def _real_ct(tmp_path: Path) -> Any:
         series_description="CT",
         extra={"ConvolutionKernel": "BONE"},
     )
-    write_series(image, header, tmp_path / "ct")
+    write_series(image if image is not None else _tptbox_image(), header, tmp_path / "ct")
     return analyze_datasets(read_folder(tmp_path / "ct"), key_images=False).result
 
 
@@ -142,12 +156,7 @@ def test_real_ct_finds_the_vertebrae_present(tmp_path: Path) -> None:
         if m.value is not None:
             lo, hi = (3, 15) if m.quantity == "disc_height" else (10, 28)
             assert lo <= m.value <= hi, m
-    folder = DATA / "tptbox-ct"
-    masks = Masks.read(
-        folder / "sub-ct_seg-vert_label-22_msk.nii.gz",
-        folder / "sub-ct_seg-subreg_label-22_msk.nii.gz",
-    )
-    reference = disc_height(masks, 22, 23)  # L3 over L4
+    reference = disc_height(_tptbox_masks(), 22, 23)  # L3 over L4
     assert reference is not None and disc[0].value is not None
     assert abs(disc[0].value - reference) < 1.5, (disc[0].value, reference)
     heights = [m for m in result.measurements if m.quantity == "foraminal_height"]
@@ -160,27 +169,13 @@ def test_real_ct_with_screws_reports_nothing_wrong_as_ok(tmp_path: Path) -> None
     the L3 and L4 pedicles, rods and physically modelled streaks (tools/hybrid.py). The
     masks' references do not change; no value may be ``ok`` and more than 1.5 mm from them,
     and the study says why it is not trusted."""
-    folder = DATA / "tptbox-ct"
-    masks = Masks.read(
-        folder / "sub-ct_seg-vert_label-22_msk.nii.gz",
-        folder / "sub-ct_seg-subreg_label-22_msk.nii.gz",
-    )
-    image = sitk.ReadImage(str(folder / "sub-ct_label-22_ct.nii.gz"), sitk.sitkFloat32)
+    masks = _tptbox_masks()
+    image = _tptbox_image()
     hybrid = instrument(image, masks, (22, 23))
     array = sitk.GetArrayViewFromImage(hybrid)
     assert (array > 2500).sum() > 500  # the hardware is in the images
     assert (array < -300).sum() > (sitk.GetArrayViewFromImage(image) < -300).sum()  # streaks
-    header = SeriesHeader(
-        "TPT-2",
-        "Anon^Tpt",
-        "1.2.826.0.1.3680043.8.498.3",
-        "1.2.826.0.1.3680043.8.498.4",
-        "20200102",
-        series_description="CT",
-        extra={"ConvolutionKernel": "BONE"},
-    )
-    write_series(hybrid, header, tmp_path / "ct")
-    result = analyze_datasets(read_folder(tmp_path / "ct"), key_images=False).result
+    result = _real_ct(tmp_path, hybrid)
     assert result.status in ("needs_review", "failed") and result.warnings
     references = {
         ("disc_height", None): disc_height(masks, 22, 23),
