@@ -34,7 +34,7 @@ from services.imaging.analysis.sampling import FloatArray, Sampler, edge, resamp
 from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
 
 BONE_HU = 150.0
-ENDPLATE_RISE_HU = 80.0  # an endplate (or a body) above a disc, along the spine
+ENDPLATE_RISE_HU = 60.0  # an endplate (or a body) above a disc, along the spine
 CORTEX_HU = 120.0  # a thin cortex, smoothed along the spine
 FAT_HU = 0.0  # the foramen holds fat; a pedicle's marrow is denser
 CANAL_HU = 40.0  # CSF in the canal, below fatty marrow
@@ -44,6 +44,7 @@ PEDICLE_HU = 250.0
 METAL_HU = 2000.0
 METAL_ASYMMETRY_MM = 3.0
 COARSE_MM = 2.0
+RUN_GAP_MM = 30.0  # a disc (or a missed body) between two detections of one column
 ENCLOSING_MM = 32.0  # a lumbar body's centre is within 30 mm of its cortex
 
 
@@ -199,7 +200,29 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
         radii.append(r)
     if len(zs) < 4:
         raise SpineNotFound("no vertebral bodies found (fewer than 4 slices with thick bone)")
-    return np.array(zs), np.array(centres), np.array(radii)
+    keep = _longest_run(np.array(zs), np.array(centres))
+    if keep.sum() < 4:
+        raise SpineNotFound("no vertebral bodies found (no run of 4 slices along a column)")
+    return np.array(zs)[keep], np.array(centres)[keep], np.array(radii)[keep]
+
+
+def _longest_run(zs: FloatArray, centres: FloatArray) -> FloatArray:
+    """The detections that make one column: the longest craniocaudal run whose neighbours
+    are within :data:`RUN_GAP_MM` along the axis and 40 mm across it. The spine is one
+    continuous column; the femoral heads below the sacrum (whose tilted, thin sections are
+    not detected) are not part of it, and would bend the centre line towards them. (Within
+    the run, the robust fit of the centre line drops single stray detections.)"""
+    order = np.argsort(zs)
+    labels = np.zeros(len(zs), dtype=int)
+    run = 0
+    for a, b in itertools.pairwise(order):
+        dz = zs[b] - zs[a]
+        drift = float(np.linalg.norm(centres[b] - centres[a]))
+        if dz > RUN_GAP_MM or drift > 40.0:
+            run += 1
+        labels[b] = run
+    spans = [float(np.ptp(zs[labels == n])) + np.count_nonzero(labels == n) for n in range(run + 1)]
+    return labels == int(np.argmax(spans))
 
 
 def plane_points(
@@ -262,7 +285,14 @@ def build_model(image: sitk.Image) -> CtModel:
     if not discs:
         raise SpineNotFound("no intervertebral disc found along the spine")
     sacrum = _is_sacrum(
-        sampler, line, discs[-1], z_bottom=float(z[0]), profile=(z, profile), body=body, low=low
+        sampler,
+        line,
+        discs[-1],
+        z_bottom=float(z[0]),
+        profile=(z, profile),
+        body=body,
+        low=low,
+        filled=filled if hollow else None,
     )
     if not sacrum:
         warnings.append(
@@ -333,7 +363,10 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
             continue
         i = int(a + np.argmin(smooth[a : b + 1]))
         dip = float(smooth[i])
-        if min(smooth[a], smooth[b]) - dip < ENDPLATE_RISE_HU or filled[i] > 0.5 * full:
+        # A tilted disc (L5-S1) crosses the bodies' edges in the section at its middle: the
+        # emptiest section within 2 mm counts.
+        empty = float(np.min(filled[max(i - 2, 0) : i + 3]))
+        if min(smooth[a], smooth[b]) - dip < ENDPLATE_RISE_HU or empty > 0.5 * full:
             continue
         lo, hi = i, i
         while lo > a and smooth[lo - 1] < (dip + smooth[a]) / 2:
@@ -353,30 +386,60 @@ def _is_sacrum(
     profile: tuple[FloatArray, FloatArray],
     body: float,
     low: float,
+    filled: Sampler | None = None,
 ) -> bool:
-    """Bone runs on ≥ 40 mm below the lowest disc and widens into alae (at least twice the body)."""
+    """Bone runs on ≥ 40 mm below the lowest disc and widens into alae (at least twice the body).
+
+    Where the bodies' detections (and so the profile) stop at the lowest disc — the sacrum
+    tilts back and its thin, oblique sections are not detected as bodies — the run-on is
+    read in the volume: bone in every axial section down to 40 mm below the disc, within
+    20 mm either side of the spine and from 10 mm in front of its line to 70 mm behind it
+    (the sacrum's tilt)."""
     z, values = profile
     below = (z < lowest.z_low) & (z >= lowest.z_low - 40)
-    if lowest.z_low - z_bottom < 40 or np.any(values[below] < (body + low) / 2):
+    if lowest.z_low - z_bottom >= 40:
+        if np.any(values[below] < (body + low) / 2):
+            return False
+    elif not _bone_runs_on(sampler, line, lowest.z_low):
         return False
 
-    def width(zz: float) -> float:
-        _, left, _ = line.frame(zz)
+    def width(zz: float, behind: tuple[float, ...]) -> float:
+        _, left, posterior = line.frame(zz)
         u = np.arange(-90.0, 90.1, 1.0)
         best = 0.0
-        for dv in (-5.0, 0.0, 5.0, 10.0):
-            pts = line.point(zz) + u[:, None] * left + dv * line.frame(zz)[2]
+        for dv in behind:
+            pts = line.point(zz) + u[:, None] * left + dv * posterior
             bone = sampler(pts, outside=-1024) > BONE_HU
+            if filled is not None:  # a hollow body's section is bone too
+                bone |= filled(pts, outside=0.0) > 500
             for a, b in runs(bone):
                 if u[a] <= 0 <= u[b - 1]:
                     best = max(best, float(u[b - 1] - u[a]))
         return best
 
-    sacral = max(width(lowest.z_low - d) for d in (10.0, 15.0, 20.0))
+    body_offsets = (-5.0, 0.0, 5.0, 10.0)
+    # The sacrum tilts back below the lowest disc: its sections are searched farther behind.
+    sacral = max(width(lowest.z_low - d, (*body_offsets, 15.0, 20.0, 25.0)) for d in (10, 15, 20))
     # The narrowest of three sections of the body above: pedicle screws and rods of a
     # fusion widen the bone run in the section they cross, not in all three.
-    lumbar = min(width(lowest.z_high + d) for d in (8.0, 12.0, 16.0))
+    lumbar = min(width(lowest.z_high + d, body_offsets) for d in (8.0, 12.0, 16.0))
     return lumbar > 0 and sacral >= 2.0 * lumbar
+
+
+def _bone_runs_on(sampler: Sampler, line: CentreLine, z_top: float) -> bool:
+    """Bone in each axial section from ``z_top`` down 40 mm, beside and behind the spine."""
+    lo, _ = sampler.bounds()
+    if z_top - 40.0 < lo[2]:
+        return False
+    x0, y0, _ = line.point(line.z_min)
+    xs = np.arange(x0 - 20.0, x0 + 20.1, 2.0)
+    ys = np.arange(y0 - 10.0, y0 + 70.1, 2.0)
+    xx, yy = np.meshgrid(xs, ys, indexing="ij")
+    for zz in np.arange(z_top - 2.0, z_top - 40.0, -2.0):
+        section = np.stack([xx, yy, np.full(xx.shape, zz)], axis=-1)
+        if np.count_nonzero(sampler(section, outside=-1024.0) > BONE_HU) < 10:
+            return False
+    return True
 
 
 def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: str) -> Measurement:
