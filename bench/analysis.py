@@ -51,6 +51,8 @@ def specs(quick: bool) -> list[tuple[str, PhantomSpec]]:
         ("CT noise 40 HU", {"noise": 40.0}),
         ("CT post-op", {"postop": True}),
         ("CT post-op oblique", {"postop": True, "orientation": "oblique"}),
+        ("CT scoliosis 20", {"scoliosis": 20.0}),
+        ("CT scoliosis -15, flat", {"scoliosis": -15.0, "lordosis": 20.0, "noise": 30.0}),
         (
             "MR 4 mm axial",
             {"modality": "MR", "pixel_spacing": 0.7, "slice_spacing": 4.0, "noise": 20.0},
@@ -67,6 +69,16 @@ def specs(quick: bool) -> list[tuple[str, PhantomSpec]]:
                 "slice_spacing": 4.0,
                 "noise": 20.0,
                 "orientation": "oblique",
+            },
+        ),
+        (
+            "MR scoliosis 20",
+            {
+                "modality": "MR",
+                "pixel_spacing": 0.7,
+                "slice_spacing": 4.0,
+                "noise": 20.0,
+                "scoliosis": 20.0,
             },
         ),
         (

@@ -77,6 +77,10 @@ class PhantomSpec:
     slice_spacing: float = 1.0
     orientation: str = "axial"  # axial | sagittal | oblique
     lordosis: float = 40.0  # L1 superior endplate to S1 superior endplate
+    # Lateral curvature (a lumbar scoliosis's Cobb angle over the same span): positive is
+    # convex to the patient's left. The bend is an arc in the coronal plane (no rotation of
+    # the vertebrae about the spine's axis).
+    scoliosis: float = 0.0
     noise: float = 15.0  # standard deviation, HU for CT, signal units for MR
     top: str = "L1"  # L1 or T12
     sacrum_in_view: bool = True
@@ -113,6 +117,8 @@ class PhantomSpec:
             )
         if self.stenosis not in ("none", "foraminal", "central"):
             raise ValueError(f"stenosis must be none, foraminal or central, not {self.stenosis!r}")
+        if not -30.0 <= self.scoliosis <= 30.0:
+            raise ValueError("scoliosis is a Cobb angle of -30 to 30 degrees")
         if self.top not in ("L1", "T12"):
             raise ValueError(f"top must be L1 or T12, not {self.top!r}")
         for level in self.stenosis_levels:
@@ -120,9 +126,10 @@ class PhantomSpec:
                 raise ValueError(f"unknown level {level!r}")
         self.stenosis_levels = tuple(self.stenosis_levels)
         if not self.study_instance_uid:
-            self.study_instance_uid = generate_uid(
-                entropy_srcs=[json.dumps(asdict(self) | {"study_instance_uid": ""}, default=str)]
-            )
+            fields = asdict(self) | {"study_instance_uid": ""}
+            if not self.scoliosis:  # a straight spine keeps the UIDs it had before the field
+                del fields["scoliosis"]
+            self.study_instance_uid = generate_uid(entropy_srcs=[json.dumps(fields, default=str)])
 
 
 @dataclass
@@ -195,27 +202,62 @@ class Spine:
     s1: Vertebra  # the sacrum's first segment: its pedicles and facets (body: the sacrum)
     sac: Sac
     operated: tuple[str, ...]
+    # Signed radius of the coronal (scoliotic) arc, in the x-z plane round x = lateral:
+    # negative bends the ends to the right (convex to the left); very large when straight.
+    lateral: float = 1e9
 
     # -- coordinates ---------------------------------------------------------------
+    # The lordotic arc (in the y-z plane) is bent again by the coronal arc; s is the arc
+    # length along the spine's line, p the offset behind it, l the offset to its left.
     def to_spine(self, xyz: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
         """World (LPS, N by 3) → (s, p, l)."""
+        straight = self._unbend(np.asarray(xyz, dtype=np.float64))
         r = self.radius
-        qy = xyz[:, 1] - r
-        qz = xyz[:, 2]
+        qy = straight[:, 1] - r
+        qz = straight[:, 2]
         phi = np.arctan2(qz, -qy)
         rho = np.hypot(qy, qz)
-        return r * phi, r - rho, xyz[:, 0].copy()
+        return r * phi, r - rho, straight[:, 0].copy()
 
     def to_world(self, s: FloatArray, p: FloatArray, l_: FloatArray) -> FloatArray:
         r = self.radius
         phi = np.asarray(s) / r
         rho = r - np.asarray(p)
-        return np.stack([np.asarray(l_), r - rho * np.cos(phi), rho * np.sin(phi)], axis=-1)
+        return self._bend(
+            np.stack([np.asarray(l_), r - rho * np.cos(phi), rho * np.sin(phi)], axis=-1)
+        )
 
     def axis(self, s: float) -> FloatArray:
         """The spine's local craniocaudal unit vector at arc length ``s``."""
         phi = s / self.radius
-        return np.array([0.0, math.sin(phi), math.cos(phi)])
+        a_y, a_z = math.sin(phi), math.cos(phi)
+        z = self.radius * math.sin(phi)  # the lordotic line's z before the coronal bend
+        psi = z / self.lateral
+        return np.array([a_z * math.sin(psi), a_y, a_z * math.cos(psi)])
+
+    def lateral_stretch(self, l_: FloatArray | float) -> FloatArray:
+        """Length of a unit of s at left offset ``l`` (the coronal arc's outer side is longer)."""
+        return 1 - np.asarray(l_) / self.lateral
+
+    def _bend(self, xyz: FloatArray) -> FloatArray:
+        rl = self.lateral
+        psi = xyz[..., 2] / rl
+        rho = rl - xyz[..., 0]
+        out = xyz.copy()
+        out[..., 0] = rl - rho * np.cos(psi)
+        out[..., 2] = rho * np.sin(psi)
+        return out
+
+    def _unbend(self, xyz: FloatArray) -> FloatArray:
+        rl = self.lateral
+        sign = 1.0 if rl > 0 else -1.0
+        qx, qz = xyz[:, 0] - rl, xyz[:, 2]
+        psi = np.arctan2(sign * qz, -sign * qx)
+        rho = sign * np.hypot(qx, qz)
+        out = xyz.copy()
+        out[:, 0] = rl - rho
+        out[:, 2] = rl * psi
+        return out
 
 
 def build_spine(spec: PhantomSpec) -> Spine:
@@ -298,7 +340,8 @@ def build_spine(spec: PhantomSpec) -> Spine:
         pedicle_height=ped_h,
         pedicle_width=12.0,
     )
-    return Spine(radius, vertebrae, discs, -shift, s1, sac, tuple(operated))
+    lateral = -span / math.radians(spec.scoliosis) if abs(spec.scoliosis) >= 1 else 1e9
+    return Spine(radius, vertebrae, discs, -shift, s1, sac, tuple(operated), lateral)
 
 
 # -- signed distances ---------------------------------------------------------------
@@ -799,7 +842,7 @@ def _paint(
     spine: Spine, regions: list[Shape], xyz: FloatArray, column: int, voxel: float
 ) -> FloatArray:
     s, p, l_ = spine.to_spine(xyz)
-    stretch = 1 - p / spine.radius  # length of a unit of s at offset p
+    stretch = (1 - p / spine.radius) * spine.lateral_stretch(l_)  # a unit of s, in mm
     values = np.full(s.shape, TISSUE["air"][column], dtype=np.float64)
     smin, smax = float(s.min()), float(s.max())
     for shape in regions:
@@ -962,7 +1005,9 @@ def _foraminal_height(
         r = math.sqrt(max(frac, 0.0))
         p = v.pedicle_p + v.pedicle_length / 2 * r * np.cos(t)
         # The ellipsoid is drawn in millimetres: along s at offset p, 1 mm is 1/(1 - p/R) of s.
-        s = v.pedicle_s + v.pedicle_height / 2 * r * np.sin(t) / (1 - p / spine.radius)
+        s = v.pedicle_s + v.pedicle_height / 2 * r * np.sin(t) / (
+            (1 - p / spine.radius) * spine.lateral_stretch(plane_l)
+        )
         return spine.to_world(s, p, np.full_like(s, plane_l)) @ axis
 
     return float(section(upper).min() - section(lower).max())
@@ -1067,6 +1112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice-spacing", type=float)
     parser.add_argument("--orientation", choices=("axial", "sagittal", "oblique"), default="axial")
     parser.add_argument("--lordosis", type=float, default=40.0)
+    parser.add_argument(
+        "--scoliosis", type=float, default=0.0, help="coronal Cobb angle, + convex left"
+    )
     parser.add_argument("--noise", type=float)
     parser.add_argument("--top", choices=("L1", "T12"), default="L1")
     parser.add_argument("--no-sacrum", action="store_true", help="end the field of view in L5")
@@ -1086,6 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
             slice_spacing=args.slice_spacing or (1.0 if ct else 4.0),
             orientation=args.orientation,
             lordosis=args.lordosis,
+            scoliosis=args.scoliosis,
             noise=args.noise if args.noise is not None else (15.0 if ct else 20.0),
             top=args.top,
             sacrum_in_view=not args.no_sacrum,

@@ -61,6 +61,27 @@ def test_ct_heights_match_the_phantom(orientation: str, postop: bool) -> None:
     assert errors.mean() < 0.6 and errors.max() < 1.5, pairs
 
 
+@pytest.mark.parametrize("cobb", [20.0, -15.0])
+def test_ct_heights_on_a_scoliotic_spine(cobb: float) -> None:
+    """A lumbar scoliosis (a coronal arc of ``cobb`` degrees, convex left when positive, the
+    ends 10-20 mm off the middle): the centre line follows it, the levels keep their names,
+    and the heights on the concave and convex sides match the bent anatomy's."""
+    spec = PhantomSpec(modality="CT", scoliosis=cobb, stenosis="foraminal", lordosis=30.0, seed=41)
+    image, spine = render(spec)
+    model, result = ct.measure(image, "1.2.3")
+    xs = [float(model.centre.point(z)[0]) for z in (model.centre.z_min, model.centre.z_max)]
+    middle = float(model.centre.point((model.centre.z_min + model.centre.z_max) / 2)[0])
+    # The line bends with the spine: its ends lie to the right (LPS: -x) of its middle when
+    # the curve is convex to the left.
+    offsets = [np.sign(cobb) * (middle - x) for x in xs]
+    assert max(offsets) > 5.0 and min(offsets) > 0.0, offsets
+    assert [lv.name for lv in model.levels] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    pairs = _match(result, ground_truth(spine, spec, "1.2.3"))
+    assert len(pairs) == 15
+    errors = np.array([abs(a - b) for a, b, _ in pairs])
+    assert errors.mean() < 0.6 and errors.max() < 1.5, pairs
+
+
 def test_ct_without_sacrum_numbers_levels_and_warns() -> None:
     spec = PhantomSpec(modality="CT", sacrum_in_view=False, seed=5)
     image, _ = render(spec)
@@ -71,10 +92,11 @@ def test_ct_without_sacrum_numbers_levels_and_warns() -> None:
     assert sorted({m.level_index for m in result}) == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("postop", [False, True])
-def test_mr_dural_sac_matches_the_phantom(postop: bool) -> None:
+@pytest.mark.parametrize(("postop", "scoliosis"), [(False, 0.0), (True, 0.0), (False, 20.0)])
+def test_mr_dural_sac_matches_the_phantom(postop: bool, scoliosis: float) -> None:
     spec = PhantomSpec(
         modality="MR",
+        scoliosis=scoliosis,
         pixel_spacing=0.8,
         slice_spacing=4.0,
         noise=20.0,
