@@ -2,8 +2,9 @@
 
 The screws go where a surgeon puts them, found from the image's expert masks (TPTBox
 layout, :mod:`tools.reference`): each through its pedicle's centre, converging towards the
-body's anterior half on its own side (10-15 degrees), 6.5 mm thick, entering 15 mm behind
-the pedicle's centre and reaching about 80 % of the way through the body; a tulip head at
+body's anterior half on its own side (12-18 degrees here), 6.5 mm thick, entering 15 mm
+behind the pedicle's centre and reaching 4 mm past its aim (55-60 % of the body's depth on
+this crop); a tulip head at
 the entry; on each side a 5.5 mm rod through the heads. The metal (3,000 HU) is rendered
 with partial volume (27 samples per voxel) into the real voxels it replaces.
 
@@ -98,7 +99,7 @@ def instrument(image: sitk.Image, masks: Masks, vertebrae: Sequence[int], *, see
             target[0] += 0.6 * (pedicle[0] - centre[0])
             axis = (target - pedicle) / np.linalg.norm(target - pedicle)
             entry = pedicle - 15.0 * axis
-            tip = target + 4.0 * axis  # about 80 % of the way through the body
+            tip = target + 4.0 * axis
             _segment(metal, origin, spacing, entry, tip, SCREW_RADIUS_MM)
             head = entry - 4.0 * axis
             _segment(metal, origin, spacing, head, head - 6.0 * axis, HEAD_RADIUS_MM)

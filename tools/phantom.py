@@ -88,6 +88,7 @@ class PhantomSpec:
     stenosis_levels: tuple[str, ...] = ("L4-L5",)
     severity: float = 0.6  # 0..1
     postop: bool = False
+    cage: str = "peek"  # the interbody cage's material: peek | titanium
     seed: int = 0
     patient_id: str = "PHANTOM-0001"
     study_date: str = "20260101"
@@ -117,6 +118,8 @@ class PhantomSpec:
             )
         if self.stenosis not in ("none", "foraminal", "central"):
             raise ValueError(f"stenosis must be none, foraminal or central, not {self.stenosis!r}")
+        if self.cage not in ("peek", "titanium"):
+            raise ValueError(f"cage must be peek or titanium, not {self.cage!r}")
         if not -30.0 <= self.scoliosis <= 30.0:
             raise ValueError("scoliosis is a Cobb angle of -30 to 30 degrees")
         if self.top not in ("L1", "T12"):
@@ -127,8 +130,11 @@ class PhantomSpec:
         self.stenosis_levels = tuple(self.stenosis_levels)
         if not self.study_instance_uid:
             fields = asdict(self) | {"study_instance_uid": ""}
-            if not self.scoliosis:  # a straight spine keeps the UIDs it had before the field
+            # A straight spine and a PEEK cage keep the UIDs they had before these fields.
+            if not self.scoliosis:
                 del fields["scoliosis"]
+            if self.cage == "peek":
+                del fields["cage"]
             self.study_instance_uid = generate_uid(entropy_srcs=[json.dumps(fields, default=str)])
 
 
@@ -563,7 +569,7 @@ def shapes(spine: Spine, spec: PhantomSpec) -> list[Shape]:
         if d.cage:
             out.append(
                 Shape(
-                    "peek",
+                    spec.cage,
                     d.bottom - 1,
                     d.top + 1,
                     _box((d.bottom, d.top), (pc - 6, pc + 8), (-12, 12)),

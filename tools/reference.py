@@ -6,9 +6,10 @@ The masks are the TPTBox project's: ``seg-vert`` labels each vertebra (21 = L2, 
 
 - **foraminal height** (per level and side): in the para-sagittal slab through the two
   pedicles (3 voxels wide, at the median left-right position of both vertebrae's arcus
-  just behind their bodies), over the antero-posterior columns from the body's posterior
-  wall to 15 mm behind it, from the lowest voxel edge of the upper vertebra's arcus to
-  the highest voxel edge of the lower one's;
+  just behind their bodies), over the antero-posterior columns of the pedicles proper
+  (from the body's posterior wall to 10 mm behind it: farther back, the pars and the
+  articular processes, which the analyzer's definition leaves out too), from the lowest
+  voxel edge of the upper vertebra's arcus to the highest voxel edge of the lower one's;
 - **disc height** (per level): in the 3x3-voxel column at the bodies' mean centre, from
   the top voxel edge of the lower body to the bottom voxel edge of the upper one.
 
@@ -19,6 +20,7 @@ half a voxel (0.75 mm at 1.5 mm).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import SimpleITK as sitk
 
 ARCUS = 41
 BODY = (49, 50)
-PEDICLE_ZONE_MM = 15.0
+PEDICLE_ZONE_MM = 10.0  # the pedicle proper: behind it the pars and articular processes
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,18 @@ class Masks:
     vert: Any  # (k, j, i) array, LPS-oriented, k cranial
     subreg: Any
     spacing: Any  # (x, y, z) mm
+    origin: Any  # world (LPS) position of voxel (0, 0, 0)
 
     @classmethod
     def read(cls, vert: Path, subreg: Path) -> Masks:
         v = sitk.DICOMOrient(sitk.ReadImage(str(vert)), "LPS")
         s = sitk.DICOMOrient(sitk.ReadImage(str(subreg)), "LPS")
-        return cls(sitk.GetArrayFromImage(v), sitk.GetArrayFromImage(s), np.array(v.GetSpacing()))
+        return cls(
+            sitk.GetArrayFromImage(v),
+            sitk.GetArrayFromImage(s),
+            np.array(v.GetSpacing()),
+            np.array(v.GetOrigin()),
+        )
 
     def body(self, label: int) -> Any:
         return (self.vert == label) & np.isin(self.subreg, BODY)
@@ -95,3 +103,18 @@ def disc_height(masks: Masks, upper: int, lower: int) -> float | None:
     if not up.size or not low.size:
         return None
     return float((up.min() - low.max() - 1) * sz)
+
+
+def pair_at(masks: Masks, z: float) -> tuple[int, int] | None:
+    """The (upper, lower) vertebrae whose disc space holds world height ``z`` (within 5 mm
+    of the gap between the upper body's lowest voxel and the lower body's highest)."""
+    labels = sorted(int(v) for v in np.unique(masks.vert) if v)  # 21 = L2 above 22 = L3
+    for upper, lower in itertools.pairwise(labels):
+        up, low = masks.body(upper), masks.body(lower)
+        if not up.any() or not low.any():
+            continue
+        bottom = masks.origin[2] + np.nonzero(up)[0].min() * masks.spacing[2]
+        top = masks.origin[2] + np.nonzero(low)[0].max() * masks.spacing[2]
+        if top - 5.0 <= z <= bottom + 5.0:
+            return upper, lower
+    return None

@@ -45,6 +45,7 @@ METAL_HU = 2000.0
 METAL_ASYMMETRY_MM = 3.0
 COARSE_MM = 2.0
 RUN_GAP_MM = 30.0  # a disc (or a missed body) between two detections of one column
+MISSED_DISC_MM = 55.0  # lumbar discs lie 30-45 mm apart
 ENCLOSING_MM = 32.0  # a lumbar body's centre is within 30 mm of its cortex
 
 
@@ -69,7 +70,8 @@ class CtModel:
     sacrum: bool
     warnings: list[str] = field(default_factory=list)
     hollow: bool = False  # osteoporotic: marrow darker than healthy cancellous bone
-    metal: bool = False  # metal in the bodies' sections along the spine (screws, cages)
+    metal: bool = False  # metal within 60 mm of the spine's line (screws, rods, cages)
+    missed_disc: bool = False  # two found discs too far apart for none between them
 
     def body_heights(self) -> dict[int, list[float]]:
         """Per level index, the heights of the vertebral bodies above and below its disc
@@ -93,7 +95,9 @@ def solid_bone(array: FloatArray, threshold: float = BONE_HU) -> FloatArray:
     return closed | hollow
 
 
-def bone_parts(array: FloatArray, threshold: float = BONE_HU) -> tuple[FloatArray, FloatArray]:
+def bone_parts(
+    array: FloatArray, threshold: float = BONE_HU, metal: FloatArray | None = None
+) -> tuple[FloatArray, FloatArray]:
     """Per axial slice: bone with its closed rings filled, and the hollow insides of open shells.
 
     Osteoporotic cancellous bone can be as dark as a disc (50 HU on the real TPTBox CT);
@@ -106,12 +110,16 @@ def bone_parts(array: FloatArray, threshold: float = BONE_HU) -> tuple[FloatArra
     The two are kept apart because the hollow inside of a body and of its canal are
     separate regions (the posterior wall between them), while filled together they make
     one blob whose centre is neither's.
+
+    ``metal`` (a mask of the same grid), when given, is left out of the bone with its
+    blooming (6 mm): for the bodies' detection, screws and rods are no cortex — the rods
+    and converging screws would enclose the canal and posterior elements. (Along the
+    spine's profile, metal stays bone: a screw inside a body is no disc.)
     """
+    if array.shape[0] == 0:
+        raise SpineNotFound("no images")
     bone = array > threshold
-    metal = array > METAL_HU
-    if metal.any():
-        # Screws and rods are no cortex: with their blooming (6 mm) they are left out, or
-        # the rods and converging screws would enclose the canal and posterior elements.
+    if metal is not None and metal.any():
         bone &= ~ndimage.binary_dilation(metal, iterations=3)
     ring = np.stack([ndimage.binary_closing(sl, iterations=2) for sl in bone])
     closed = np.stack([ndimage.binary_fill_holes(sl) for sl in ring])
@@ -126,7 +134,9 @@ def bone_parts(array: FloatArray, threshold: float = BONE_HU) -> tuple[FloatArra
 
 
 def _enclosed(bone: FloatArray, reach: int) -> FloatArray:
-    """Voxels with bone within ``reach`` voxels in at least 7 of 8 in-plane directions."""
+    """Voxels with bone in at least 7 of 8 in-plane directions, within the smallest power
+    of two of voxels not below ``reach`` (16 at 2 mm: 32 mm along the axes, 45 mm along
+    the diagonals)."""
     hits = np.zeros(bone.shape, dtype=np.uint8)
     for dj, di in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)):
         seen = bone.copy()
@@ -160,7 +170,8 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
     # A body's cortex runs on craniocaudally, noise does not: smoothed along the axis
     # (3 mm), the grains noise leaves in osteoporotic marrow fade and the shell stays.
     along = ndimage.gaussian_filter1d(np.asarray(array, dtype=np.float32), 3.0 / spacing[2], axis=0)
-    closed, hollow = bone_parts(along, CORTEX_HU)
+    metal = np.asarray(array) > METAL_HU  # on the acquired values: smoothing dims the metal
+    closed, hollow = bone_parts(along, CORTEX_HU, metal)
     bone = closed | hollow
     occupied = np.nonzero(bone.any(axis=(0, 1)))[0]
     if occupied.size == 0:
@@ -169,7 +180,6 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
     xs = np.nonzero(bone)[2]
     mid = int(np.median(xs))
     half = int(40 / spacing[0])
-    metal = np.asarray(array) > METAL_HU
     metal_rows = [np.nonzero(sl)[0] for sl in metal]
     metal_cols = [np.nonzero(sl)[1] for sl in metal]
     zs, centres, radii = [], [], []
@@ -207,22 +217,31 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
 
 
 def _longest_run(zs: FloatArray, centres: FloatArray) -> FloatArray:
-    """The detections that make one column: the longest craniocaudal run whose neighbours
-    are within :data:`RUN_GAP_MM` along the axis and 40 mm across it. The spine is one
-    continuous column; the femoral heads below the sacrum (whose tilted, thin sections are
-    not detected) are not part of it, and would bend the centre line towards them. (Within
-    the run, the robust fit of the centre line drops single stray detections.)"""
+    """The detections that make one column: the longest of the craniocaudal tracks.
+
+    Going up the slices, a detection joins the track whose last detection lies within
+    :data:`RUN_GAP_MM` below it and 40 mm across, else it starts a track of its own. The
+    spine is one continuous column; the femoral heads below the sacrum (whose tilted, thin
+    sections are not detected) are another, and a single stray detection starts a track of
+    one without breaking the column's."""
     order = np.argsort(zs)
-    labels = np.zeros(len(zs), dtype=int)
-    run = 0
-    for a, b in itertools.pairwise(order):
-        dz = zs[b] - zs[a]
-        drift = float(np.linalg.norm(centres[b] - centres[a]))
-        if dz > RUN_GAP_MM or drift > 40.0:
-            run += 1
-        labels[b] = run
-    spans = [float(np.ptp(zs[labels == n])) + np.count_nonzero(labels == n) for n in range(run + 1)]
-    return labels == int(np.argmax(spans))
+    tracks: list[list[int]] = []
+    for n in order:
+        best = None
+        for track in tracks:
+            last = track[-1]
+            dz = zs[n] - zs[last]
+            drift = float(np.linalg.norm(centres[n] - centres[last]))
+            if dz <= RUN_GAP_MM and drift <= 40.0 and (best is None or drift < best[0]):
+                best = (drift, track)
+        if best is None:
+            tracks.append([int(n)])
+        else:
+            best[1].append(int(n))
+    longest = max(tracks, key=lambda t: float(np.ptp(zs[t])) + len(t))
+    keep = np.zeros(len(zs), dtype=bool)
+    keep[longest] = True
+    return keep
 
 
 def plane_points(
@@ -253,14 +272,12 @@ def build_model(image: sitk.Image) -> CtModel:
     v = np.arange(-8.0, 8.1, 2.0)
     profile = np.empty(len(z))
     raw = np.empty(len(z))
-    metal_seen = False
     for n, zz in enumerate(z):
         _, left, posterior = line.frame(zz)
         points = plane_points(line.point(zz), left, posterior, u, v)
         profile[n] = np.nanpercentile(filled(points), 20)
-        tissue = sampler(points)
-        metal_seen = metal_seen or bool(np.nanmax(tissue) > METAL_HU)
-        raw[n] = _median_clear_of_metal(tissue)
+        raw[n] = _median_clear_of_metal(sampler(points))
+    metal_seen = _metal_near(coarse, line)
     profile = ndimage.gaussian_filter1d(profile, 1.0)
     body = float(np.percentile(profile, 75))
     low = float(np.percentile(profile, 3))
@@ -269,21 +286,36 @@ def build_model(image: sitk.Image) -> CtModel:
     # endplates say where the discs are.
     # Where metal fills a section, its HU are taken from the sections beside it.
     clear = ~np.isnan(raw)
-    if not clear.any():
-        raise SpineNotFound("metal in every section along the spine")
+    bodies = clear & (profile >= np.median(profile))
+    if not bodies.any():
+        raise SpineNotFound("metal in every section of the bodies along the spine")
     raw = np.interp(z, z[clear], raw[clear])
     # The marrow: the lower quartile of the HU in the bodies' sections (endplates and
     # the blooming round screws are brighter, never darker).
-    marrow = float(np.percentile(raw[clear & (profile >= np.median(profile))], 25))
+    marrow = float(np.percentile(raw[bodies], 25))
     hollow = marrow < CANCELLOUS_HU
+    warnings: list[str] = []
     if hollow:
         discs = _endplate_discs(z, raw, profile)
+        warnings.append(
+            f"hollow (osteoporotic) vertebral bodies, marrow about {marrow:.0f} HU: discs "
+            "found by their endplates, foraminal heights to be checked"
+        )
     else:
         found = find_discs(z, profile, baseline=body, prominence=max(0.45 * (body - low), 60.0))
-        discs = [d for d in found if _between_endplates(z, raw, d)]
-    warnings: list[str] = []
+        # A disc whose sections are metal (a titanium cage) has no dip left to check.
+        discs = [d for d in found if _between_endplates(z, raw, d) or _metal_at(z, clear, d)]
     if not discs:
         raise SpineNotFound("no intervertebral disc found along the spine")
+    # Lumbar discs lie 30-45 mm apart along the spine; a wider gap holds a disc that was
+    # not found, and every name counted across it would be wrong.
+    gaps = [(a, b) for a, b in itertools.pairwise(discs) if a.z - b.z > MISSED_DISC_MM]
+    for a, b in gaps:
+        warnings.append(
+            f"discs at z={a.z:.0f} and z={b.z:.0f} mm are {a.z - b.z:.0f} mm apart: a disc "
+            "between them may have been missed, so the levels are numbered, not named, and "
+            "every value is to be checked"
+        )
     sacrum = _is_sacrum(
         sampler,
         line,
@@ -299,7 +331,7 @@ def build_model(image: sitk.Image) -> CtModel:
             "sacrum not in the field of view (or not recognised): levels are numbered "
             "craniocaudally (level_index) and not named"
         )
-    names = level_names(len(discs), sacrum)
+    names = level_names(len(discs), sacrum and not gaps)
     levels = []
     bounds = [line.z_max] + [d.z for d in discs] + [line.z_min]
     index = 0
@@ -309,11 +341,36 @@ def build_model(image: sitk.Image) -> CtModel:
         upper = (disc.z_high, bounds[n])
         lower = (bounds[n + 2], disc.z_low)
         if upper[1] - upper[0] < 12 or lower[1] - lower[0] < 12:
-            warnings.append(f"disc at z={disc.z:.0f} mm is too close to the edge of the field")
+            warnings.append(
+                f"disc at z={disc.z:.0f} mm is too close to the edge of the field (or of the "
+                "vertebrae found): the vertebra beyond it is cut"
+            )
             continue
         levels.append(Level(name, index, disc, upper, lower, position=n))
         index += 1
-    return CtModel(line, levels, sacrum, warnings, hollow, metal_seen)
+    return CtModel(line, levels, sacrum, warnings, hollow, metal_seen, bool(gaps))
+
+
+def _metal_at(z: FloatArray, clear: FloatArray, disc: Disc) -> bool:
+    """Metal fills the sections within 2 mm of the disc's middle (a cage)."""
+    return bool(np.any(~clear[np.abs(z - disc.z) <= 2.0]))
+
+
+def _metal_near(coarse: sitk.Image, line: CentreLine) -> bool:
+    """Metal within 60 mm of the spine's line, in the axial slab it spans (screws, rods,
+    cages: their streaks cross the bodies' sections)."""
+    array = sitk.GetArrayViewFromImage(coarse)
+    k, j, i = np.nonzero(array > METAL_HU)
+    if k.size == 0:
+        return False
+    origin, spacing = np.array(coarse.GetOrigin()), np.array(coarse.GetSpacing())
+    xyz = origin + np.stack([i, j, k], axis=1) * spacing
+    inside = (xyz[:, 2] >= line.z_min - 10.0) & (xyz[:, 2] <= line.z_max + 10.0)
+    if not inside.any():
+        return False
+    xyz = xyz[inside]
+    on_line = np.stack([line.x(xyz[:, 2]), line.y(xyz[:, 2])], axis=1)
+    return bool(np.any(np.hypot(*(xyz[:, :2] - on_line).T) < 60.0))
 
 
 def _median_clear_of_metal(section: FloatArray) -> float:
@@ -357,6 +414,8 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
     smooth = ndimage.gaussian_filter1d(raw, 1.0)
     peaks, _ = find_peaks(smooth, prominence=ENDPLATE_RISE_HU / 2)
     full = float(np.max(filled)) if filled.size else 0.0
+    if full <= 0.0:  # no body's shell anywhere: nothing tells a disc from a body
+        return []
     discs = []
     for a, b in itertools.pairwise(peaks):
         if z[b] - z[a] > DISC_SPAN_MM:
@@ -390,17 +449,14 @@ def _is_sacrum(
 ) -> bool:
     """Bone runs on ≥ 40 mm below the lowest disc and widens into alae (at least twice the body).
 
-    Where the bodies' detections (and so the profile) stop at the lowest disc — the sacrum
-    tilts back and its thin, oblique sections are not detected as bodies — the run-on is
-    read in the volume: bone in every axial section down to 40 mm below the disc, within
-    20 mm either side of the spine and from 10 mm in front of its line to 70 mm behind it
-    (the sacrum's tilt)."""
+    The run-on is read on the bodies' profile, so the column of detected bodies must reach
+    40 mm below the disc; where it stops sooner (a sacrum whose tilted, thin sections were
+    not detected) the sacrum is not recognised and the levels are not named: bone beside
+    and behind the line is found below any lumbar vertebra too. In hollow bone the widths
+    are read on the filled bone (a hollow body's section has no bone across its middle)."""
     z, values = profile
     below = (z < lowest.z_low) & (z >= lowest.z_low - 40)
-    if lowest.z_low - z_bottom >= 40:
-        if np.any(values[below] < (body + low) / 2):
-            return False
-    elif not _bone_runs_on(sampler, line, lowest.z_low):
+    if lowest.z_low - z_bottom < 40 or np.any(values[below] < (body + low) / 2):
         return False
 
     def width(zz: float, behind: tuple[float, ...]) -> float:
@@ -418,28 +474,11 @@ def _is_sacrum(
         return best
 
     body_offsets = (-5.0, 0.0, 5.0, 10.0)
-    # The sacrum tilts back below the lowest disc: its sections are searched farther behind.
-    sacral = max(width(lowest.z_low - d, (*body_offsets, 15.0, 20.0, 25.0)) for d in (10, 15, 20))
+    sacral = max(width(lowest.z_low - d, body_offsets) for d in (10.0, 15.0, 20.0))
     # The narrowest of three sections of the body above: pedicle screws and rods of a
     # fusion widen the bone run in the section they cross, not in all three.
     lumbar = min(width(lowest.z_high + d, body_offsets) for d in (8.0, 12.0, 16.0))
     return lumbar > 0 and sacral >= 2.0 * lumbar
-
-
-def _bone_runs_on(sampler: Sampler, line: CentreLine, z_top: float) -> bool:
-    """Bone in each axial section from ``z_top`` down 40 mm, beside and behind the spine."""
-    lo, _ = sampler.bounds()
-    if z_top - 40.0 < lo[2]:
-        return False
-    x0, y0, _ = line.point(line.z_min)
-    xs = np.arange(x0 - 20.0, x0 + 20.1, 2.0)
-    ys = np.arange(y0 - 10.0, y0 + 70.1, 2.0)
-    xx, yy = np.meshgrid(xs, ys, indexing="ij")
-    for zz in np.arange(z_top - 2.0, z_top - 40.0, -2.0):
-        section = np.stack([xx, yy, np.full(xx.shape, zz)], axis=-1)
-        if np.count_nonzero(sampler(section, outside=-1024.0) > BONE_HU) < 10:
-            return False
-    return True
 
 
 def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: str) -> Measurement:
@@ -475,8 +514,11 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
         return m
     m.value = (hi - lo) * step
     m.points = [list(centre + s[0] * t + lo * step * t), list(centre + s[0] * t + hi * step * t)]
-    if profile[i0] > METAL_HU:
-        m.review("metal in the disc space")
+    # A cage in the disc (titanium, or PEEK with its markers) on any of the lines between
+    # the endplates found: its edges may have been taken for theirs.
+    between = samples[:, min(int(np.floor(lo)), around.start) : max(int(np.ceil(hi)), around.stop)]
+    if profile[i0] > METAL_HU or (between.size and np.nanmax(between) > METAL_HU):
+        m.review(f"metal in the disc space ({m.value:.1f} mm measured)")
     m.check_plausible()
     return m
 
@@ -544,8 +586,9 @@ def _posterior_wall(
         # A hollow body: its thin wall may be fainter than bone; the canal behind it (CSF,
         # darker than the fatty marrow) is at least 8 mm deep and starts within 30 mm.
         dark = ndimage.gaussian_filter1d(profile, 1.0 / step) < CANAL_HU
-        canal = [r for r in runs(dark) if (r[1] - r[0]) * step >= 8.0 and r[0] * step <= 30.0]
-        if not canal or canal[0][0] == 0:
+        # (A run from the centre itself is very dark marrow, not the canal.)
+        canal = [r for r in runs(dark) if (r[1] - r[0]) * step >= 8.0 and 0 < r[0] * step <= 30.0]
+        if not canal:
             return 15.0
         stop = canal[0][0]
     e = edge(profile, step, rising=False, start=stop - int(4 / step), stop=stop + int(3 / step))
@@ -725,6 +768,13 @@ def measure(image: sitk.Image, series_uid: str) -> tuple[CtModel, list[Measureme
                         f"{m.value:.1f} mm measured on faint pedicle edges, to be checked"
                     )
         out += [left, right]
+    if model.missed_disc:
+        for m in out:
+            if m.value is not None:
+                m.review(
+                    f"{m.value:.1f} mm measured, but a disc may have been missed along the "
+                    "spine: the level is uncertain"
+                )
     if model.hollow and model.metal:
         # Between hollow bodies only the endplates mark a disc, and a screw's streaks make
         # bright bands as an endplate does: no disc found here can be trusted.

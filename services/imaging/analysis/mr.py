@@ -278,6 +278,10 @@ def _crossing(line: CentreLine, point: FloatArray, normal: FloatArray, z0: float
     return (lo + hi) / 2
 
 
+THICK_SLICE_MM = 3.0  # thicker axial slices average a stenosis away
+NARROWING = 0.6  # a sac narrowing below this fraction of its widest within the level
+
+
 def measure(
     image: sitk.Image, series_uid: str, sop_uids: tuple[str, ...] = ()
 ) -> tuple[MrModel, list[Measurement]]:
@@ -342,6 +346,21 @@ def measure(
             zs = np.linspace(bounds[0], bounds[1], 400)
             volume.value = float(np.trapezoid(axial(zs), zs))
             volume.check_plausible()
+            within = areas[(z >= bounds[0]) & (z <= bounds[1])]
+            thickness = float(image.GetSpacing()[2])
+            if (
+                volume.value is not None
+                and thickness > THICK_SLICE_MM
+                and within.size >= 2
+                and within.min() < NARROWING * within.max()
+            ):
+                # Each thick slice averages the sac over its thickness: where it narrows
+                # within the level, the narrow part is filled in by the wider sac beside it.
+                volume.review(
+                    f"{volume.value:.0f} mm³ measured on {thickness:.1f} mm slices across a "
+                    f"narrowing to {within.min() / within.max():.0%} of the sac: partial "
+                    "volume overestimates it"
+                )
         out += [area, volume]
         index += 1
     return model, out
