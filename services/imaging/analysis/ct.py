@@ -21,7 +21,7 @@ Steps (each a function below):
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -40,12 +40,15 @@ FAT_HU = 0.0  # the foramen holds fat; a pedicle's marrow is denser
 CANAL_HU = 40.0  # CSF in the canal, below fatty marrow
 CANCELLOUS_HU = 150.0  # healthy cancellous bone is denser; below, the bodies are hollow
 DISC_SPAN_MM = 18.0  # endplate to endplate across a disc; a body is taller
+MIN_BODY_MM = 20.0  # two discs are at least a (thin) body apart
 PEDICLE_HU = 250.0
 METAL_HU = 2000.0
 METAL_ASYMMETRY_MM = 3.0
+IN_FRONT_MM = 5.0  # metal this far in front of a detection's circle: the canal behind screws
 COARSE_MM = 2.0
 RUN_GAP_MM = 30.0  # a disc (or a missed body) between two detections of one column
 MISSED_DISC_MM = 55.0  # lumbar discs lie 30-45 mm apart
+SCREWED_MM = 30.0  # the line runs on this far through a screwed body at the column's end
 ENCLOSING_MM = 32.0  # a lumbar body's centre is within 30 mm of its cortex
 
 
@@ -120,7 +123,11 @@ def bone_parts(
         raise SpineNotFound("no images")
     bone = array > threshold
     if metal is not None and metal.any():
-        bone &= ~ndimage.binary_dilation(metal, iterations=3)
+        # In-plane: the blooming spreads across the slice; a section above or below the
+        # screw keeps its bone.
+        plane = ndimage.generate_binary_structure(3, 1)
+        plane[0] = plane[2] = False
+        bone &= ~ndimage.binary_dilation(metal, structure=plane, iterations=3)
     ring = np.stack([ndimage.binary_closing(sl, iterations=2) for sl in bone])
     closed = np.stack([ndimage.binary_fill_holes(sl) for sl in ring])
     hollow = _enclosed(ring, round(ENCLOSING_MM / COARSE_MM)) & ~ring
@@ -162,8 +169,10 @@ def _shifted(mask: FloatArray, dj: int, di: int) -> FloatArray:
     return out
 
 
-def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Per axial slice of an axis-aligned volume: z, (x, y) of the body centre, inscribed radius."""
+def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per axial slice of an axis-aligned volume: z, (x, y) of the body centre, inscribed
+    radius; and the z of the slices whose detection metal bounded or crossed (screws in the
+    body)."""
     array = sitk.GetArrayViewFromImage(coarse)
     spacing = np.array(coarse.GetSpacing())
     origin = np.array(coarse.GetOrigin())
@@ -182,7 +191,10 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
     half = int(40 / spacing[0])
     metal_rows = [np.nonzero(sl)[0] for sl in metal]
     metal_cols = [np.nonzero(sl)[1] for sl in metal]
-    zs, centres, radii = [], [], []
+    # Screws within 6 mm along the axis (a body's section just beyond its screws).
+    nearby = ndimage.maximum_filter1d(metal, 2 * round(6.0 / spacing[2]) + 1, axis=0)
+    nearby_rows = [np.nonzero(sl)[0] for sl in nearby]
+    zs, centres, radii, screwed = [], [], [], []
     for k in range(array.shape[0]):
         if bone[k].sum() < 20:
             continue
@@ -204,6 +216,15 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
                 (metal_rows[k] - j) * spacing[1], (metal_cols[k] - (i + lo)) * spacing[0]
             )
             if reach.min() < r + 5.0:
+                screwed.append(origin[2] + k * spacing[2])
+                continue
+        if nearby_rows[k].size:
+            # Nor is a section with screws in front of it, in its slice or within 6 mm:
+            # the canal behind a body that the screws have taken (a body has nothing but
+            # soft tissue in front of it).
+            behind = (nearby_rows[k] - j) * spacing[1]
+            if np.any(behind < -r - IN_FRONT_MM):
+                screwed.append(origin[2] + k * spacing[2])
                 continue
         zs.append(origin[2] + k * spacing[2])
         centres.append((origin[0] + (i + lo) * spacing[0], origin[1] + j * spacing[1]))
@@ -213,7 +234,7 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
     keep = _longest_run(np.array(zs), np.array(centres))
     if keep.sum() < 4:
         raise SpineNotFound("no vertebral bodies found (no run of 4 slices along a column)")
-    return np.array(zs)[keep], np.array(centres)[keep], np.array(radii)[keep]
+    return np.array(zs)[keep], np.array(centres)[keep], np.array(radii)[keep], np.array(screwed)
 
 
 def _longest_run(zs: FloatArray, centres: FloatArray) -> FloatArray:
@@ -254,8 +275,8 @@ def plane_points(
 def build_model(image: sitk.Image) -> CtModel:
     """The spine model of a CT volume: centre line, discs, sacrum, named levels."""
     coarse = resample_world(image, COARSE_MM, default=-1024.0)
-    zs, centres, _ = body_centres(coarse)
-    line = CentreLine.fit(zs, centres)
+    zs, centres, _, screwed = body_centres(coarse)
+    line = _through_screws(CentreLine.fit(zs, centres), screwed)
     sampler = Sampler.of(coarse)
     solid = sitk.GetImageFromArray(
         solid_bone(sitk.GetArrayViewFromImage(coarse)).astype(np.float32) * 1000
@@ -351,6 +372,20 @@ def build_model(image: sitk.Image) -> CtModel:
     return CtModel(line, levels, sacrum, warnings, hollow, metal_seen, bool(gaps))
 
 
+def _through_screws(line: CentreLine, screwed: FloatArray) -> CentreLine:
+    """The line carried on (at most :data:`SCREWED_MM`) through the slices next to its ends
+    whose body metal took (a vertebra with pedicle screws at the end of the column): its
+    body is there, its centre is not found."""
+    z_min, z_max = line.z_min, line.z_max
+    for z in sorted(screwed, reverse=True):
+        if z_min - COARSE_MM * 2.5 <= z < z_min and line.z_min - z <= SCREWED_MM:
+            z_min = float(z)
+    for z in sorted(screwed):
+        if z_max < z <= z_max + COARSE_MM * 2.5 and z - line.z_max <= SCREWED_MM:
+            z_max = float(z)
+    return replace(line, z_min=z_min, z_max=z_max)
+
+
 def _metal_at(z: FloatArray, clear: FloatArray, disc: Disc) -> bool:
     """Metal fills the sections within 2 mm of the disc's middle (a cage)."""
     return bool(np.any(~clear[np.abs(z - disc.z) <= 2.0]))
@@ -416,7 +451,7 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
     full = float(np.max(filled)) if filled.size else 0.0
     if full <= 0.0:  # no body's shell anywhere: nothing tells a disc from a body
         return []
-    discs = []
+    found: list[tuple[float, Disc]] = []
     for a, b in itertools.pairwise(peaks):
         if z[b] - z[a] > DISC_SPAN_MM:
             continue
@@ -432,7 +467,14 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
             lo -= 1
         while hi < b and smooth[hi + 1] < (dip + smooth[b]) / 2:
             hi += 1
-        discs.append(Disc(z=float(z[i]), z_low=float(z[lo]), z_high=float(z[hi])))
+        found.append((empty, Disc(z=float(z[i]), z_low=float(z[lo]), z_high=float(z[hi]))))
+    # Two dips closer than a body is tall are not both discs (the blooming round a screw
+    # rises like an endplate, and a dark band beside it dips like a disc): the emptier
+    # section (no shell) is the disc.
+    discs: list[Disc] = []
+    for _, disc in sorted(found, key=lambda f: f[0]):
+        if all(abs(disc.z - d.z) >= MIN_BODY_MM for d in discs):
+            discs.append(disc)
     return sorted(discs, key=lambda d: -d.z)
 
 
