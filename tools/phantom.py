@@ -83,6 +83,8 @@ class PhantomSpec:
     scoliosis: float = 0.0
     noise: float = 15.0  # standard deviation, HU for CT, signal units for MR
     top: str = "L1"  # L1 or T12
+    ribs: bool = False  # T12 bears a pair of (floating) ribs; needs top="T12"
+    lumbar: int = 5  # lumbar vertebrae: 6 is a transitional spine (an L6 above the sacrum)
     sacrum_in_view: bool = True
     stenosis: str = "none"  # none | foraminal | central
     stenosis_levels: tuple[str, ...] = ("L4-L5",)
@@ -124,6 +126,10 @@ class PhantomSpec:
             raise ValueError("scoliosis is a Cobb angle of -30 to 30 degrees")
         if self.top not in ("L1", "T12"):
             raise ValueError(f"top must be L1 or T12, not {self.top!r}")
+        if self.ribs and self.top != "T12":
+            raise ValueError("ribs are borne by T12: top must be T12")
+        if self.lumbar not in (5, 6):
+            raise ValueError("lumbar is 5 or 6 vertebrae")
         for level in self.stenosis_levels:
             if level not in LUMBAR_LEVELS:
                 raise ValueError(f"unknown level {level!r}")
@@ -135,6 +141,10 @@ class PhantomSpec:
                 del fields["scoliosis"]
             if self.cage == "peek":
                 del fields["cage"]
+            if not self.ribs:
+                del fields["ribs"]
+            if self.lumbar == 5:
+                del fields["lumbar"]
             self.study_instance_uid = generate_uid(entropy_srcs=[json.dumps(fields, default=str)])
 
 
@@ -269,15 +279,18 @@ class Spine:
 def build_spine(spec: PhantomSpec) -> Spine:
     """Lay out the vertebrae and discs of ``spec`` along the lordotic arc."""
     rng = np.random.default_rng(spec.seed)
-    names = (["T12"] if spec.top == "T12" else []) + list(LUMBAR)
-    heights = {"T12": 23.0, "L1": 25.0, "L2": 26.0, "L3": 27.0, "L4": 27.0, "L5": 26.0}
+    lumbar = (*LUMBAR, "L6")[: spec.lumbar]
+    names = (["T12"] if spec.top == "T12" else []) + list(lumbar)
+    heights = {"T12": 23.0, "L1": 25.0, "L2": 26.0, "L3": 27.0, "L4": 27.0, "L5": 26.0, "L6": 26.0}
     normal_disc = {
         "T12-L1": 7.0,
         "L1-L2": 8.5,
         "L2-L3": 9.5,
         "L3-L4": 10.5,
         "L4-L5": 11.0,
+        "L5-L6": 10.5,
         "L5-S1": 10.0,
+        "L6-S1": 10.0,
     }
     jitter = rng.uniform(-0.6, 0.6, size=8)
     operated = spec.stenosis_levels if (spec.postop and spec.stenosis != "none") else ()
@@ -298,7 +311,7 @@ def build_spine(spec: PhantomSpec) -> Spine:
         discs.append(Disc(level, s, s + disc, degenerated=stenotic, cage=level in operated))
         height = heights[name] + 0.5 * jitter[n + 1]
         centre = s + disc + height / 2
-        rank = ("T12", *LUMBAR).index(name)
+        rank = min(("T12", *LUMBAR, "L6").index(name), 5)
         a = 14.0 + 0.8 * rank
         ped_h = 14.5 + 0.4 * rank + 0.5 * jitter[n]
         vertebrae.append(
@@ -414,6 +427,21 @@ def _ellipsoid(
             axes[1],
             axes[2],
         )
+
+    return sdf
+
+
+def _capsule(
+    a: tuple[float, float, float], b: tuple[float, float, float], radius: float
+) -> Callable[..., FloatArray]:
+    """A tube of ``radius`` round the segment from ``a`` to ``b`` (s, p, l)."""
+    pa, pb = np.array(a), np.array(b)
+    ab = pb - pa
+
+    def sdf(s: FloatArray, p: FloatArray, l_: FloatArray, stretch: FloatArray) -> FloatArray:
+        q = np.stack([s, p, l_], axis=-1) - pa
+        t = np.clip((q @ ab) / float(ab @ ab), 0.0, 1.0)
+        return np.linalg.norm(q - t[..., None] * ab, axis=-1) - radius
 
     return sdf
 
@@ -551,6 +579,16 @@ def shapes(spine: Spine, spec: PhantomSpec) -> list[Shape]:
                     ),
                     cortex=1.0,
                 )
+            )
+    if spec.ribs:
+        # T12's floating ribs: from the head at the body's back corner, out and down to the
+        # side, a cortical tube.
+        t12 = next(v for v in spine.vertebrae if v.name == "T12")
+        for side in (1, -1):
+            head = (t12.pedicle_s, POSTERIOR_WALL - 4.0, side * (t12.pedicle_l + 8.0))
+            end = (t12.pedicle_s - 22.0, POSTERIOR_WALL - 2.0, side * 72.0)
+            out.append(
+                Shape("cancellous", t12.bottom - 30, t12.top + 5, _capsule(head, end, 4.5), 1.0)
             )
     for d in spine.discs:
         upper_v = next(v for v in spine.vertebrae if d.level.startswith(v.name + "-"))
@@ -1124,6 +1162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=float)
     parser.add_argument("--top", choices=("L1", "T12"), default="L1")
     parser.add_argument("--no-sacrum", action="store_true", help="end the field of view in L5")
+    parser.add_argument("--ribs", action="store_true", help="T12 bears ribs (with --top T12)")
+    parser.add_argument("--lumbar", type=int, choices=(5, 6), default=5)
     parser.add_argument("--stenosis", choices=("none", "foraminal", "central"), default="none")
     parser.add_argument("--levels", default="L4-L5", help="stenotic levels, comma separated")
     parser.add_argument("--severity", type=float, default=0.6)
@@ -1143,6 +1183,8 @@ def main(argv: list[str] | None = None) -> int:
             scoliosis=args.scoliosis,
             noise=args.noise if args.noise is not None else (15.0 if ct else 20.0),
             top=args.top,
+            ribs=args.ribs,
+            lumbar=args.lumbar,
             sacrum_in_view=not args.no_sacrum,
             stenosis=args.stenosis,
             stenosis_levels=tuple(x.strip() for x in args.levels.split(",") if x.strip()),

@@ -31,7 +31,13 @@ from scipy.signal import find_peaks
 from services.common.vocabulary import QuantityName
 from services.imaging.analysis.report import Measurement
 from services.imaging.analysis.sampling import FloatArray, Sampler, edge, resample_world, runs
-from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
+from services.imaging.analysis.spine import (
+    LUMBAR_LEVELS,
+    CentreLine,
+    Disc,
+    find_discs,
+    level_names,
+)
 
 BONE_HU = 150.0
 ENDPLATE_RISE_HU = 60.0  # an endplate (or a body) above a disc, along the spine
@@ -41,6 +47,7 @@ CANAL_HU = 40.0  # CSF in the canal, below fatty marrow
 CANCELLOUS_HU = 150.0  # healthy cancellous bone is denser; below, the bodies are hollow
 DISC_SPAN_MM = 18.0  # endplate to endplate across a disc; a body is taller
 MIN_BODY_MM = 20.0  # two discs are at least a (thin) body apart
+BODY_SPACING_MM = 45.0  # lumbar discs lie 30-45 mm apart along the spine
 PEDICLE_HU = 250.0
 METAL_HU = 2000.0
 METAL_ASYMMETRY_MM = 3.0
@@ -50,6 +57,12 @@ RUN_GAP_MM = 30.0  # a disc (or a missed body) between two detections of one col
 MISSED_DISC_MM = 55.0  # lumbar discs lie 30-45 mm apart
 SCREWED_MM = 30.0  # the line runs on this far through a screwed body at the column's end
 ENCLOSING_MM = 32.0  # a lumbar body's centre is within 30 mm of its cortex
+RIB_HU = 200.0  # a rib's cortex
+COLUMN_HALF_MM = 22.0  # the bodies' half width: beyond it, ribs and transverse processes
+RIB_REACH_MM = 65.0  # a rib runs out this far to the side; a transverse process does not
+RIB_HEAD_MM = 30.0  # a rib's head is this close to the spine's line
+RIB_MIN_CM3 = 0.5  # smaller bits are noise or vessels' calcium
+RIB_MAX_CM3 = 40.0  # a rib (as much as is in view); the iliac wing is several times more
 
 
 class SpineNotFound(ValueError):
@@ -75,6 +88,7 @@ class CtModel:
     hollow: bool = False  # osteoporotic: marrow darker than healthy cancellous bone
     metal: bool = False  # metal within 60 mm of the spine's line (screws, rods, cages)
     missed_disc: bool = False  # two found discs too far apart for none between them
+    transitional: bool = False  # not five lumbar vertebrae between the ribs and the sacrum
 
     def body_heights(self) -> dict[int, list[float]]:
         """Per level index, the heights of the vertebral bodies above and below its disc
@@ -347,12 +361,26 @@ def build_model(image: sitk.Image) -> CtModel:
         low=low,
         filled=filled if hollow else None,
     )
-    if not sacrum:
+    t12_l1 = None if gaps else _lowest_ribs(coarse, line, discs)
+    transitional = False
+    if sacrum and t12_l1 is not None and len(discs) - 1 - t12_l1 != len(LUMBAR_LEVELS):
+        transitional = True
         warnings.append(
-            "sacrum not in the field of view (or not recognised): levels are numbered "
-            "craniocaudally (level_index) and not named"
+            f"transitional anatomy: {len(discs) - 1 - t12_l1} lumbar-type vertebrae between "
+            "the lowest rib-bearing vertebra and the sacrum (five are usual): levels are "
+            "named from the sacrum, every value to be checked"
         )
-    names = level_names(len(discs), sacrum and not gaps)
+    elif not sacrum and t12_l1 is not None and not gaps:
+        warnings.append(
+            "sacrum not in the field of view (or not recognised): levels are named from the "
+            "lowest rib-bearing vertebra (T12), which assumes five lumbar vertebrae"
+        )
+    elif not sacrum:
+        warnings.append(
+            "sacrum not in the field of view (or not recognised), nor ribs: levels are "
+            "numbered craniocaudally (level_index) and not named"
+        )
+    names = level_names(len(discs), sacrum and not gaps, t12_l1)
     levels = []
     bounds = [line.z_max] + [d.z for d in discs] + [line.z_min]
     index = 0
@@ -369,7 +397,7 @@ def build_model(image: sitk.Image) -> CtModel:
             continue
         levels.append(Level(name, index, disc, upper, lower, position=n))
         index += 1
-    return CtModel(line, levels, sacrum, warnings, hollow, metal_seen, bool(gaps))
+    return CtModel(line, levels, sacrum, warnings, hollow, metal_seen, bool(gaps), transitional)
 
 
 def _through_screws(line: CentreLine, screwed: FloatArray) -> CentreLine:
@@ -384,6 +412,58 @@ def _through_screws(line: CentreLine, screwed: FloatArray) -> CentreLine:
         if z_max < z <= z_max + COARSE_MM * 2.5 and z - line.z_max <= SCREWED_MM:
             z_max = float(z)
     return replace(line, z_min=z_min, z_max=z_max)
+
+
+def _lowest_ribs(coarse: sitk.Image, line: CentreLine, discs: list[Disc]) -> int | None:
+    """The index of the disc below the lowest rib-bearing vertebra (T12-L1), or None.
+
+    A rib is a thin bone (under :data:`RIB_MAX_CM3` in view) beside the spine's column
+    (beyond :data:`COLUMN_HALF_MM` of its line, where the transverse processes are cut
+    off from their vertebra too) that reaches :data:`RIB_REACH_MM` out to the side and
+    whose head comes within :data:`RIB_HEAD_MM` of the line, level with or behind the
+    body's centre. The vertebra holding the lowest head bears the lowest ribs. A lumbar
+    transverse process is not as long; the iliac wing is a plate far larger than a rib.
+    """
+    array = sitk.GetArrayViewFromImage(coarse)
+    origin = np.array(coarse.GetOrigin())
+    spacing = np.array(coarse.GetSpacing())
+    zk = origin[2] + np.arange(array.shape[0]) * spacing[2]
+    xi = origin[0] + np.arange(array.shape[2]) * spacing[0]
+    yj = origin[1] + np.arange(array.shape[1]) * spacing[1]
+    inside = (zk >= line.z_min) & (zk <= line.z_max)
+    lat = np.abs(xi[None, :] - line.x(zk)[:, None])  # (k, i)
+    beside = (lat >= COLUMN_HALF_MM) & inside[:, None]
+    cut = (np.asarray(array) > RIB_HU) & beside[:, None, :]
+    labels, n = ndimage.label(cut, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return None
+    voxel_cm3 = float(np.prod(spacing)) / 1000.0
+    sizes = np.bincount(labels.ravel())[1:] * voxel_cm3
+    heads = []
+    for c, box in enumerate(ndimage.find_objects(labels)):
+        if box is None or not RIB_MIN_CM3 <= sizes[c] <= RIB_MAX_CM3:
+            continue
+        k, j, i = np.nonzero(labels[box] == c + 1)
+        k, j, i = k + box[0].start, j + box[1].start, i + box[2].start
+        x, y, z = xi[i], yj[j], zk[k]
+        dx, dy = x - line.x(z), y - line.y(z)
+        if np.abs(dx).max() < RIB_REACH_MM:
+            continue
+        near = int(np.argmin(np.hypot(dx, dy)))
+        # (posterior is +y in LPS; the head articulates at the body's back and the
+        # transverse process, never in front of the body's centre)
+        if np.hypot(dx[near], dy[near]) <= RIB_HEAD_MM and dy[near] >= -5.0:
+            heads.append(float(z[near]))
+    # (below the lowest disc lie the sacrum's alae and the pelvis, not ribs)
+    heads = [z for z in heads if z > discs[-1].z]
+    if not heads:
+        return None
+    lowest = min(heads)
+    tops = [d.z + BODY_SPACING_MM for d in discs[:1]] + [d.z for d in discs[:-1]]
+    for n, (disc, top) in enumerate(zip(discs, tops, strict=True)):
+        if disc.z <= lowest < top:
+            return n
+    return None  # too far above the top disc to tell which vertebra bears it
 
 
 def _metal_at(z: FloatArray, clear: FloatArray, disc: Disc) -> bool:
@@ -444,7 +524,9 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
     disc and a body look alike; only the endplates tell them apart. Each pair of
     neighbouring endplate peaks at most :data:`DISC_SPAN_MM` apart, with the filled-bone
     profile empty between them (no cortical shell: not a body's section), bounds a disc;
-    its extent runs to where the HU have risen halfway to each endplate.
+    its extent runs to where the HU have risen halfway to each endplate. A fainter pair
+    (half the rise: thick slices blur thin endplates) counts only where it lies one body's
+    spacing (:data:`MIN_BODY_MM` to :data:`BODY_SPACING_MM`) from a disc found by a full rise.
     """
     smooth = ndimage.gaussian_filter1d(raw, 1.0)
     peaks, _ = find_peaks(smooth, prominence=ENDPLATE_RISE_HU / 2)
@@ -452,6 +534,7 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
     if full <= 0.0:  # no body's shell anywhere: nothing tells a disc from a body
         return []
     found: list[tuple[float, Disc]] = []
+    faint: list[tuple[float, Disc]] = []
     for a, b in itertools.pairwise(peaks):
         if z[b] - z[a] > DISC_SPAN_MM:
             continue
@@ -460,20 +543,31 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
         # A tilted disc (L5-S1) crosses the bodies' edges in the section at its middle: the
         # emptiest section within 2 mm counts.
         empty = float(np.min(filled[max(i - 2, 0) : i + 3]))
-        if min(smooth[a], smooth[b]) - dip < ENDPLATE_RISE_HU or empty > 0.5 * full:
+        rise = min(smooth[a], smooth[b]) - dip
+        if rise < ENDPLATE_RISE_HU / 2 or empty > 0.5 * full:
             continue
         lo, hi = i, i
         while lo > a and smooth[lo - 1] < (dip + smooth[a]) / 2:
             lo -= 1
         while hi < b and smooth[hi + 1] < (dip + smooth[b]) / 2:
             hi += 1
-        found.append((empty, Disc(z=float(z[i]), z_low=float(z[lo]), z_high=float(z[hi]))))
+        disc = Disc(z=float(z[i]), z_low=float(z[lo]), z_high=float(z[hi]))
+        (found if rise >= ENDPLATE_RISE_HU else faint).append((empty, disc))
     # Two dips closer than a body is tall are not both discs (the blooming round a screw
     # rises like an endplate, and a dark band beside it dips like a disc): the emptier
     # section (no shell) is the disc.
     discs: list[Disc] = []
     for _, disc in sorted(found, key=lambda f: f[0]):
         if all(abs(disc.z - d.z) >= MIN_BODY_MM for d in discs):
+            discs.append(disc)
+    strong = list(discs)
+    for _, disc in sorted(faint, key=lambda f: f[0]):
+        spacing = [abs(disc.z - d.z) for d in strong]
+        if (
+            spacing
+            and min(spacing) <= BODY_SPACING_MM
+            and all(abs(disc.z - d.z) >= MIN_BODY_MM for d in discs)
+        ):
             discs.append(disc)
     return sorted(discs, key=lambda d: -d.z)
 
@@ -816,6 +910,13 @@ def measure(image: sitk.Image, series_uid: str) -> tuple[CtModel, list[Measureme
                 m.review(
                     f"{m.value:.1f} mm measured, but a disc may have been missed along the "
                     "spine: the level is uncertain"
+                )
+    if model.transitional:
+        for m in out:
+            if m.value is not None:
+                m.review(
+                    f"{m.value:.1f} mm measured at a level named from the sacrum in a "
+                    "transitional spine (not five lumbar vertebrae): the level is to be confirmed"
                 )
     if model.hollow and model.metal:
         # Between hollow bodies only the endplates mark a disc, and a screw's streaks make

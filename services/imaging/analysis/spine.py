@@ -5,8 +5,9 @@ detections (vertebral body centres on CT, dural sac centroids on MR) in patient
 coordinates; its tangent is the spine's local craniocaudal axis, so lordosis tilts every
 measurement with the spine and never with the scanner's z axis.
 
-Levels are counted from the sacrum; when no sacrum is seen they keep ``level = None`` and
-only their craniocaudal ``level_index`` (0 = most cranial), with a warning.
+Levels are counted from the sacrum, else (CT) from the lowest rib-bearing vertebra (T12);
+when neither is seen they keep ``level = None`` and only their craniocaudal
+``level_index`` (0 = most cranial), with a warning.
 """
 
 from __future__ import annotations
@@ -129,15 +130,24 @@ def _cross(z: FloatArray, s: FloatArray, a: int, b: int, level: float) -> float:
     return float(z[a] + np.clip(f, 0, 1) * (z[b] - z[a]))
 
 
-def level_names(discs: int, sacrum: bool) -> list[str | None]:
-    """Names for ``discs`` discs (cranial first): counted up from L5-S1 when the sacrum is seen.
+def level_names(discs: int, sacrum: bool, t12_l1: int | None = None) -> list[str | None]:
+    """Names for ``discs`` discs (cranial first): counted up from L5-S1 when the sacrum is
+    seen, else down from T12-L1 (the disc at index ``t12_l1``, below the lowest rib-bearing
+    vertebra) when it is known; otherwise none.
 
-    Discs above L1-L2 (T12-L1 and higher) get the name ``"T"`` so callers can leave them out.
+    Discs above L1-L2 (T12-L1 and higher) get the name ``"T"`` so callers can leave them out;
+    counted from T12, discs beyond L5-S1 get none.
     """
-    if not sacrum:
-        return [None] * discs
     names: list[str | None] = []
     for n in range(discs):
-        from_bottom = discs - 1 - n
-        names.append(LUMBAR_LEVELS[-1 - from_bottom] if from_bottom < len(LUMBAR_LEVELS) else "T")
+        if sacrum:
+            from_bottom = discs - 1 - n
+            names.append(
+                LUMBAR_LEVELS[-1 - from_bottom] if from_bottom < len(LUMBAR_LEVELS) else "T"
+            )
+        elif t12_l1 is not None:
+            below = n - t12_l1 - 1  # 0 = L1-L2
+            names.append("T" if below < 0 else LUMBAR_LEVELS[below] if below < 5 else None)
+        else:
+            names.append(None)
     return names

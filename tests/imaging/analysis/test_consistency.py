@@ -18,15 +18,17 @@ def _m(quantity: str, index: int, side: str | None, value: float) -> Measurement
     return Measurement(quantity, None, index, side, value, "1.2.3")
 
 
-def test_the_real_abdominal_ct_follows_its_column_and_names_nothing_by_guess() -> None:
+def test_the_real_abdominal_ct_follows_its_column_and_names_its_levels_from_t12() -> None:
     """TotalSegmentator's abdominal CT (3 mm voxels, T12 to the coccyx). Before the hollow-
     body detector its raw values held a 22.7 / 9.2 mm left/right pair and a 19.2 mm disc
     between 5.7 and 8.7 mm ones, each plausible alone (the hand-made cases below keep those
     numbers), on a centre line the femoral heads bent by 18 mm. Now the column is followed
-    and its five lumbar discs are found between their endplates, about 35 mm apart; its
-    sacrum, whose tilted sections are not detected as bodies, is not recognised, so the
-    levels are numbered and not named; the foraminal heights, on the faint pedicles of its
-    dark marrow, are never ``ok``."""
+    and its six discs are found between their endplates, about 35 mm apart (T12-L1's thin
+    endplates, blurred by the 3 mm voxels, by its spacing from L1-L2); its sacrum, whose
+    tilted sections are not detected as bodies, is not recognised, but the lowest ribs are:
+    the vertebra whose ribs' heads lie beside it is T12, and the levels are named down from
+    it, L1-L2 to L5-S1 (T12-L1 left out), with a warning saying so; the foraminal heights,
+    on the faint pedicles of its dark marrow, are never ``ok``."""
     image = sitk.ReadImage(str(DATA / "totalsegmentator-ct" / "ts_example_ct.nii.gz"))
     model, measurements = ct.measure(sitk.Cast(image, sitk.sitkFloat32), "1.2.3")
     consistency.check(
@@ -34,14 +36,17 @@ def test_the_real_abdominal_ct_follows_its_column_and_names_nothing_by_guess() -
     )
     assert model.centre.residual < consistency.UNRELIABLE_LINE_MM
     assert model.hollow and not model.sacrum and not model.missed_disc
-    assert any("sacrum" in w for w in model.warnings)
-    assert [lv.name for lv in model.levels] == [None] * 5
+    assert not model.transitional
+    assert any("rib-bearing vertebra (T12)" in w for w in model.warnings)
+    assert [lv.name for lv in model.levels] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    assert [lv.position for lv in model.levels] == [1, 2, 3, 4, 5]  # T12-L1 found, left out
     spacing = np.diff([lv.disc.z for lv in model.levels])
     assert np.all((spacing > -45.0) & (spacing < -30.0)), spacing
     heights = [m for m in measurements if m.quantity == "foraminal_height"]
     assert heights and all(m.status == "needs_review" and m.reason for m in heights)
     discs = [m for m in measurements if m.quantity == "disc_height"]
     assert len(discs) == 5 and all(m.value is not None and 6 <= m.value <= 14 for m in discs)
+    assert [m.level for m in discs] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
 
 
 def test_left_and_right_that_cannot_both_be_right() -> None:

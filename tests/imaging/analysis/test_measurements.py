@@ -92,6 +92,56 @@ def test_ct_without_sacrum_numbers_levels_and_warns() -> None:
     assert sorted({m.level_index for m in result}) == [0, 1, 2, 3]
 
 
+def test_ct_without_sacrum_names_levels_from_the_ribs_of_t12() -> None:
+    """No sacrum in view, but T12 and its ribs are (an oblique, noisy, flatter spine at
+    1.5 mm, other choices than the tuned phantoms): the levels are named down from T12, the
+    values are those of the ground truth, and a warning says the naming assumes five lumbar
+    vertebrae. Without the ribs the same spine keeps its levels unnamed."""
+    kw: dict[str, Any] = {
+        "modality": "CT",
+        "top": "T12",
+        "sacrum_in_view": False,
+        "orientation": "oblique",
+        "lordosis": 25.0,
+        "noise": 30.0,
+        "pixel_spacing": 1.5,
+        "slice_spacing": 1.5,
+        "seed": 8,
+    }
+    spec = PhantomSpec(ribs=True, **kw)
+    image, spine = render(spec)
+    model, result = ct.measure(image, "1.2.3")
+    assert not model.sacrum and not model.transitional
+    assert any("rib-bearing vertebra (T12)" in w for w in model.warnings)
+    assert [lv.name for lv in model.levels] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5"]
+    pairs = _match(result, ground_truth(spine, spec, "1.2.3"))
+    assert len(pairs) >= 10
+    assert max(abs(a - b) for a, b, _ in pairs) < 1.5, pairs
+    bare, _ = render(PhantomSpec(**kw))
+    model, result = ct.measure(bare, "1.2.3")
+    assert {m.level for m in result} == {None}
+    assert any("nor ribs" in w for w in model.warnings)
+
+
+def test_six_lumbar_vertebrae_are_flagged_as_transitional() -> None:
+    """T12 with its ribs, six lumbar vertebrae and the sacrum: counted from the sacrum and
+    from the ribs the names disagree. The levels are named from the sacrum, the anatomy is
+    said to be transitional and no value is trusted (the level must be confirmed); the same
+    spine with five lumbar vertebrae is not flagged."""
+    spec = PhantomSpec(modality="CT", top="T12", ribs=True, lumbar=6, seed=9)
+    image, _ = render(spec)
+    model, result = ct.measure(image, "1.2.3")
+    assert model.sacrum and model.transitional
+    assert any("6 lumbar-type vertebrae" in w for w in model.warnings)
+    assert [lv.name for lv in model.levels][-1] == "L5-S1"  # counted from the sacrum
+    assert result and all(m.status == "needs_review" for m in result if m.value is not None)
+    assert any("transitional" in (m.reason or "") for m in result)
+    normal, _ = render(PhantomSpec(modality="CT", top="T12", ribs=True, seed=9))
+    model, result = ct.measure(normal, "1.2.3")
+    assert model.sacrum and not model.transitional
+    assert [lv.name for lv in model.levels] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+
+
 @pytest.mark.parametrize(("postop", "scoliosis"), [(False, 0.0), (True, 0.0), (False, 20.0)])
 def test_mr_dural_sac_matches_the_phantom(postop: bool, scoliosis: float) -> None:
     spec = PhantomSpec(
