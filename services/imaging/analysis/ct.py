@@ -904,27 +904,28 @@ def measure(image: sitk.Image, series_uid: str) -> tuple[CtModel, list[Measureme
                         f"{m.value:.1f} mm measured on faint pedicle edges, to be checked"
                     )
         out += [left, right]
-    if model.missed_disc:
+    # Whole-model doubts: every value is measured, none can be trusted. (In hollow bodies
+    # only the endplates mark a disc, and a screw's streaks make bright bands as an endplate
+    # does.)
+    doubts = [
+        (
+            model.missed_disc,
+            "{:.1f} mm measured, but a disc may have been missed along the "
+            "spine: the level is uncertain",
+        ),
+        (
+            model.transitional,
+            "{:.1f} mm measured at a level named from the sacrum in a "
+            "transitional spine (not five lumbar vertebrae): the level is to be confirmed",
+        ),
+        (
+            model.hollow and model.metal,
+            "osteoporotic bone with metal: {:.1f} mm measured "
+            "where the streaks may have been taken for an endplate, to be checked",
+        ),
+    ]
+    for doubt, reason in doubts:
         for m in out:
-            if m.value is not None:
-                m.review(
-                    f"{m.value:.1f} mm measured, but a disc may have been missed along the "
-                    "spine: the level is uncertain"
-                )
-    if model.transitional:
-        for m in out:
-            if m.value is not None:
-                m.review(
-                    f"{m.value:.1f} mm measured at a level named from the sacrum in a "
-                    "transitional spine (not five lumbar vertebrae): the level is to be confirmed"
-                )
-    if model.hollow and model.metal:
-        # Between hollow bodies only the endplates mark a disc, and a screw's streaks make
-        # bright bands as an endplate does: no disc found here can be trusted.
-        for m in out:
-            if m.value is not None:
-                m.review(
-                    f"osteoporotic bone with metal: {m.value:.1f} mm measured where the "
-                    "streaks may have been taken for an endplate, to be checked"
-                )
+            if doubt and m.value is not None:
+                m.review(reason.format(m.value))
     return model, out
