@@ -47,11 +47,11 @@ CANAL_HU = 40.0  # CSF in the canal, below fatty marrow
 CANCELLOUS_HU = 150.0  # healthy cancellous bone is denser; below, the bodies are hollow
 DISC_SPAN_MM = 18.0  # endplate to endplate across a disc; a body is taller
 MIN_BODY_MM = 20.0  # two discs are at least a (thin) body apart
-BODY_SPACING_MM = 45.0  # lumbar discs lie 30-45 mm apart along the spine
 PEDICLE_HU = 250.0
 METAL_HU = 2000.0
 METAL_ASYMMETRY_MM = 3.0
-IN_FRONT_MM = 5.0  # metal this far in front of a detection's circle: the canal behind screws
+IN_FRONT_MM = 30.0  # screws within this of a detection's circle, in front: the canal's
+SCREW_SLAB_MM = 6.0  # a screwed body's sections reach this far beyond its screws
 COARSE_MM = 2.0
 RUN_GAP_MM = 30.0  # a disc (or a missed body) between two detections of one column
 MISSED_DISC_MM = 55.0  # lumbar discs lie 30-45 mm apart
@@ -62,7 +62,10 @@ COLUMN_HALF_MM = 22.0  # the bodies' half width: beyond it, ribs and transverse 
 RIB_REACH_MM = 65.0  # a rib runs out this far to the side; a transverse process does not
 RIB_HEAD_MM = 30.0  # a rib's head is this close to the spine's line
 RIB_MIN_CM3 = 0.5  # smaller bits are noise or vessels' calcium
-RIB_MAX_CM3 = 40.0  # a rib (as much as is in view); the iliac wing is several times more
+RIB_MAX_CM3 = 40.0  # a rib (as much as is in view); a whole iliac wing is more
+RIB_END_MM = 4.0  # a bone this close to the searched slab's ends may run on beyond them
+RIB_FALL_MM = 4.0  # a rib's lateral end lies at least this much lower than its head
+RIB_ABOVE_MM = 30.0  # a head above the top disc lies in the vertebra just above it
 
 
 class SpineNotFound(ValueError):
@@ -89,6 +92,7 @@ class CtModel:
     metal: bool = False  # metal within 60 mm of the spine's line (screws, rods, cages)
     missed_disc: bool = False  # two found discs too far apart for none between them
     transitional: bool = False  # not five lumbar vertebrae between the ribs and the sacrum
+    from_ribs: bool = False  # named down from T12's ribs, the sacrum not seen
 
     def body_heights(self) -> dict[int, list[float]]:
         """Per level index, the heights of the vertebral bodies above and below its disc
@@ -104,6 +108,10 @@ class CtModel:
                 heights.append(level.disc.z_low - below.disc.z_high)
             out[level.index] = [h for h in heights if h > 0]
         return out
+
+
+IN_PLANE = np.zeros((3, 3, 3), dtype=bool)  # the 2-D cross, for slice-by-slice morphology
+IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 
 def solid_bone(array: FloatArray, threshold: float = BONE_HU) -> FloatArray:
@@ -139,19 +147,43 @@ def bone_parts(
     if metal is not None and metal.any():
         # In-plane: the blooming spreads across the slice; a section above or below the
         # screw keeps its bone.
-        plane = ndimage.generate_binary_structure(3, 1)
-        plane[0] = plane[2] = False
-        bone &= ~ndimage.binary_dilation(metal, structure=plane, iterations=3)
-    ring = np.stack([ndimage.binary_closing(sl, iterations=2) for sl in bone])
-    closed = np.stack([ndimage.binary_fill_holes(sl) for sl in ring])
+        bone &= ~ndimage.binary_dilation(metal, structure=IN_PLANE, iterations=3)
+    ring = _closing_in_plane(bone)
+    closed = _fill_holes_in_plane(ring)
     hollow = _enclosed(ring, round(ENCLOSING_MM / COARSE_MM)) & ~ring
     # Rays slip between the grains of a dotted cortex, and noise leaves bright grains in
     # dark marrow: the pinholes either way are filled.
-    hollow = np.stack([ndimage.binary_fill_holes(sl) for sl in hollow])
+    hollow = _fill_holes_in_plane(hollow)
     return (
         ndimage.binary_opening(closed, iterations=1),
         ndimage.binary_opening(hollow, iterations=1),
     )
+
+
+_DIAMOND = [(dj, di) for dj in range(-2, 3) for di in range(-2, 3) if abs(dj) + abs(di) <= 2]
+
+
+def _closing_in_plane(mask: FloatArray) -> FloatArray:
+    """Slice by slice, the closing by the 2-D cross twice (a diamond of radius 2), outside
+    the volume empty: ``ndimage.binary_closing(mask, IN_PLANE, iterations=2)``, 7x faster."""
+    grown = np.zeros_like(mask)
+    for dj, di in _DIAMOND:
+        grown |= _shifted(mask, dj, di)
+    out = np.ones_like(mask)
+    for dj, di in _DIAMOND:
+        out &= _shifted(grown, dj, di)
+    return out
+
+
+def _fill_holes_in_plane(mask: FloatArray) -> FloatArray:
+    """Slice by slice, the background not connected to the slice's edge filled:
+    ``ndimage.binary_fill_holes(mask, IN_PLANE)``, 2-3x faster."""
+    labels, n = ndimage.label(~mask, structure=IN_PLANE)
+    edge = np.zeros(n + 1, dtype=bool)
+    for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        edge[np.unique(face)] = True
+    edge[0] = True  # (label 0 is the mask itself)
+    return np.asarray(mask | ~edge[labels])
 
 
 def _enclosed(bone: FloatArray, reach: int) -> FloatArray:
@@ -185,8 +217,8 @@ def _shifted(mask: FloatArray, dj: int, di: int) -> FloatArray:
 
 def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Per axial slice of an axis-aligned volume: z, (x, y) of the body centre, inscribed
-    radius; and the z of the slices whose detection metal bounded or crossed (screws in the
-    body)."""
+    radius; and the z of the slices whose detection metal bounded or crossed, or that had a
+    pair of screws just in front (the canal behind a screwed body)."""
     array = sitk.GetArrayViewFromImage(coarse)
     spacing = np.array(coarse.GetSpacing())
     origin = np.array(coarse.GetOrigin())
@@ -205,9 +237,9 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
     half = int(40 / spacing[0])
     metal_rows = [np.nonzero(sl)[0] for sl in metal]
     metal_cols = [np.nonzero(sl)[1] for sl in metal]
-    # Screws within 6 mm along the axis (a body's section just beyond its screws).
-    nearby = ndimage.maximum_filter1d(metal, 2 * round(6.0 / spacing[2]) + 1, axis=0)
-    nearby_rows = [np.nonzero(sl)[0] for sl in nearby]
+    # Metal within SCREW_SLAB_MM along the axis (a body's section just beyond its screws).
+    nearby = ndimage.maximum_filter1d(metal, 2 * round(SCREW_SLAB_MM / spacing[2]) + 1, axis=0)
+    nearby_at = [np.nonzero(sl) for sl in nearby]
     zs, centres, radii, screwed = [], [], [], []
     for k in range(array.shape[0]):
         if bone[k].sum() < 20:
@@ -232,12 +264,16 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
             if reach.min() < r + 5.0:
                 screwed.append(origin[2] + k * spacing[2])
                 continue
-        if nearby_rows[k].size:
-            # Nor is a section with screws in front of it, in its slice or within 6 mm:
-            # the canal behind a body that the screws have taken (a body has nothing but
-            # soft tissue in front of it).
-            behind = (nearby_rows[k] - j) * spacing[1]
-            if np.any(behind < -r - IN_FRONT_MM):
+        rows, cols = nearby_at[k]
+        if rows.size:
+            # Nor is a section with a pair of screws just in front of it, left and right,
+            # in its slice or within SCREW_SLAB_MM: the canal behind a body the screws have
+            # taken. (A stent or a clip in front of a body is one piece, farther away.)
+            behind = (rows - j) * spacing[1]
+            across = (cols - (i + lo)) * spacing[0]
+            front = (behind < -r) & (np.hypot(behind, across) < r + IN_FRONT_MM)
+            front &= np.abs(across) < IN_FRONT_MM
+            if np.any(front & (across < 0)) and np.any(front & (across > 0)):
                 screwed.append(origin[2] + k * spacing[2])
                 continue
         zs.append(origin[2] + k * spacing[2])
@@ -370,15 +406,16 @@ def build_model(image: sitk.Image) -> CtModel:
             "the lowest rib-bearing vertebra and the sacrum (five are usual): levels are "
             "named from the sacrum, every value to be checked"
         )
-    elif not sacrum and t12_l1 is not None and not gaps:
+    elif not sacrum and t12_l1 is not None:
         warnings.append(
             "sacrum not in the field of view (or not recognised): levels are named from the "
-            "lowest rib-bearing vertebra (T12), which assumes five lumbar vertebrae"
+            "lowest rib-bearing vertebra (T12), which assumes five lumbar vertebrae (one "
+            "person in ten has not): every value to be checked"
         )
-    elif not sacrum:
+    elif not sacrum and not gaps:
         warnings.append(
-            "sacrum not in the field of view (or not recognised), nor ribs: levels are "
-            "numbered craniocaudally (level_index) and not named"
+            "sacrum not in the field of view (or not recognised), nor the heads of the "
+            "lowest ribs: levels are numbered craniocaudally (level_index) and not named"
         )
     names = level_names(len(discs), sacrum and not gaps, t12_l1)
     levels = []
@@ -397,7 +434,10 @@ def build_model(image: sitk.Image) -> CtModel:
             continue
         levels.append(Level(name, index, disc, upper, lower, position=n))
         index += 1
-    return CtModel(line, levels, sacrum, warnings, hollow, metal_seen, bool(gaps), transitional)
+    from_ribs = not sacrum and t12_l1 is not None
+    return CtModel(
+        line, levels, sacrum, warnings, hollow, metal_seen, bool(gaps), transitional, from_ribs
+    )
 
 
 def _through_screws(line: CentreLine, screwed: FloatArray) -> CentreLine:
@@ -417,12 +457,17 @@ def _through_screws(line: CentreLine, screwed: FloatArray) -> CentreLine:
 def _lowest_ribs(coarse: sitk.Image, line: CentreLine, discs: list[Disc]) -> int | None:
     """The index of the disc below the lowest rib-bearing vertebra (T12-L1), or None.
 
-    A rib is a thin bone (under :data:`RIB_MAX_CM3` in view) beside the spine's column
-    (beyond :data:`COLUMN_HALF_MM` of its line, where the transverse processes are cut
-    off from their vertebra too) that reaches :data:`RIB_REACH_MM` out to the side and
-    whose head comes within :data:`RIB_HEAD_MM` of the line, level with or behind the
-    body's centre. The vertebra holding the lowest head bears the lowest ribs. A lumbar
-    transverse process is not as long; the iliac wing is a plate far larger than a rib.
+    A rib is a thin bone (:data:`RIB_MIN_CM3` to :data:`RIB_MAX_CM3` in view) beside the
+    spine's column (beyond :data:`COLUMN_HALF_MM` of its line, where the transverse
+    processes are cut off from their vertebra too) that reaches :data:`RIB_REACH_MM` out to
+    the side, whose head comes within :data:`RIB_HEAD_MM` of the line, no more than 5 mm
+    in front of it, and which falls away from its head: its lateral end lies lower (the
+    iliac wing rises from the sacroiliac joint to its crest; a lumbar transverse process is
+    not as long). A bone cut by the searched slab's ends (the column's lower end, the
+    images' top) may have its head beyond them, so it names nothing. The vertebra holding
+    the lowest head bears the lowest ribs; a head more than :data:`RIB_ABOVE_MM` above the
+    top disc found lies in a vertebra whose disc below was not found, and names nothing
+    either.
     """
     array = sitk.GetArrayViewFromImage(coarse)
     origin = np.array(coarse.GetOrigin())
@@ -430,7 +475,12 @@ def _lowest_ribs(coarse: sitk.Image, line: CentreLine, discs: list[Disc]) -> int
     zk = origin[2] + np.arange(array.shape[0]) * spacing[2]
     xi = origin[0] + np.arange(array.shape[2]) * spacing[0]
     yj = origin[1] + np.arange(array.shape[1]) * spacing[1]
-    inside = (zk >= line.z_min) & (zk <= line.z_max)
+    # From the column's lower end to the top of the images (the line runs on a few mm to
+    # reach the heads of the ribs of a vertebra cut by the field's top edge).
+    inside = zk >= line.z_min
+    if not inside.any():
+        return None
+    ends = (float(zk[inside].min()) + RIB_END_MM, float(zk[inside].max()) - RIB_END_MM)
     lat = np.abs(xi[None, :] - line.x(zk)[:, None])  # (k, i)
     beside = (lat >= COLUMN_HALF_MM) & inside[:, None]
     cut = (np.asarray(array) > RIB_HU) & beside[:, None, :]
@@ -447,23 +497,28 @@ def _lowest_ribs(coarse: sitk.Image, line: CentreLine, discs: list[Disc]) -> int
         k, j, i = k + box[0].start, j + box[1].start, i + box[2].start
         x, y, z = xi[i], yj[j], zk[k]
         dx, dy = x - line.x(z), y - line.y(z)
-        if np.abs(dx).max() < RIB_REACH_MM:
+        reach = np.abs(dx)
+        if reach.max() < RIB_REACH_MM or z.min() < ends[0] or z.max() > ends[1]:
             continue
         near = int(np.argmin(np.hypot(dx, dy)))
-        # (posterior is +y in LPS; the head articulates at the body's back and the
-        # transverse process, never in front of the body's centre)
-        if np.hypot(dx[near], dy[near]) <= RIB_HEAD_MM and dy[near] >= -5.0:
-            heads.append(float(z[near]))
+        head = float(z[near])
+        # (posterior is +y in LPS: the head articulates at the body's back corner and the
+        # transverse process)
+        if np.hypot(dx[near], dy[near]) > RIB_HEAD_MM or dy[near] < -5.0:
+            continue
+        if float(np.mean(z[reach >= RIB_REACH_MM - 10.0])) > head - RIB_FALL_MM:
+            continue
+        heads.append(head)
     # (below the lowest disc lie the sacrum's alae and the pelvis, not ribs)
     heads = [z for z in heads if z > discs[-1].z]
     if not heads:
         return None
     lowest = min(heads)
-    tops = [d.z + BODY_SPACING_MM for d in discs[:1]] + [d.z for d in discs[:-1]]
+    tops = [discs[0].z + RIB_ABOVE_MM] + [d.z for d in discs[:-1]]
     for n, (disc, top) in enumerate(zip(discs, tops, strict=True)):
         if disc.z <= lowest < top:
             return n
-    return None  # too far above the top disc to tell which vertebra bears it
+    return None
 
 
 def _metal_at(z: FloatArray, clear: FloatArray, disc: Disc) -> bool:
@@ -525,8 +580,8 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
     neighbouring endplate peaks at most :data:`DISC_SPAN_MM` apart, with the filled-bone
     profile empty between them (no cortical shell: not a body's section), bounds a disc;
     its extent runs to where the HU have risen halfway to each endplate. A fainter pair
-    (half the rise: thick slices blur thin endplates) counts only where it lies one body's
-    spacing (:data:`MIN_BODY_MM` to :data:`BODY_SPACING_MM`) from a disc found by a full rise.
+    (half the rise: thick slices blur thin endplates) counts only where the spacing of the
+    discs found by a full rise puts one; its height is then to be checked.
     """
     smooth = ndimage.gaussian_filter1d(raw, 1.0)
     peaks, _ = find_peaks(smooth, prominence=ENDPLATE_RISE_HU / 2)
@@ -551,8 +606,9 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
             lo -= 1
         while hi < b and smooth[hi + 1] < (dip + smooth[b]) / 2:
             hi += 1
-        disc = Disc(z=float(z[i]), z_low=float(z[lo]), z_high=float(z[hi]))
-        (found if rise >= ENDPLATE_RISE_HU else faint).append((empty, disc))
+        strong = rise >= ENDPLATE_RISE_HU
+        disc = Disc(z=float(z[i]), z_low=float(z[lo]), z_high=float(z[hi]), faint=not strong)
+        (found if strong else faint).append((empty, disc))
     # Two dips closer than a body is tall are not both discs (the blooming round a screw
     # rises like an endplate, and a dark band beside it dips like a disc): the emptier
     # section (no shell) is the disc.
@@ -560,15 +616,19 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
     for _, disc in sorted(found, key=lambda f: f[0]):
         if all(abs(disc.z - d.z) >= MIN_BODY_MM for d in discs):
             discs.append(disc)
-    strong = list(discs)
-    for _, disc in sorted(faint, key=lambda f: f[0]):
-        spacing = [abs(disc.z - d.z) for d in strong]
-        if (
-            spacing
-            and min(spacing) <= BODY_SPACING_MM
-            and all(abs(disc.z - d.z) >= MIN_BODY_MM for d in discs)
-        ):
-            discs.append(disc)
+    # A faint pair counts where the discs' own rhythm puts a disc: one spacing (within a
+    # quarter) beyond the end of the strong discs, or halfway across a gap of two.
+    zs = sorted(d.z for d in discs)
+    if len(zs) >= 2:
+        rhythm = float(np.median(np.diff(zs)))
+        for _, disc in sorted(faint, key=lambda f: f[0]):
+            above = [d - disc.z for d in zs if d > disc.z]
+            below = [disc.z - d for d in zs if d < disc.z]
+            near = [min(above)] if above else []
+            near += [min(below)] if below else []
+            if all(0.75 * rhythm <= gap <= 1.25 * rhythm for gap in near):
+                discs.append(disc)
+                zs = sorted(d.z for d in discs)
     return sorted(discs, key=lambda d: -d.z)
 
 
@@ -650,6 +710,8 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
         return m
     m.value = (hi - lo) * step
     m.points = [list(centre + s[0] * t + lo * step * t), list(centre + s[0] * t + hi * step * t)]
+    if level.disc.faint:
+        m.review(f"faint endplates (found by the discs' spacing): {m.value:.1f} mm measured")
     # A cage in the disc (titanium, or PEEK with its markers) on any of the lines between
     # the endplates found: its edges may have been taken for theirs.
     between = samples[:, min(int(np.floor(lo)), around.start) : max(int(np.ceil(hi)), around.stop)]
@@ -912,6 +974,11 @@ def measure(image: sitk.Image, series_uid: str) -> tuple[CtModel, list[Measureme
             model.missed_disc,
             "{:.1f} mm measured, but a disc may have been missed along the "
             "spine: the level is uncertain",
+        ),
+        (
+            model.from_ribs,
+            "{:.1f} mm measured at a level named from T12's ribs without the sacrum in view "
+            "(a transitional spine would shift it): the level is to be confirmed",
         ),
         (
             model.transitional,

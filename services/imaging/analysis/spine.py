@@ -71,6 +71,7 @@ class Disc:
     z: float  # where the centre line crosses the disc's middle
     z_low: float  # extent of the disc on the profile
     z_high: float
+    faint: bool = False  # found on faint endplates (by its spacing from the others)
 
     @property
     def middle(self) -> float:
@@ -147,7 +148,9 @@ def level_names(discs: int, sacrum: bool, t12_l1: int | None = None) -> list[str
             )
         elif t12_l1 is not None:
             below = n - t12_l1 - 1  # 0 = L1-L2
-            names.append("T" if below < 0 else LUMBAR_LEVELS[below] if below < 5 else None)
+            names.append(
+                "T" if below < 0 else LUMBAR_LEVELS[below] if below < len(LUMBAR_LEVELS) else None
+            )
         else:
             names.append(None)
     return names

@@ -94,9 +94,10 @@ def test_ct_without_sacrum_numbers_levels_and_warns() -> None:
 
 def test_ct_without_sacrum_names_levels_from_the_ribs_of_t12() -> None:
     """No sacrum in view, but T12 and its ribs are (an oblique, noisy, flatter spine at
-    1.5 mm, other choices than the tuned phantoms): the levels are named down from T12, the
-    values are those of the ground truth, and a warning says the naming assumes five lumbar
-    vertebrae. Without the ribs the same spine keeps its levels unnamed."""
+    1.5 mm, other choices than the tuned phantoms): the levels are named down from T12 and
+    the values are those of the ground truth, but none is trusted: one person in ten has
+    not five lumbar vertebrae, and only the sacrum would tell (the reason says so, with the
+    value). Without the ribs the same spine keeps its levels unnamed."""
     kw: dict[str, Any] = {
         "modality": "CT",
         "top": "T12",
@@ -111,16 +112,28 @@ def test_ct_without_sacrum_names_levels_from_the_ribs_of_t12() -> None:
     spec = PhantomSpec(ribs=True, **kw)
     image, spine = render(spec)
     model, result = ct.measure(image, "1.2.3")
-    assert not model.sacrum and not model.transitional
+    assert not model.sacrum and not model.transitional and model.from_ribs
     assert any("rib-bearing vertebra (T12)" in w for w in model.warnings)
     assert [lv.name for lv in model.levels] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5"]
-    pairs = _match(result, ground_truth(spine, spec, "1.2.3"))
-    assert len(pairs) >= 10
-    assert max(abs(a - b) for a, b, _ in pairs) < 1.5, pairs
+    assert result and all(m.status == "needs_review" for m in result)
+    assert all("T12's ribs" in (m.reason or "") for m in result)
+    expected = {
+        (g["quantity"], g["level_index"], g["side"]): g["value"]
+        for g in ground_truth(spine, spec, "1.2.3")["measurements"]
+    }
+    errors = [
+        abs(
+            float((m.reason or "").split(" mm measured")[0])
+            - expected[(m.quantity, m.level_index, m.side)]
+        )
+        for m in result
+        if (m.reason or "").split(" mm measured")[0].replace(".", "").isdigit()
+    ]
+    assert len(errors) >= 10 and max(errors) < 1.5, errors
     bare, _ = render(PhantomSpec(**kw))
     model, result = ct.measure(bare, "1.2.3")
     assert {m.level for m in result} == {None}
-    assert any("nor ribs" in w for w in model.warnings)
+    assert any("nor the heads of the lowest ribs" in w for w in model.warnings)
 
 
 def test_six_lumbar_vertebrae_are_flagged_as_transitional() -> None:
@@ -297,6 +310,20 @@ def test_ct_values_are_not_trusted_where_the_model_cannot_be(
     assert result and all(m.status != "ok" for m in result)
     assert any(reason in (m.reason or "") for m in result)
     assert any(" mm " in (m.reason or "") for m in result)
+
+
+def test_the_fast_in_plane_morphology_equals_scipys() -> None:
+    """The bodies' detector closes and fills slice by slice with its own shifted-array
+    versions (7x and 2-3x faster on a 2 mm CT grid): the same masks as scipy's."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for threshold in (0.5, 0.7, 0.85):
+        mask = rng.random((12, 40, 47)) > threshold
+        closing = ndimage.binary_closing(mask, structure=ct.IN_PLANE, iterations=2)
+        assert np.array_equal(ct._closing_in_plane(mask), closing)
+        filled = ndimage.binary_fill_holes(mask, structure=ct.IN_PLANE)
+        assert np.array_equal(ct._fill_holes_in_plane(mask), filled)
 
 
 def test_a_stray_detection_does_not_split_the_column() -> None:
