@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 
@@ -68,14 +69,17 @@ def load_series(datasets: Sequence[Dataset]) -> Volume:
     shape = {(int(d.Rows), int(d.Columns)) for d in ordered}
     if len(shape) != 1:
         raise VolumeError("slices have different matrix sizes")
-    slices = []
-    for ds in ordered:
-        pixels = ds.pixel_array.astype(np.float32)
+    # One float32 array filled slice by slice (k, j, i); the decoded pixels are not cached
+    # on the data sets (``ds.pixel_array`` would keep a second copy of every slice).
+    rows, columns = shape.pop()
+    array = np.empty((len(ordered), rows, columns), dtype=np.float32)
+    for k, ds in enumerate(ordered):
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        slices.append(pixels * slope + intercept)
-    array = np.stack(slices)  # (k, j, i)
+        np.multiply(pixel_array(ds), slope, out=array[k], casting="unsafe")
+        array[k] += intercept
     image = sitk.GetImageFromArray(array)
+    del array
     row_spacing, col_spacing = (float(v) for v in ordered[0].PixelSpacing)
     # PixelSpacing is (between rows, between columns): i steps by the column spacing.
     image.SetSpacing((col_spacing, row_spacing, step))
