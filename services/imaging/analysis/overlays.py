@@ -193,9 +193,7 @@ def _render(
     vv, uu = np.meshgrid(v, u, indexing="ij")
     pts = origin + uu[..., None] * right + vv[..., None] * down
     values = sampler(pts)
-    outside = np.isnan(values)  # beyond the volume: the darkest value shown
-    if outside.any():
-        values[outside] = float(np.min(values[~outside])) if not outside.all() else 0.0
+    values[np.isnan(values)] = sampler.floor  # beyond the volume: black, as before
     if window is not None:
         lo, hi = window
     elif modality == "CT":

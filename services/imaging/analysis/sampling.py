@@ -10,6 +10,7 @@ the intensities on either side, so no threshold has to be guessed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,6 +34,11 @@ class Sampler:
             spacing=np.array(image.GetSpacing()),
             direction=np.array(image.GetDirection()).reshape(3, 3),
         )
+
+    @cached_property
+    def floor(self) -> float:
+        """The volume's lowest value (what is drawn beyond it), computed once."""
+        return float(np.nanmin(self.array))
 
     def to_index(self, points: FloatArray) -> FloatArray:
         """World points (..., 3) → continuous (i, j, k) indices."""

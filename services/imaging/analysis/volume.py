@@ -76,7 +76,10 @@ def load_series(datasets: Sequence[Dataset]) -> Volume:
     for k, ds in enumerate(ordered):
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        np.multiply(pixel_array(ds), slope, out=array[k], casting="unsafe")
+        pixels = pixel_array(ds)
+        if pixels.shape != (rows, columns):
+            raise VolumeError("an image is not a single-frame greyscale image")
+        np.multiply(pixels, slope, out=array[k], casting="unsafe")
         array[k] += intercept
     image = sitk.GetImageFromArray(array)
     del array
