@@ -37,7 +37,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,8 @@ from tools.demo.registry import export as registry_export
 from tools.demo.report import summary_text
 from tools.demo.send import SendError, c_store, stow
 from tools.phantom import PhantomSpec, write_phantom
+
+SENDERS = 4  # concurrent C-STORE associations / STOW-RS requests into the PACS
 
 
 def _render(spec: PhantomSpec, folder: Path) -> Path:
@@ -208,12 +210,30 @@ class Demo:
             for name, spec in (("pre", pre), ("post", post)):
                 jobs[self.data / "phantoms" / f"{plan.mrn}-{name}"] = (plan, spec)
         _bar(label, 0, len(jobs))
-        with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        # Rendering in processes (one per core); each study sent once ready, by SENDERS
+        # concurrent associations / requests: a PACS ingests several senders at once far
+        # faster than one (Orthanc 1.10: 18 instances/s from one storescu, 67 from four).
+        with (
+            ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool,
+            ThreadPoolExecutor(max_workers=SENDERS) as senders,
+        ):
             futures = [pool.submit(_render, spec, folder) for folder, (_, spec) in jobs.items()]
-            for done, future in enumerate(as_completed(futures), start=1):
+            progress = {"sent": 0}
+            lock = threading.Lock()
+
+            def send(plan: PatientPlan, files: list[Path]) -> None:
+                self._send(plan, files)
+                with lock:
+                    progress["sent"] += 1
+                    _bar(label, progress["sent"], len(jobs))
+
+            sent = []
+            for future in as_completed(futures):
                 folder = future.result()
-                self._send(jobs[folder][0], sorted(folder.glob("*.dcm")))
-                _bar(label, done, len(jobs))
+                files = sorted(folder.glob("*.dcm"))
+                sent.append(senders.submit(send, jobs[folder][0], files))
+            for sending in sent:
+                sending.result()
 
     # -- the retrospective study ------------------------------------------------------
     def import_registry(self, plans: list[PatientPlan]) -> None:
@@ -316,18 +336,37 @@ class Demo:
             time.sleep(1.0)
         raise SystemExit(f"the analyses did not finish in {self.args.timeout} s ({done}/{studies})")
 
-    def results_line(self) -> str:
-        """Where the results went: Observations in the FHIR store, SRs in the PACS."""
+    def _result_counts(self) -> tuple[int, int | None]:
+        """Imaging Observations in the FHIR store; SRs in the PACS (None without one)."""
         fhir = httpx.get(
             f"http://127.0.0.1:{self.outcomes.http_port}/fhir/Observation",
             params={"category": "imaging-metric", "_summary": "count"},
             headers={"Authorization": f"Bearer {self.token('system/*.rs')}"},
             timeout=60,
         ).json()
-        line = f"results: {fhir.get('total', 0)} imaging Observations in the FHIR store"
+        srs = None
         if self.pacs is not None:
-            srs = self.pacs.post("/tools/find", {"Level": "Series", "Query": {"Modality": "SR"}})
-            line += f", {len(srs)} SRs back in the PACS"
+            found = self.pacs.post("/tools/find", {"Level": "Series", "Query": {"Modality": "SR"}})
+            srs = len(found)
+        return int(fhir.get("total", 0)), srs
+
+    def results_line(self, studies: int) -> str:
+        """Where the results went: Observations in the FHIR store, SRs in the PACS — once
+        delivered (the deliveries follow each analysis: an SR per study, the counts steady)."""
+        deadline = time.monotonic() + self.args.timeout
+        last, steady = None, 0
+        while time.monotonic() < deadline:
+            counts = self._result_counts()
+            steady = steady + 1 if counts == last else 0
+            last = counts
+            # (a study whose analysis failed has no SR: five steady seconds end the wait)
+            if steady >= 5 or (steady >= 2 and counts[1] is not None and counts[1] >= studies):
+                break
+            time.sleep(1.0)
+        observations, srs = last if last is not None else (0, None)
+        line = f"results: {observations} imaging Observations in the FHIR store"
+        if srs is not None:
+            line += f", {srs} SRs back in the PACS"
         return line
 
     def simulated_reads(self) -> str:
@@ -417,15 +456,16 @@ class Demo:
             if self.pacs is None:
                 self.post_outcomes(plans)  # the EHR first, as in the hospital
                 self.send_images(plans, "rendering + sending")
-                self.wait_for_analysis(2 * len(plans))
+                studies = 2 * len(plans)
             else:
                 history, new = plans[:-1], _prospective_plan(len(plans) - 1)
                 self.send_images(history, "PACS archive")
                 self.import_registry(history)
                 retrieved = self.retrieve_cohort()
                 self.prospective(new)
-                self.wait_for_analysis(retrieved + 2)
-            print(self.results_line())
+                studies = retrieved + 2
+            self.wait_for_analysis(studies)
+            print(self.results_line(studies))
             self.start(gateway_app(self.gateway), self.gateway.http_port)
             if self.args.simulated_reads:
                 print(self.simulated_reads())
