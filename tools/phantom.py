@@ -84,7 +84,9 @@ class PhantomSpec:
     noise: float = 15.0  # standard deviation, HU for CT, signal units for MR
     top: str = "L1"  # L1 or T12
     ribs: bool = False  # T12 bears a pair of (floating) ribs; needs top="T12"
-    lumbar: int = 5  # lumbar vertebrae: 6 is a transitional spine (an L6 above the sacrum)
+    # Lumbar vertebrae: 6 or 4 make a transitional spine (an L6 above the sacrum, or a
+    # sacralised L5: the sacrum below L4).
+    lumbar: int = 5
     sacrum_in_view: bool = True
     stenosis: str = "none"  # none | foraminal | central
     stenosis_levels: tuple[str, ...] = ("L4-L5",)
@@ -128,8 +130,8 @@ class PhantomSpec:
             raise ValueError(f"top must be L1 or T12, not {self.top!r}")
         if self.ribs and self.top != "T12":
             raise ValueError("ribs are borne by T12: top must be T12")
-        if self.lumbar not in (5, 6):
-            raise ValueError("lumbar is 5 or 6 vertebrae")
+        if self.lumbar not in (4, 5, 6):
+            raise ValueError("lumbar is 4, 5 or 6 vertebrae")
         for level in self.stenosis_levels:
             if level not in LUMBAR_LEVELS:
                 raise ValueError(f"unknown level {level!r}")
@@ -291,6 +293,7 @@ def build_spine(spec: PhantomSpec) -> Spine:
         "L5-L6": 10.5,
         "L5-S1": 10.0,
         "L6-S1": 10.0,
+        "L4-S1": 10.0,
     }
     jitter = rng.uniform(-0.6, 0.6, size=8)
     operated = spec.stenosis_levels if (spec.postop and spec.stenosis != "none") else ()
@@ -751,9 +754,9 @@ def field_of_view(spine: Spine, spec: PhantomSpec) -> tuple[FloatArray, FloatArr
     s_top = top_v.top + 6
     if spec.sacrum_in_view:
         s_bottom = spine.sacrum_top - 70
-    else:  # the field ends inside L5's body: the sacrum is not seen
-        l5 = next(v for v in spine.vertebrae if v.name == "L5")
-        s_bottom = l5.s_centre - 4
+    else:  # the field ends inside the lowest lumbar body (L5): the sacrum is not seen
+        lowest = spine.vertebrae[-1]
+        s_bottom = lowest.s_centre - 4
     s = np.linspace(s_bottom, s_top, 60)
     pts = np.concatenate(
         [spine.to_world(s, np.full_like(s, p), np.zeros_like(s)) for p in (-45.0, 75.0)]
@@ -1163,7 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", choices=("L1", "T12"), default="L1")
     parser.add_argument("--no-sacrum", action="store_true", help="end the field of view in L5")
     parser.add_argument("--ribs", action="store_true", help="T12 bears ribs (with --top T12)")
-    parser.add_argument("--lumbar", type=int, choices=(5, 6), default=5)
+    parser.add_argument("--lumbar", type=int, choices=(4, 5, 6), default=5)
     parser.add_argument("--stenosis", choices=("none", "foraminal", "central"), default="none")
     parser.add_argument("--levels", default="L4-L5", help="stenotic levels, comma separated")
     parser.add_argument("--severity", type=float, default=0.6)

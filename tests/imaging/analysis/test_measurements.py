@@ -136,16 +136,17 @@ def test_ct_without_sacrum_names_levels_from_the_ribs_of_t12() -> None:
     assert any("nor the heads of the lowest ribs" in w for w in model.warnings)
 
 
-def test_six_lumbar_vertebrae_are_flagged_as_transitional() -> None:
-    """T12 with its ribs, six lumbar vertebrae and the sacrum: counted from the sacrum and
-    from the ribs the names disagree. The levels are named from the sacrum, the anatomy is
-    said to be transitional and no value is trusted (the level must be confirmed); the same
-    spine with five lumbar vertebrae is not flagged."""
-    spec = PhantomSpec(modality="CT", top="T12", ribs=True, lumbar=6, seed=9)
+@pytest.mark.parametrize("lumbar", [6, 4])
+def test_a_transitional_spine_is_flagged(lumbar: int) -> None:
+    """T12 with its ribs, six lumbar vertebrae (or a sacralised L5: four) and the sacrum:
+    counted from the sacrum and from the ribs the names disagree. The levels are named from
+    the sacrum, the anatomy is said to be transitional and no value is trusted (the level
+    must be confirmed); the same spine with five lumbar vertebrae is not flagged."""
+    spec = PhantomSpec(modality="CT", top="T12", ribs=True, lumbar=lumbar, seed=9)
     image, _ = render(spec)
     model, result = ct.measure(image, "1.2.3")
     assert model.sacrum and model.transitional
-    assert any("6 lumbar-type vertebrae" in w for w in model.warnings)
+    assert any(f"{lumbar} lumbar-type vertebrae" in w for w in model.warnings)
     assert [lv.name for lv in model.levels][-1] == "L5-S1"  # counted from the sacrum
     assert result and all(m.status == "needs_review" for m in result if m.value is not None)
     assert any("transitional" in (m.reason or "") for m in result)
