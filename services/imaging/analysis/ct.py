@@ -398,11 +398,12 @@ def build_model(image: sitk.Image) -> CtModel:
         filled=filled if hollow else None,
     )
     t12_l1 = None if gaps else _lowest_ribs(coarse, line, discs)
-    transitional = False
-    if sacrum and t12_l1 is not None and len(discs) - 1 - t12_l1 != len(LUMBAR_LEVELS):
-        transitional = True
+    # (a lumbar vertebra for each disc below T12-L1)
+    lumbar = None if t12_l1 is None else len(discs) - 1 - t12_l1
+    transitional = sacrum and lumbar is not None and lumbar != len(LUMBAR_LEVELS)
+    if transitional:
         warnings.append(
-            f"transitional anatomy: {len(discs) - 1 - t12_l1} lumbar-type vertebrae between "
+            f"transitional anatomy: {lumbar} lumbar-type vertebrae between "
             "the lowest rib-bearing vertebra and the sacrum (five are usual): levels are "
             "named from the sacrum, every value to be checked"
         )
@@ -655,11 +656,11 @@ def _is_sacrum(
     if lowest.z_low - z_bottom < 40 or np.any(values[below] < (body + low) / 2):
         return False
 
-    def width(zz: float, behind: tuple[float, ...]) -> float:
+    def width(zz: float) -> float:
         _, left, posterior = line.frame(zz)
         u = np.arange(-90.0, 90.1, 1.0)
         best = 0.0
-        for dv in behind:
+        for dv in (-5.0, 0.0, 5.0, 10.0):  # the body's section, and just behind it
             pts = line.point(zz) + u[:, None] * left + dv * posterior
             bone = sampler(pts, outside=-1024) > BONE_HU
             if filled is not None:  # a hollow body's section is bone too
@@ -669,11 +670,10 @@ def _is_sacrum(
                     best = max(best, float(u[b - 1] - u[a]))
         return best
 
-    body_offsets = (-5.0, 0.0, 5.0, 10.0)
-    sacral = max(width(lowest.z_low - d, body_offsets) for d in (10.0, 15.0, 20.0))
+    sacral = max(width(lowest.z_low - d) for d in (10.0, 15.0, 20.0))
     # The narrowest of three sections of the body above: pedicle screws and rods of a
     # fusion widen the bone run in the section they cross, not in all three.
-    lumbar = min(width(lowest.z_high + d, body_offsets) for d in (8.0, 12.0, 16.0))
+    lumbar = min(width(lowest.z_high + d) for d in (8.0, 12.0, 16.0))
     return lumbar > 0 and sacral >= 2.0 * lumbar
 
 
@@ -708,15 +708,15 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
     if hi > valid[-1] - 1 / step or lo < valid[0] + 1 / step:
         m.review("an endplate is at the edge of the images")
         return m
-    m.value = (hi - lo) * step
+    value = m.value = (hi - lo) * step
     m.points = [list(centre + s[0] * t + lo * step * t), list(centre + s[0] * t + hi * step * t)]
-    if level.disc.faint:
-        m.review(f"faint endplates (found by the discs' spacing): {m.value:.1f} mm measured")
     # A cage in the disc (titanium, or PEEK with its markers) on any of the lines between
     # the endplates found: its edges may have been taken for theirs.
     between = samples[:, min(int(np.floor(lo)), around.start) : max(int(np.ceil(hi)), around.stop)]
     if profile[i0] > METAL_HU or (between.size and np.nanmax(between) > METAL_HU):
-        m.review(f"metal in the disc space ({m.value:.1f} mm measured)")
+        m.review(f"metal in the disc space ({value:.1f} mm measured)")
+    elif level.disc.faint:
+        m.review(f"faint endplates (found by the discs' spacing): {value:.1f} mm measured")
     m.check_plausible()
     return m
 

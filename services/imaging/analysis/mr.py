@@ -43,10 +43,21 @@ class SacNotFound(ValueError):
 class SliceSac:
     k: int
     centroid: FloatArray  # world
-    area: float  # in the slice plane, mm²
+    band: float  # the partial-volume estimate of the area in the slice plane, mm²
+    outline: float  # the area inside the half-level border, mm²
     contour: FloatArray  # world points of the half-level border
-    band: float = 0.0  # the partial-volume estimate, mm² (the area unless it disagrees)
-    outline: float = 0.0  # the area inside the half-level border, mm²
+
+    @property
+    def area(self) -> float:
+        """The sac's area, mm²: of its two estimates, the partial-volume band (unbiased on
+        a sac of normal calibre; the outline reads it 3 % small), unless it exceeds the
+        half-level outline by 8-30 %: round a narrow, flattened sac the band is mostly
+        border, and bright tissue beside it (fat, a bulging disc) adds fractions that are
+        not CSF, so the band reads 10-20 % large where the outline stays within 2 %
+        (phantoms)."""
+        if self.outline > 0 and 1 + OUTLINE_GAP < self.band / self.outline <= 1 + OUTLINE_DOUBT:
+            return self.outline
+        return self.band
 
 
 @dataclass
@@ -215,15 +226,7 @@ def _measure_slice(
     world = origin + direction @ (np.array([ci + i_lo, cj + j_lo, k]) * spacing)
     x, y = ii * spacing[0], jj * spacing[1]
     outline = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-    # Two estimates of one area: the partial-volume band (unbiased on a sac of normal
-    # calibre; the outline reads it 3 % small) and the half-level outline. Round a narrow,
-    # flattened sac the band is mostly border, and bright tissue beside it (fat, a bulging
-    # disc) adds fractions that are not CSF: the band then reads 10-20 % large where the
-    # outline stays within 2 % (phantoms), so the outline is taken.
-    chosen = area
-    if outline > 0 and 1 + OUTLINE_GAP < area / outline <= 1 + OUTLINE_DOUBT:
-        chosen = outline
-    return SliceSac(k=k, centroid=world, area=chosen, contour=contour, band=area, outline=outline)
+    return SliceSac(k=k, centroid=world, band=area, outline=outline, contour=contour)
 
 
 def build_model(image: sitk.Image) -> MrModel:

@@ -10,6 +10,7 @@ import copy
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import SimpleITK as sitk
 
 from services.imaging.analysis import ct, mr
 from services.imaging.analysis.pipeline import analyze_datasets, read_folder
+from services.imaging.analysis.sampling import Sampler
 from services.imaging.analysis.volume import SeriesHeader, write_series
 from tools.hybrid import instrument
 from tools.phantom import PhantomSpec, ground_truth, render, write_phantom
@@ -351,6 +353,22 @@ def test_a_titanium_cage_keeps_its_disc_and_the_names() -> None:
     assert [lv.name for lv in model.levels] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
     caged = next(m for m in result if m.quantity == "disc_height" and m.level == "L4-L5")
     assert caged.status == "needs_review" and "metal" in (caged.reason or "")
+
+
+def test_a_caged_disc_on_faint_endplates_keeps_the_metal_reason() -> None:
+    """A disc found on faint endplates that also holds a titanium cage: one review, the
+    metal's (the first version reviewed it twice and formatted the emptied value)."""
+    spec = PhantomSpec(modality="CT", postop=True, stenosis="foraminal", cage="titanium", seed=3)
+    image, _ = render(spec)
+    model = ct.build_model(image)
+    level = next(lv for lv in model.levels if lv.name == "L4-L5")
+    level.disc = replace(level.disc, faint=True)
+    m = ct.disc_height(Sampler.of(image), model.centre, level, "1.2.3")
+    assert m.status == "needs_review" and "metal in the disc space" in (m.reason or "")
+    other = next(lv for lv in model.levels if lv.name == "L2-L3")
+    other.disc = replace(other.disc, faint=True)
+    m = ct.disc_height(Sampler.of(image), model.centre, other, "1.2.3")
+    assert m.status == "needs_review" and "faint endplates" in (m.reason or "")
 
 
 def test_cli_prints_the_schema_and_fails_cleanly(tmp_path: Path) -> None:
