@@ -23,8 +23,11 @@ series and ``ground_truth.json`` in the CLI's schema.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -1146,6 +1149,38 @@ def write_phantom(spec: PhantomSpec, folder: Path) -> dict[str, Any]:
     truth = ground_truth(spine, spec, series_uid, per_level)
     (folder / "ground_truth.json").write_text(json.dumps(truth, indent=2))
     return truth
+
+
+def _renderer_fingerprint() -> bytes:
+    """The code that decides a phantom's pixels and headers: a change renders again."""
+    digest = hashlib.sha256()
+    for module in (Path(__file__), Path(write_series.__code__.co_filename)):
+        digest.update(module.read_bytes())
+    return digest.digest()
+
+
+def cached_phantom(spec: PhantomSpec, cache: Path) -> Path:
+    """The folder holding ``spec`` rendered (DICOM and ``ground_truth.json``): rendered
+    into ``cache`` once, then reused. A phantom's pixels, study and series are a
+    function of its spec (its UIDs derive from the spec's StudyInstanceUID, its noise
+    from the seed) and of the renderer's code, so both make the key (instance UIDs are
+    drawn at render time: a cached phantom keeps its first rendering's); a render
+    interrupted halfway is never used (it is renamed into place only when complete)."""
+    key = hashlib.sha256(
+        json.dumps(asdict(spec), sort_keys=True, default=str).encode() + _renderer_fingerprint()
+    ).hexdigest()[:32]
+    folder = cache / key
+    if folder.is_dir():
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / f".{key}.{os.getpid()}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    write_phantom(spec, partial)
+    try:
+        partial.rename(folder)
+    except OSError:  # rendered meanwhile by another process: theirs is the same
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:

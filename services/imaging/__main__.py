@@ -1,7 +1,9 @@
 """``python -m services.imaging serve | worker | backfill | retrieve-cohort | analyze PATH``.
 
 ``serve`` runs the HTTP API and the DICOM SCP in one process (and the analysis threads in
-the embedded engine); ``worker`` runs a Celery analysis worker (``IMAGING_QUEUE=celery``);
+the embedded engine), with ``IMAGING_DICOM_PROCESSES - 1`` more SCP processes on its port
+(``scp-helper``, started by ``serve`` only); ``worker`` runs a Celery analysis worker
+(``IMAGING_QUEUE=celery``);
 ``backfill`` analyses a cohort's studies again and reports what changed;
 ``retrieve-cohort`` brings each operated patient's pre- and post-operative studies in from
 the PACS (resumable, paced) and reports per patient; ``analyze``
@@ -117,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     analyze.add_argument("path", type=Path)
     analyze.add_argument("--json", action="store_true", help="print the result as JSON")
     analyze.add_argument("--key-images", type=Path, help="write the key images (PNG) here")
+    sub.add_parser("scp-helper", help="(started by serve) one more SCP process on its port")
     args = parser.parse_args(argv)
+    if args.command == "scp-helper":
+        from services.imaging.intake.scp_pool import run_helper
+
+        return run_helper()
     if args.command == "analyze":
         return _analyze(args)
     if args.command == "backfill":

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.engine import Engine
 
 from services.common.auth import Authenticator, ServiceBearer
@@ -36,8 +35,8 @@ from services.imaging.completion.lifecycle import StudyLifecycle
 from services.imaging.errors import Conflict, PacsNotConfigured
 from services.imaging.intake import pacs
 from services.imaging.intake.cohort import CohortEntry, CohortRetrieval, entries_from_fhir
-from services.imaging.intake.dimse import start_scp
 from services.imaging.intake.priors import PriorFetcher
+from services.imaging.intake.scp_pool import ScpPool
 from services.imaging.intake.store import InstanceStore
 from services.imaging.jobs.queue import AnalysisQueue, QueueEngine, engine_class
 from services.imaging.jobs.runner import AnalysisRunner
@@ -191,7 +190,7 @@ class ImagingRuntime:
     analysis: AnalysisQueue
     sections: Sections
     cohort: CohortRetrieval | None = None
-    scp: ThreadedAssociationServer | None = None
+    scp: ScpPool | None = None
     cohort_run: threading.Thread | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
@@ -204,7 +203,8 @@ class ImagingRuntime:
         sweep = threading.Thread(target=self._sweep, args=(started,), name="store-sweep")
         sweep.daemon = True
         sweep.start()
-        self.scp = start_scp(self.settings, self.store)
+        self.scp = ScpPool(self.settings, self.store)
+        self.scp.start()
         for name, target in (("study-lifecycle", self._lifecycle), ("delivery", self._deliver)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -241,13 +241,14 @@ class ImagingRuntime:
         for thread in self.threads:
             thread.join(timeout=10)
         self.queue_engine.join(timeout=30)
+        self.store.close()
         self.engine.dispose()
 
     def readiness(self) -> dict[str, str]:
         """What the service needs to do its work, each 'ok' or why not."""
         checks = {"database": database_status(self.engine)}
         checks["storage"] = "ok" if os.access(self.store.root, os.W_OK) else "not writable"
-        checks["dicom"] = "ok" if self.scp is not None else "not listening"
+        checks["dicom"] = self.scp.status() if self.scp is not None else "not listening"
         checks.update(self.queue_engine.readiness())
         return checks
 
@@ -283,8 +284,8 @@ class ImagingRuntime:
 
     @property
     def dicom_port(self) -> int:
-        assert self.scp is not None
-        port: int = self.scp.server_address[1]
+        assert self.scp is not None and self.scp.server is not None
+        port: int = self.scp.server.server_address[1]
         return port
 
 

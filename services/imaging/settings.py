@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +12,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.common.auth import AuthSettings
 from services.common.db import sqlite_url_for
 from services.common.fhir import codes
+
+
+def _default_dicom_processes() -> int:
+    """One SCP process per core, at most four: a process receives what one core runs."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 class ImagingSettings(BaseSettings):
@@ -37,7 +43,14 @@ class ImagingSettings(BaseSettings):
     allowed_calling_aets: list[str] = Field(
         default_factory=list, description="Calling AE titles allowed; empty = accept all"
     )
-    max_associations: int = 16
+    max_associations: int = 16  # for the service, whatever process holds them
+    dicom_processes: int = Field(
+        default_factory=_default_dicom_processes,
+        ge=1,
+        le=32,
+        description="SCP processes sharing the DICOM port (SO_REUSEPORT); default: one "
+        "per core, at most 4",
+    )
     max_pdu_size: int = 0  # 0 = unlimited: fewer P-DATA round trips for large images
     dimse_timeout_seconds: float = 60.0
     network_timeout_seconds: float = 60.0

@@ -29,7 +29,7 @@ def _three_free_ports() -> int:
 def _run(data: Path, *options: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "tools.demo", "--patients", "3", "--no-serve", *options]
     command += ["--data-dir", str(data), "--base-port", str(_three_free_ports())]
-    command += ["--dicom-port", str(free_port())]
+    command += ["--dicom-port", str(free_port()), "--phantom-cache", str(data.parent / "cache")]
     return subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
     )

@@ -61,14 +61,14 @@ from tools.demo.registry import PAIN
 from tools.demo.registry import export as registry_export
 from tools.demo.report import summary_text
 from tools.demo.send import SendError, c_store, stow
-from tools.phantom import PhantomSpec, write_phantom
+from tools.phantom import PhantomSpec, cached_phantom
 
 SENDERS = 4  # concurrent C-STORE associations / STOW-RS requests into the PACS
 
 
-def _render(spec: PhantomSpec, folder: Path) -> Path:
-    write_phantom(spec, folder)
-    return folder
+def _render(spec: PhantomSpec, cache: Path) -> Path:
+    """The phantom's folder, rendered once per spec and renderer (``--phantom-cache``)."""
+    return cached_phantom(spec, cache)
 
 
 def _bar(label: str, done: int, total: int) -> None:
@@ -101,6 +101,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.data = Path(args.data_dir)
+        self.cache = Path(args.phantom_cache)
         key = secrets.token_urlsafe(32)
         self.password = secrets.token_urlsafe(9)
         users = {
@@ -199,7 +200,7 @@ class Demo:
     def send_images(self, plans: list[PatientPlan], label: str) -> None:
         """Render every plan's pre- and post-operative studies, each sent once ready. With a
         PACS this is its archive (older than its routing rule's start: nothing is routed)."""
-        jobs: dict[Path, tuple[PatientPlan, PhantomSpec]] = {}
+        jobs: list[tuple[PatientPlan, PhantomSpec]] = []
         for plan in plans:
             pre, post = phantom_specs(
                 plan,
@@ -207,8 +208,7 @@ class Demo:
                 slice_spacing=1.5 if plan.modality == "CT" else None,
                 mr_protocols=True,
             )
-            for name, spec in (("pre", pre), ("post", post)):
-                jobs[self.data / "phantoms" / f"{plan.mrn}-{name}"] = (plan, spec)
+            jobs += [(plan, pre), (plan, post)]
         _bar(label, 0, len(jobs))
         # Rendering in processes (one per core); each study sent once ready, by SENDERS
         # concurrent associations / requests: a PACS ingests several senders at once far
@@ -217,7 +217,7 @@ class Demo:
             ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool,
             ThreadPoolExecutor(max_workers=SENDERS) as senders,
         ):
-            futures = [pool.submit(_render, spec, folder) for folder, (_, spec) in jobs.items()]
+            futures = {pool.submit(_render, spec, self.cache): plan for plan, spec in jobs}
             progress = {"sent": 0}
             lock = threading.Lock()
 
@@ -229,9 +229,8 @@ class Demo:
 
             sent = []
             for future in as_completed(futures):
-                folder = future.result()
-                files = sorted(folder.glob("*.dcm"))
-                sent.append(senders.submit(send, jobs[folder][0], files))
+                files = sorted(future.result().glob("*.dcm"))
+                sent.append(senders.submit(send, futures[future], files))
             for sending in sent:
                 sending.result()
 
@@ -301,10 +300,10 @@ class Demo:
         assert self.pacs is not None
         self.post_outcomes([plan])
         pre, post = phantom_specs(plan, pixel_spacing=1.2, slice_spacing=1.5)
-        pre_folder = _render(pre, self.data / "phantoms" / f"{plan.mrn}-pre")
+        pre_folder = _render(pre, self.cache)
         for path in sorted(pre_folder.glob("*.dcm")):
             self.pacs.upload(path.read_bytes())  # archived, not routed (not post-op)
-        post_folder = _render(post, self.data / "phantoms" / f"{plan.mrn}-post")
+        post_folder = _render(post, self.cache)
         c_store("127.0.0.1", self.pacs.dicom_port, self.pacs.aet, sorted(post_folder.glob("*.dcm")))
         print(f"prospective: {plan.mrn}'s post-operative CT stored in the PACS, routed by its rule")
 
@@ -518,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         "--base-port", type=int, default=8000, help="gateway; imaging +1, outcomes +2"
     )
     parser.add_argument("--dicom-port", type=int, default=11112)
+    parser.add_argument(
+        "--phantom-cache",
+        default="var/cache/phantoms",
+        help="rendered phantoms, kept between runs (keyed by their spec and the renderer)",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for analyses")
     parser.add_argument("--no-serve", action="store_true", help="exit after writing the report")
     parser.add_argument(

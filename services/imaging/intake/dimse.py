@@ -3,11 +3,20 @@
 Accepts every storage SOP class in the common transfer syntaxes, requires our
 called AE title, optionally an allow-list of calling AE titles, and answers
 C-STORE only after :meth:`InstanceStore.put` has made the instance durable.
+
+One DICOM port may be served by several SCP processes (:mod:`.scp_pool`): the service's
+own process listens and hands each connection to the least busy one; the association
+limit then counts every process's associations (:class:`AssociationSlots`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import mmap
+import os
+import socket
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -97,9 +106,152 @@ def keep_senders_encoding(event: Any) -> None:
     acceptor.supported_contexts = contexts
 
 
-def build_ae(settings: ImagingSettings) -> AE:
+class AssociationSlots:
+    """How many inbound associations each SCP process of one port holds, in a small
+    memory map they all share: slot *i* is written by process *i* alone."""
+
+    def __init__(self, fd: int, processes: int, index: int) -> None:
+        self.fd = fd
+        self.processes = processes
+        self.index = index
+        self._map = mmap.mmap(fd, 4 * processes)
+        self._counts = memoryview(self._map).cast("i")
+
+    def count(self, index: int) -> int:
+        return int(self._counts[index])
+
+    def add(self, index: int, count: int) -> None:
+        """Count an association handed to another process until it publishes."""
+        self._counts[index] += count
+
+    @classmethod
+    def create(cls, processes: int) -> AssociationSlots:
+        """The first process's slots, in an unnamed file its helpers inherit by fd."""
+        with tempfile.TemporaryFile() as file:
+            fd = os.dup(file.fileno())
+        os.ftruncate(fd, 4 * processes)
+        return cls(fd, processes, 0)
+
+    def publish(self, held: int) -> None:
+        self._counts[self.index] = held
+
+    def elsewhere(self) -> int:
+        """The associations the other processes hold (as they last published)."""
+        return sum(self._counts) - self._counts[self.index]
+
+
+class ServiceAE(AE):
+    """Our application entity: with :class:`AssociationSlots`, its association limit is
+    the service's, shared with the other SCP processes of the port; without, pynetdicom's
+    own per-process limit. ``server_class`` is the kind of server it starts."""
+
+    def __init__(
+        self,
+        ae_title: str,
+        slots: AssociationSlots | None = None,
+        server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer,
+    ) -> None:
+        super().__init__(ae_title=ae_title)
+        self.slots = slots
+        self.server_class = server_class
+        self._limit = 10
+
+    def held(self) -> int:
+        """The inbound associations this process holds."""
+        return sum(1 for assoc in self.active_associations if assoc.is_acceptor)
+
+    def publish_held(self) -> None:
+        """Associations end without telling anyone: the pool calls this periodically."""
+        if self.slots is not None:
+            self.slots.publish(self.held())
+
+    @property
+    def maximum_associations(self) -> int:
+        """What this process may hold now (pynetdicom reads it for every request, the
+        new association already counted among ours)."""
+        if self.slots is None:
+            return self._limit
+        self.slots.publish(self.held())
+        return self._limit - self.slots.elsewhere()
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        self._limit = max(1, int(value))
+
+    def make_server(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("server_class") is ThreadedAssociationServer:
+            kwargs["server_class"] = self.server_class
+        return super().make_server(*args, **kwargs)
+
+
+Handoff = Callable[[socket.socket, Any], bool]
+
+
+class PooledServer(ThreadedAssociationServer):
+    """The port's one listening server: each connection it accepts goes to the SCP
+    process ``handoff`` chooses (True: handed over) or is served here."""
+
+    handoff: Handoff | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.handoff is not None and self.handoff(request, client_address):
+            request.close()  # our descriptor only: the helper holds its own
+            return
+        super().process_request(request, client_address)
+
+
+class DetachedServer(ThreadedAssociationServer):
+    """A helper process's server: it neither binds nor listens. Its "accept" is a
+    receive on ``channel``, a Unix socket on which the listening process passes each
+    connection's descriptor (``SCM_RIGHTS``) with the peer's address; the rest is
+    pynetdicom's own server. ``orphaned`` is called when the channel closes (the
+    listening process is gone)."""
+
+    channel: socket.socket
+    orphaned: Callable[[], None]
+
+    def server_bind(self) -> None:
+        return None
+
+    def server_activate(self) -> None:
+        return None
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        message, fds, _flags, _address = socket.recv_fds(self.channel, 512, 1)
+        if not fds:
+            if not message:
+                type(self).orphaned()
+            raise ConnectionAbortedError("no connection in the hand-over")
+        host, port = json.loads(message)
+        return socket.socket(fileno=fds[0]), (str(host), int(port))
+
+
+def detached_server(channel: socket.socket, orphaned: Callable[[], None]) -> type[DetachedServer]:
+    """A :class:`DetachedServer` class bound to its hand-over channel (pynetdicom starts
+    serving as soon as it has built the server, so the class carries the channel)."""
+    return type(
+        "HandedOverServer",
+        (DetachedServer,),
+        {"channel": channel, "orphaned": staticmethod(orphaned)},
+    )
+
+
+def hand_over(channel: socket.socket, connection: socket.socket, address: Any) -> None:
+    """The listening side of :meth:`DetachedServer.get_request`."""
+    message = json.dumps([str(address[0]), int(address[1])]).encode()
+    socket.send_fds(channel, [message], [connection.fileno()])
+
+
+def build_ae(
+    settings: ImagingSettings,
+    slots: AssociationSlots | None = None,
+    server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer,
+) -> AE:
     """The application entity with our title, limits and presentation contexts."""
-    ae = AE(ae_title=settings.ae_title)
+    ae = ServiceAE(settings.ae_title, slots, server_class)
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.dimse_timeout = settings.dimse_timeout_seconds
@@ -154,10 +306,19 @@ def handle_store(event: Any, store: InstanceStore, on_stored: OnStored | None) -
 
 
 def start_scp(
-    settings: ImagingSettings, store: InstanceStore, on_stored: OnStored | None = None
+    settings: ImagingSettings,
+    store: InstanceStore,
+    on_stored: OnStored | None = None,
+    *,
+    slots: AssociationSlots | None = None,
+    server_class: type[ThreadedAssociationServer] | None = None,
 ) -> ThreadedAssociationServer:
-    """Start the SCP in background threads; the caller shuts it down."""
-    ae = build_ae(settings)
+    """Start the SCP in background threads; the caller shuts it down. With ``slots``
+    it is one of several processes serving the port: the listening one (a
+    :class:`PooledServer`, the default), or a helper's (a :func:`detached_server`)."""
+    if server_class is None:
+        server_class = ThreadedAssociationServer if slots is None else PooledServer
+    ae = build_ae(settings, slots, server_class)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, keep_senders_encoding),
         (evt.EVT_C_ECHO, lambda _event: STATUS_SUCCESS),

@@ -14,9 +14,11 @@ Layout: ``storage/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>[.vN].d
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
+import struct
 import threading
 import zlib
 from dataclasses import dataclass
@@ -114,19 +116,83 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_STRIPES = 16
+_INDEX_BYTE = _STRIPES  # the lock file's byte after the stripes': SQLite's one writer
+_INDEX_ATTEMPTS = 3
+
+
+class _SharedLock:
+    """A lock held by one thread of one process at a time: a thread lock, then an open
+    file description lock (``F_OFD_SETLKW``) on one byte of a file every process of the
+    service opens. Each lock has its own descriptor: classic POSIX record locks belong
+    to the process, and the kernel then reports a "deadlock" between two processes whose
+    different threads merely wait for each other's different stripes."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self._path = path
+        self._offset = offset
+        self._thread = threading.Lock()
+        self._fd: int | None = None
+
+    def _set(self, kind: int) -> None:
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+        fcntl.fcntl(
+            self._fd,
+            fcntl.F_OFD_SETLKW,
+            struct.pack("hhqqi4x", kind, os.SEEK_SET, self._offset, 1, 0),
+        )
+
+    def __enter__(self) -> None:
+        self._thread.acquire()
+        try:
+            self._set(fcntl.F_WRLCK)
+        except BaseException:
+            self._thread.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._set(fcntl.F_UNLCK)
+        finally:
+            self._thread.release()
+
+    def close(self) -> None:
+        with self._thread:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 class InstanceStore:
-    """Files on disk plus their index; safe to call from many association threads."""
+    """Files on disk plus their index; safe to call from many association threads and
+    from several processes sharing the folder and the database (the SCP processes of
+    one DICOM port, a worker, the cohort tool)."""
 
     def __init__(self, engine: Engine, root: Path, *, max_instance_bytes: int) -> None:
         self.engine = engine
         self.root = root
         self.max_instance_bytes = max_instance_bytes
         self.root.mkdir(parents=True, exist_ok=True)
-        self._stripes = [threading.Lock() for _ in range(64)]
-        # SQLite has one writer; serialising index writes in-process avoids lock retries.
-        self._index_lock = threading.Lock() if engine.dialect.name == "sqlite" else _NullLock()
+        # One SOP Instance UID is written by one thread of one process at a time (two
+        # writers of one UID would rename over each other's file), whichever process
+        # received it.
+        locks = self.root / ".locks"
+        self._stripes = [_SharedLock(locks, i) for i in range(_STRIPES)]
+        # SQLite has one writer: handing its lock over ourselves avoids SQLite's
+        # sleeping retries (1, 2, 5 ... 100 ms) when several processes index at once.
+        self._index_lock: _SharedLock | _NullLock = (
+            _SharedLock(locks, _INDEX_BYTE) if engine.dialect.name == "sqlite" else _NullLock()
+        )
         self._known_dirs: set[Path] = set()
         self._known_series: dict[str, str] = {}  # series -> its study
+
+    def close(self) -> None:
+        """Release the lock file's descriptors (the store is not used afterwards)."""
+        for lock in (*self._stripes, self._index_lock):
+            if isinstance(lock, _SharedLock):
+                lock.close()
 
     # -- writing ---------------------------------------------------------------------
     def put(self, data: bytes, *, source: str, expected_study: str | None = None) -> StoreResult:
@@ -184,22 +250,29 @@ class InstanceStore:
         path = series_dir / name
         self._write_durably(path, data)
         relpath = str(path.relative_to(self.root))
-        try:
-            with self._index_lock, self.engine.begin() as conn:
-                if version > 1:
-                    return self._index_version(
-                        conn, header, digest, relpath, len(data), version, source, reencoded
-                    )
-                return self._index_new(conn, header, digest, relpath, len(data), source)
-        except ImagingError:
-            if version == 1:
-                path.unlink(missing_ok=True)
-            raise
-        except (IntegrityError, OperationalError) as exc:
-            if version == 1:
-                path.unlink(missing_ok=True)
-            log.exception("index write failed", extra={"error": type(exc).__name__})
-            raise OutOfResources("the index could not record the instance") from None
+        for attempt in range(_INDEX_ATTEMPTS):
+            try:
+                with self._index_lock, self.engine.begin() as conn:
+                    if version > 1:
+                        return self._index_version(
+                            conn, header, digest, relpath, len(data), version, source, reencoded
+                        )
+                    return self._index_new(conn, header, digest, relpath, len(data), source)
+            except ImagingError:
+                if version == 1:
+                    path.unlink(missing_ok=True)
+                raise
+            except (IntegrityError, OperationalError) as exc:
+                if isinstance(exc, IntegrityError) and attempt + 1 < _INDEX_ATTEMPTS:
+                    # Without an index lock (PostgreSQL) another writer may have created
+                    # this new study or series between our read and our insert: the
+                    # transaction is rolled back whole, read again.
+                    continue
+                if version == 1:
+                    path.unlink(missing_ok=True)
+                log.exception("index write failed", extra={"error": type(exc).__name__})
+                raise OutOfResources("the index could not record the instance") from None
+        raise AssertionError("unreachable")  # every attempt returns or raises
 
     def _check_series(self, header: InstanceHeader) -> None:
         """A SeriesInstanceUID names one series of one study: a new study that reuses
@@ -223,7 +296,7 @@ class InstanceStore:
 
     def _write_durably(self, path: Path, data: bytes) -> None:
         directory = path.parent
-        tmp = directory / f".{path.name}.{threading.get_ident()}.tmp"
+        tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             if directory not in self._known_dirs:
                 directory.mkdir(parents=True, exist_ok=True)
