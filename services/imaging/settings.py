@@ -48,8 +48,8 @@ class ImagingSettings(BaseSettings):
         default_factory=_default_dicom_processes,
         ge=1,
         le=32,
-        description="SCP processes sharing the DICOM port (SO_REUSEPORT); default: one "
-        "per core, at most 4",
+        description="SCP processes serving the DICOM port (the listening one hands each "
+        "association to the least busy); default: one per core, at most 4",
     )
     max_pdu_size: int = 0  # 0 = unlimited: fewer P-DATA round trips for large images
     dimse_timeout_seconds: float = 60.0

@@ -26,6 +26,8 @@ class ImagingServer(ServiceHarness):
             "http_port": free_port(),
             "dicom_host": "127.0.0.1",
             "dicom_port": free_port(),
+            # Two SCP processes wherever the tests run (the default is one per core).
+            "dicom_processes": 2,
             "study_quiet_seconds": 1.0,
             "completion_poll_seconds": 0.2,
             "auth": AuthSettings(secret_key=TEST_KEY),

@@ -51,6 +51,13 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _received(imaging: ImagingServer, outcome: str) -> float:
     text = httpx.get(f"{imaging.url}/metrics").text
     found = re.search(
@@ -184,26 +191,31 @@ def test_same_instance_from_two_processes_at_once_is_stored_once(
         assert [f.name.removeprefix(first.SOPInstanceUID) for f in files] == [".dcm", ".v2.dcm"]
 
 
-def test_helpers_end_with_the_service_even_killed(tmp_path: Path) -> None:
-    port = free_port()
+def test_helpers_share_the_services_files_and_end_with_it_even_killed(tmp_path: Path) -> None:
+    """The service run from its own working folder with a relative data folder (the
+    default is one): the helper writes the same files and database; killed with -9,
+    the service takes its helpers with it and frees the port."""
+    port, http_port = free_port(), free_port()
     env = dict(
         os.environ,
-        IMAGING_DATA_DIR=str(tmp_path / "imaging"),
+        PYTHONPATH=str(ROOT),
+        IMAGING_DATA_DIR="imaging",
         IMAGING_DICOM_HOST="127.0.0.1",
         IMAGING_DICOM_PORT=str(port),
-        IMAGING_HTTP_PORT=str(free_port()),
+        IMAGING_HTTP_PORT=str(http_port),
         IMAGING_DICOM_PROCESSES="3",
         AUTH_SECRET_KEY="scp-pool-test-key-" + "x" * 32,
     )
     service = subprocess.Popen(
         [sys.executable, "-m", "services.imaging", "serve"],
-        cwd=ROOT,
+        cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert wait_until(lambda: echoscu(port, "SPINEIMG").returncode == 0, 60, 0.3)
+        # HTTP answers once start-up is over, i.e. once the helpers listen too.
+        assert wait_until(lambda: _answers(f"http://127.0.0.1:{http_port}/healthz"), 60, 0.3)
 
         def helpers() -> list[psutil.Process]:
             return [
@@ -214,6 +226,22 @@ def test_helpers_end_with_the_service_even_killed(tmp_path: Path) -> None:
 
         assert wait_until(lambda: len(helpers()) == 2, 30)
         pids = [p.pid for p in helpers()]
+        assert wait_until(lambda: all(p.cwd() == str(tmp_path) for p in helpers()), 5)
+        # Three associations at once: each process holds one, each stores an instance.
+        series = make_series(SeriesSpec(slices=3, rows=32, columns=32, seed=73))
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context(CTImageStorage)
+        held = [ae.associate("127.0.0.1", port, ae_title="SPINEIMG") for _ in series]
+        try:
+            assert all(a.is_established for a in held)
+            assert wait_until(lambda: all(_holds_port(p, port) for p in helpers()), 5)
+            statuses = [a.send_c_store(ds).Status for a, ds in zip(held, series, strict=True)]
+            assert statuses == [0, 0, 0]
+        finally:
+            for assoc in held:
+                assoc.release()
+        stored = sorted((tmp_path / "imaging").rglob("*.dcm"))
+        assert {f.stem for f in stored} == {str(ds.SOPInstanceUID) for ds in series}
         service.send_signal(signal.SIGKILL)
         service.wait()
         assert wait_until(lambda: not any(_running(pid) for pid in pids), 10)

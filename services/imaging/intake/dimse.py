@@ -17,6 +17,7 @@ import mmap
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -120,6 +121,10 @@ class AssociationSlots:
     def count(self, index: int) -> int:
         return int(self._counts[index])
 
+    def reset(self, index: int) -> None:
+        """A process that ended holds nothing."""
+        self._counts[index] = 0
+
     def add(self, index: int, count: int) -> None:
         """Count an association handed to another process until it publishes."""
         self._counts[index] += count
@@ -155,10 +160,18 @@ class ServiceAE(AE):
         self.slots = slots
         self.server_class = server_class
         self._limit = 10
+        self._starting = 0
+        self._starting_lock = threading.Lock()
+
+    def starting(self, change: int) -> None:
+        """A connection received whose association thread has not started yet (+1), or
+        has now (-1): counted, so that a busy process does not look idle meanwhile."""
+        with self._starting_lock:
+            self._starting += change
 
     def held(self) -> int:
-        """The inbound associations this process holds."""
-        return sum(1 for assoc in self.active_associations if assoc.is_acceptor)
+        """The inbound associations this process holds (or is starting)."""
+        return self._starting + sum(1 for a in self.active_associations if a.is_acceptor)
 
     def publish_held(self) -> None:
         """Associations end without telling anyone: the pool calls this periodically."""
@@ -187,7 +200,30 @@ class ServiceAE(AE):
 Handoff = Callable[[socket.socket, Any], bool]
 
 
-class PooledServer(ThreadedAssociationServer):
+class CountingServer(ThreadedAssociationServer):
+    """Counts each connection from its arrival until its association thread runs
+    (:meth:`ServiceAE.starting`)."""
+
+    def _starting(self, change: int) -> None:
+        if isinstance(self.ae, ServiceAE):
+            self.ae.starting(change)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._starting(+1)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._starting(-1)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:  # pynetdicom's handler returns once the association's thread runs
+            self._starting(-1)
+
+
+class PooledServer(CountingServer):
     """The port's one listening server: each connection it accepts goes to the SCP
     process ``handoff`` chooses (True: handed over) or is served here."""
 
@@ -200,7 +236,7 @@ class PooledServer(ThreadedAssociationServer):
         super().process_request(request, client_address)
 
 
-class DetachedServer(ThreadedAssociationServer):
+class DetachedServer(CountingServer):
     """A helper process's server: it neither binds nor listens. Its "accept" is a
     receive on ``channel``, a Unix socket on which the listening process passes each
     connection's descriptor (``SCM_RIGHTS``) with the peer's address; the rest is
@@ -242,7 +278,7 @@ def detached_server(channel: socket.socket, orphaned: Callable[[], None]) -> typ
 def hand_over(channel: socket.socket, connection: socket.socket, address: Any) -> None:
     """The listening side of :meth:`DetachedServer.get_request`."""
     message = json.dumps([str(address[0]), int(address[1])]).encode()
-    socket.send_fds(channel, [message], [connection.fileno()])
+    socket.send_fds(channel, [message], [connection.fileno()], socket.MSG_DONTWAIT)
 
 
 def build_ae(

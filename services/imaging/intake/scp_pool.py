@@ -60,8 +60,9 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 HELPER_COMMAND = [sys.executable, "-m", "services.imaging", "scp-helper"]
 PUBLISH_SECONDS = 0.2
-READY_SECONDS = 60.0
+READY_SECONDS = 15.0  # start() waits this long for the helpers, then serves without them
 RESTART_SECONDS = 1.0
+DRAIN_SECONDS = 10.0  # a stopping helper lets its open associations finish this long
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,10 @@ class _Helper:
     channel: socket.socket
     restarts: int
     ready: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def serving(self) -> bool:
-        return self.ready.is_set() and self.process.poll() is None
+        return self.ready.is_set() and not self.stopping.is_set() and self.process.poll() is None
 
 
 class ScpPool:
@@ -129,11 +131,20 @@ class ScpPool:
         self.server = start_scp(self.settings, self.store, slots=self.slots)
         assert isinstance(self.server, PooledServer)
         for index in range(1, self.processes):
-            self._spawn(index)
+            self._start_helper(index)
         deadline = time.monotonic() + READY_SECONDS
-        for helper in list(self._helpers.values()):
-            if not helper.ready.wait(max(0.0, deadline - time.monotonic())):
-                log.error("SCP helper process did not start", extra={"index": helper.index})
+        while time.monotonic() < deadline:
+            with self._lock:
+                pending = [
+                    h
+                    for h in self._helpers.values()
+                    if not h.ready.is_set() and h.process.poll() is None
+                ]
+            if not pending:
+                break
+            time.sleep(0.05)
+        else:
+            log.error("SCP helper processes did not start in time; serving without them")
         threading.Thread(target=self._publish, name="scp-slots", daemon=True).start()
         self.server.handoff = self._hand_over
         return self.server
@@ -155,6 +166,8 @@ class ScpPool:
                 return False
             helper = self._helpers[target]
             try:
+                # Never blocks the port: a helper that does not take it at once (its
+                # queue full, frozen, stopping) leaves the connection to us.
                 hand_over(helper.channel, connection, address)
             except OSError:
                 log.warning("hand-over to an SCP helper failed", extra={"index": target})
@@ -163,7 +176,17 @@ class ScpPool:
             self.slots.add(target, 1)
             return True
 
-    def _spawn(self, index: int, restarts: int = 0) -> None:
+    def _start_helper(self, index: int, restarts: int = 0) -> bool:
+        """Start (or start again) helper ``index``; False if it could not be started
+        (logged: the port stays served by the others)."""
+        try:
+            self._spawn(index, restarts)
+        except (OSError, ValueError, subprocess.SubprocessError):
+            log.exception("cannot start an SCP helper process", extra={"index": index})
+            return False
+        return True
+
+    def _spawn(self, index: int, restarts: int) -> None:
         assert self.slots is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         channel_fd = theirs.fileno()  # the same number in the helper (pass_fds)
@@ -171,23 +194,29 @@ class ScpPool:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )
-        process = subprocess.Popen(
-            HELPER_COMMAND,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            pass_fds=(self.slots.fd, channel_fd),
-            cwd=PROJECT_ROOT,
-            env=env,
-        )
-        theirs.close()
+        with self._lock:
+            if self._stopping.is_set():  # shutdown() has begun: start nothing more
+                ours.close()
+                theirs.close()
+                return
+            # The service's working folder: relative paths in the settings (the default
+            # data folder, a SQLite URL) name the same files in the helper.
+            process = subprocess.Popen(
+                HELPER_COMMAND,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=(self.slots.fd, channel_fd),
+                cwd=os.getcwd(),
+                env=env,
+            )
+            theirs.close()
+            helper = _Helper(index, process, ours, restarts)
+            self._helpers[index] = helper
         assert process.stdin is not None
         _write_config(
             process.stdin,
             HelperConfig(self.settings, self.slots.fd, channel_fd, self.processes, index),
         )
-        helper = _Helper(index, process, ours, restarts)
-        with self._lock:
-            self._helpers[index] = helper
         threading.Thread(
             target=self._follow, args=(helper,), name=f"scp-helper-{index}", daemon=True
         ).start()
@@ -197,17 +226,12 @@ class ScpPool:
         assert helper.process.stdout is not None
         try:
             for line in helper.process.stdout:
-                try:
-                    report = json.loads(line)
-                except ValueError:
-                    continue
-                if report.get("ready"):
-                    helper.ready.set()
-                for protocol, outcome, count in report.get("received", []):
-                    INSTANCES_RECEIVED.labels(protocol=protocol, outcome=outcome).inc(count)
+                self._read_report(helper, line)
         except (OSError, ValueError):  # its pipe closed by shutdown()
             pass
         code = helper.process.wait()
+        assert self.slots is not None
+        self.slots.reset(helper.index)  # its associations ended with it
         if self._stopping.is_set():
             return
         helper.channel.close()
@@ -219,9 +243,29 @@ class ScpPool:
             "SCP helper process exited; starting it again",
             extra={"code": code, "index": helper.index, "after_seconds": delay},
         )
-        if self._stopping.wait(delay):
+        while not self._stopping.wait(delay):
+            if self._start_helper(helper.index, restarts):
+                return
+            delay = min(60.0, delay * 2)
+
+    @staticmethod
+    def _read_report(helper: _Helper, line: bytes) -> None:
+        try:
+            report = json.loads(line)
+        except ValueError:
             return
-        self._spawn(helper.index, restarts)
+        if not isinstance(report, dict):
+            return
+        if report.get("ready"):
+            helper.ready.set()
+        if report.get("stopping"):
+            helper.stopping.set()
+        for item in report.get("received", []):
+            try:
+                protocol, outcome, count = item
+                INSTANCES_RECEIVED.labels(protocol=protocol, outcome=outcome).inc(float(count))
+            except (TypeError, ValueError):
+                continue
 
     def _publish(self) -> None:
         assert self.server is not None
@@ -242,8 +286,10 @@ class ScpPool:
             return 1 + sum(1 for h in self._helpers.values() if h.serving())
 
     def shutdown(self) -> None:
-        """Stop accepting associations (the open ones finish), then stop the helpers."""
-        self._stopping.set()
+        """Stop accepting associations (the open ones finish), then stop the helpers
+        (each lets its open associations finish for DRAIN_SECONDS, then aborts them)."""
+        with self._lock:
+            self._stopping.set()
         if self.server is not None:
             self.server.shutdown()
         with self._lock:
@@ -253,7 +299,7 @@ class ScpPool:
                 helper.process.send_signal(signal.SIGTERM)
         for helper in helpers:
             try:
-                helper.process.wait(timeout=30)
+                helper.process.wait(timeout=DRAIN_SECONDS + 10)
             except subprocess.TimeoutExpired:
                 helper.process.kill()
                 helper.process.wait()
@@ -297,19 +343,46 @@ def serve_helper(config: HelperConfig, store: InstanceStore) -> int:
         server_class=detached_server(channel, lambda: os._exit(0)),
     )
     ae = server.ae
+    assert isinstance(ae, ServiceAE)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     out = sys.stdout
     reported: dict[tuple[str, str], float] = {}
     _report(out, {"ready": os.getpid()})
     while not stop.wait(PUBLISH_SECONDS):
-        if isinstance(ae, ServiceAE):
-            ae.publish_held()
+        ae.publish_held()
         _report_received(out, reported)
+    # Stopping: take no more connections (the service serves them itself), let the open
+    # associations finish for a while, then abort what is left.
+    _report(out, {"stopping": os.getpid()})
+    time.sleep(2 * PUBLISH_SECONDS)  # the service reads it and hands us nothing more
     server.shutdown()
+    _serve_queued(server, channel)
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while ae.held() and time.monotonic() < deadline:
+        ae.publish_held()
+        _report_received(out, reported)
+        time.sleep(PUBLISH_SECONDS)
+    for assoc in ae.active_associations:
+        assoc.abort()
     slots.publish(0)
     _report_received(out, reported)
     return 0
+
+
+def _serve_queued(server: ThreadedAssociationServer, channel: socket.socket) -> None:
+    """Connections handed over before the service read that we stop: served, not
+    dropped."""
+    channel.setblocking(False)
+    while True:
+        try:
+            message, fds, _flags, _address = socket.recv_fds(channel, 512, 1)
+        except OSError:
+            return
+        if not fds:
+            return
+        host, port = json.loads(message)
+        server.process_request(socket.socket(fileno=fds[0]), (str(host), int(port)))
 
 
 def _report(out: IO[str], report: dict[str, Any]) -> None:

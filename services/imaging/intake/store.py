@@ -133,10 +133,16 @@ class _SharedLock:
         self._offset = offset
         self._thread = threading.Lock()
         self._fd: int | None = None
+        self._closed = False
 
     def _set(self, kind: int) -> None:
+        if self._closed:
+            raise OutOfResources("the store is shut down")
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            # The service's own file (0600, never a link): a lock anyone else could take
+            # would stop every write.
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            self._fd = os.open(self._path, flags, 0o600)
         # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
         fcntl.fcntl(
             self._fd,
@@ -160,6 +166,7 @@ class _SharedLock:
 
     def close(self) -> None:
         with self._thread:
+            self._closed = True
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
