@@ -213,12 +213,15 @@ class ImagingRuntime:
 
     def _sweep(self, started: float) -> None:
         try:
-            removed = self.store.remove_unindexed(older_than=started)
+            indexed, removed = self.store.recover_unindexed(older_than=started)
         except Exception:
             log.exception("store sweep failed")
             return
-        if removed:
-            log.warning("removed unindexed, unacknowledged instances", extra={"count": removed})
+        if indexed or removed:
+            log.warning(
+                "instance files found without their index rows",
+                extra={"indexed": indexed, "removed": removed},
+            )
 
     def _lifecycle(self) -> None:
         self.lifecycle.run(self.stop, self.settings.completion_poll_seconds)
