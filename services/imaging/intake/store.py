@@ -500,19 +500,12 @@ class InstanceStore:
             count += 1
         return count
 
-    def recover_unindexed(self, older_than: float) -> tuple[int, int]:
-        """Index the instance files that no index row names; return (indexed, removed).
-
-        A crash between the rename and the index commit leaves such a file, and so can a
-        power loss after the commit (SQLite's WAL at ``synchronous=NORMAL`` keeps a
-        commit through a process crash, not through a power cut): its sender may have
-        been acknowledged, so the file is indexed again, never deleted, through
-        :meth:`put` (a resend then is a duplicate). A file that is not at the path its
-        content names (never written by us) is indexed from its content and removed;
-        one that cannot be stored at all is removed. Only files older than
-        ``older_than`` (a time stamp taken before the SCP listens) are considered, so a
-        write in progress is never touched."""
-        indexed = removed = 0
+    def remove_unindexed(self, older_than: float) -> int:
+        """Delete instance files that no index row names: a crash between the rename and
+        the index commit leaves one, and its sender was never acknowledged. Only files
+        older than ``older_than`` (a time stamp taken before the SCP listens) are
+        considered, so a write in progress is never touched."""
+        removed = 0
         for study_dir in (p for p in self.root.iterdir() if p.is_dir()):
             files = [
                 f
@@ -529,24 +522,10 @@ class InstanceStore:
                     )
                 }
             for path in files:
-                relpath = str(path.relative_to(self.root))
-                if relpath in known:
-                    continue
-                try:
-                    self.put(path.read_bytes(), source="recovered")
-                except (ImagingError, OSError):
+                if str(path.relative_to(self.root)) not in known:
                     path.unlink(missing_ok=True)
                     removed += 1
-                    continue
-                indexed += 1
-                with self.engine.connect() as conn:
-                    named = conn.execute(
-                        select(_VERSION.c.path).where(_VERSION.c.path == relpath)
-                    ).first()
-                if named is None:  # stored under its own name: this copy is not ours
-                    path.unlink(missing_ok=True)
-                    removed += 1
-        return indexed, removed
+        return removed
 
 
 # Attributes that legitimately change when an instance is re-encoded (PS3.5 8.2).
