@@ -23,8 +23,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """Create the engine for ``url`` with the settings each backend needs.
 
     SQLite runs in WAL mode so that readers never block the writer, with
-    ``synchronous=NORMAL`` (durable across application crashes; the DICOM files
-    themselves are fsync'ed before acknowledgement and re-indexed at start-up).
+    ``synchronous=FULL``: a commit is on disk when it returns, so what was acknowledged
+    (a C-STORE, a FHIR write) survives a power cut as well as a crash. (``NORMAL`` keeps
+    commits through a process crash only; the imaging store's start-up sweep would then
+    delete an acknowledged instance whose index row the power cut lost.)
     """
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -39,7 +41,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()

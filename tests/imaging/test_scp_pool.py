@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -251,3 +252,31 @@ def test_helpers_share_the_services_files_and_end_with_it_even_killed(tmp_path: 
     finally:
         service.kill()
         service.wait()
+
+
+def test_a_frozen_helper_is_handed_nothing(
+    imaging_factory: Callable[..., ImagingServer],
+) -> None:
+    """A helper that stops answering (here SIGSTOP) stops publishing its heartbeat: within
+    a second it is handed no connection and its associations no longer count."""
+    before = {p.pid for p in _helpers()}
+    imaging = imaging_factory(dicom_processes=2, max_associations=3)
+    helper = next(p for p in _helpers() if p.pid not in before)
+    helper.suspend()
+    try:
+        ae = AE(ae_title="PROBE")
+        ae.acse_timeout = 5
+        ae.add_requested_context(CTImageStorage)
+        time.sleep(1.5)
+        held = [
+            ae.associate("127.0.0.1", imaging.dicom_port, ae_title=imaging.ae_title) for _ in "abc"
+        ]
+        try:
+            assert all(a.is_established for a in held)
+            assert not _holds_port(helper, imaging.dicom_port)
+        finally:
+            for assoc in held:
+                if assoc.is_established:
+                    assoc.release()
+    finally:
+        helper.resume()

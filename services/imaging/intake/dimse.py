@@ -18,6 +18,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -108,22 +109,32 @@ def keep_senders_encoding(event: Any) -> None:
 
 
 class AssociationSlots:
-    """How many inbound associations each SCP process of one port holds, in a small
-    memory map they all share: slot *i* is written by process *i* alone."""
+    """How many inbound associations each SCP process of one port holds, and when it
+    last said so, in a small memory map they all share: slot *i* is written by process
+    *i* (and by the listening process when it hands one over). A process silent for
+    STALE_SECONDS (frozen, stopped) counts for nothing and is handed nothing."""
+
+    STALE_SECONDS = 1.0
 
     def __init__(self, fd: int, processes: int, index: int) -> None:
         self.fd = fd
         self.processes = processes
         self.index = index
-        self._map = mmap.mmap(fd, 4 * processes)
-        self._counts = memoryview(self._map).cast("i")
+        self._map = mmap.mmap(fd, 16 * processes)
+        view = memoryview(self._map)
+        self._counts = view[: 8 * processes].cast("q")
+        self._beats = view[8 * processes :].cast("d")  # CLOCK_MONOTONIC: system-wide
 
     def count(self, index: int) -> int:
         return int(self._counts[index])
 
+    def alive(self, index: int) -> bool:
+        return time.monotonic() - self._beats[index] < self.STALE_SECONDS
+
     def reset(self, index: int) -> None:
         """A process that ended holds nothing."""
         self._counts[index] = 0
+        self._beats[index] = 0.0
 
     def add(self, index: int, count: int) -> None:
         """Count an association handed to another process until it publishes."""
@@ -134,15 +145,18 @@ class AssociationSlots:
         """The first process's slots, in an unnamed file its helpers inherit by fd."""
         with tempfile.TemporaryFile() as file:
             fd = os.dup(file.fileno())
-        os.ftruncate(fd, 4 * processes)
+        os.ftruncate(fd, 16 * processes)
         return cls(fd, processes, 0)
 
     def publish(self, held: int) -> None:
         self._counts[self.index] = held
+        self._beats[self.index] = time.monotonic()
 
     def elsewhere(self) -> int:
-        """The associations the other processes hold (as they last published)."""
-        return sum(self._counts) - self._counts[self.index]
+        """The associations the other live processes hold (as they last published)."""
+        return sum(
+            self._counts[i] for i in range(self.processes) if i != self.index and self.alive(i)
+        )
 
 
 class ServiceAE(AE):

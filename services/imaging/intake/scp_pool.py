@@ -131,7 +131,8 @@ class ScpPool:
         self.server = start_scp(self.settings, self.store, slots=self.slots)
         assert isinstance(self.server, PooledServer)
         for index in range(1, self.processes):
-            self._start_helper(index)
+            if not self._start_helper(index):
+                self._retry_later(index, 1)
         deadline = time.monotonic() + READY_SECONDS
         while time.monotonic() < deadline:
             with self._lock:
@@ -157,7 +158,9 @@ class ScpPool:
             # is counted from its hand-over, not from when its thread starts.
             load = {0: self.slots.count(0)}
             load.update(
-                (h.index, self.slots.count(h.index)) for h in self._helpers.values() if h.serving()
+                (h.index, self.slots.count(h.index))
+                for h in self._helpers.values()
+                if h.serving() and self.slots.alive(h.index)
             )
             self._turn += 1
             target = min(load, key=lambda i: (load[i], i == 0, (i - self._turn) % self.processes))
@@ -213,10 +216,22 @@ class ScpPool:
             helper = _Helper(index, process, ours, restarts)
             self._helpers[index] = helper
         assert process.stdin is not None
-        _write_config(
-            process.stdin,
-            HelperConfig(self.settings, self.slots.fd, channel_fd, self.processes, index),
-        )
+        try:
+            _write_config(
+                process.stdin,
+                HelperConfig(self.settings, self.slots.fd, channel_fd, self.processes, index),
+            )
+        except OSError:  # it died at once: reap it, then let the caller retry
+            process.kill()
+            process.wait()
+            ours.close()
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    pipe.close()
+            with self._lock:
+                if self._helpers.get(index) is helper:
+                    del self._helpers[index]
+            raise
         threading.Thread(
             target=self._follow, args=(helper,), name=f"scp-helper-{index}", daemon=True
         ).start()
@@ -243,10 +258,20 @@ class ScpPool:
             "SCP helper process exited; starting it again",
             extra={"code": code, "index": helper.index, "after_seconds": delay},
         )
-        while not self._stopping.wait(delay):
-            if self._start_helper(helper.index, restarts):
-                return
-            delay = min(60.0, delay * 2)
+        if not self._stopping.wait(delay) and not self._start_helper(helper.index, restarts):
+            self._retry_later(helper.index, restarts + 1)
+
+    def _retry_later(self, index: int, restarts: int) -> None:
+        """Keep trying to start helper ``index`` (longer and longer waits)."""
+
+        def retry() -> None:
+            attempt = restarts
+            while not self._stopping.wait(min(60.0, RESTART_SECONDS * 2**attempt)):
+                if self._start_helper(index, attempt):
+                    return
+                attempt += 1
+
+        threading.Thread(target=retry, name=f"scp-helper-{index}-retry", daemon=True).start()
 
     @staticmethod
     def _read_report(helper: _Helper, line: bytes) -> None:
@@ -260,7 +285,8 @@ class ScpPool:
             helper.ready.set()
         if report.get("stopping"):
             helper.stopping.set()
-        for item in report.get("received", []):
+        received = report.get("received", [])
+        for item in received if isinstance(received, list) else []:
             try:
                 protocol, outcome, count = item
                 INSTANCES_RECEIVED.labels(protocol=protocol, outcome=outcome).inc(float(count))
@@ -348,6 +374,7 @@ def serve_helper(config: HelperConfig, store: InstanceStore) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     out = sys.stdout
     reported: dict[tuple[str, str], float] = {}
+    ae.publish_held()  # alive before the service hands us anything
     _report(out, {"ready": os.getpid()})
     while not stop.wait(PUBLISH_SECONDS):
         ae.publish_held()
