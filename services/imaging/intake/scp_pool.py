@@ -372,6 +372,9 @@ def serve_helper(config: HelperConfig, store: InstanceStore) -> int:
     assert isinstance(ae, ServiceAE)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C in a terminal reaches the whole process group: the service stops us (SIGTERM)
+    # after its own associations, not the keyboard.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = sys.stdout
     reported: dict[tuple[str, str], float] = {}
     ae.publish_held()  # alive before the service hands us anything
