@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._servers import dcmtk_nodelay  # noqa: E402
+from services.imaging.settings import default_dicom_processes  # noqa: E402
 from tests.harness.dcmtk import echoscu  # noqa: E402
 from tests.harness.net import free_port, wait_until  # noqa: E402
 from tests.harness.orthanc import OrthancServer  # noqa: E402
@@ -106,8 +107,8 @@ def start_imaging(
         proc.kill()
         raise RuntimeError("imaging service did not start")
     # The port answers as soon as the first process listens: wait for its helpers.
-    wanted = (processes or len(os.sched_getaffinity(0))) - 1
-    wait_until(lambda: len(psutil.Process(proc.pid).children()) >= min(wanted, 3), 60, 0.2)
+    helpers = (processes or default_dicom_processes()) - 1
+    wait_until(lambda: len(psutil.Process(proc.pid).children()) >= helpers, 60, 0.2)
     time.sleep(1.0)
     return proc, dicom_port
 
@@ -183,7 +184,7 @@ def main() -> int:
                 )
         total_mb = sum(f.stat().st_size for f in series[("imaging", 1)]) / 1e6
         print(f"series: {args.slices} slices of {args.size}x{args.size} CT, {total_mb:.1f} MB")
-        default_processes = max(1, min(4, len(os.sched_getaffinity(0))))
+        default_processes = default_dicom_processes()
 
         for peer, processes in (("imaging", None), ("imaging-1", 1)):
             proc, port = start_imaging(workdir / peer, processes)

@@ -14,7 +14,7 @@ from services.common.db import sqlite_url_for
 from services.common.fhir import codes
 
 
-def _default_dicom_processes() -> int:
+def default_dicom_processes() -> int:
     """One SCP process per core, at most four: a process receives what one core runs."""
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
@@ -45,7 +45,7 @@ class ImagingSettings(BaseSettings):
     )
     max_associations: int = 16  # for the service, whatever process holds them
     dicom_processes: int = Field(
-        default_factory=_default_dicom_processes,
+        default_factory=default_dicom_processes,
         ge=1,
         le=32,
         description="SCP processes serving the DICOM port (the listening one hands each "

@@ -253,16 +253,15 @@ class ScpPool:
         # A helper that ran a while is started again at once; one that keeps failing,
         # after longer and longer waits (at most a minute).
         restarts = 0 if helper.ready.is_set() else helper.restarts + 1
-        delay = min(60.0, RESTART_SECONDS * 2**restarts)
         log.error(
             "SCP helper process exited; starting it again",
-            extra={"code": code, "index": helper.index, "after_seconds": delay},
+            extra={"code": code, "index": helper.index, "restarts": restarts},
         )
-        if not self._stopping.wait(delay) and not self._start_helper(helper.index, restarts):
-            self._retry_later(helper.index, restarts + 1)
+        self._retry_later(helper.index, restarts)
 
     def _retry_later(self, index: int, restarts: int) -> None:
-        """Keep trying to start helper ``index`` (longer and longer waits)."""
+        """Keep trying to start helper ``index``, after RESTART_SECONDS * 2**restarts
+        (at most a minute), longer after each failure."""
 
         def retry() -> None:
             attempt = restarts
@@ -305,11 +304,6 @@ class ScpPool:
         again) is logged, not a reason to take the service out of rotation: the
         listening process serves every connection the helpers cannot."""
         return "ok" if self.server is not None else "not listening"
-
-    def serving(self) -> int:
-        """How many processes serve the port now."""
-        with self._lock:
-            return 1 + sum(1 for h in self._helpers.values() if h.serving())
 
     def shutdown(self) -> None:
         """Stop accepting associations (the open ones finish), then stop the helpers
