@@ -227,7 +227,7 @@ def _transaction(
             continue
         resolved = (
             req
-            if req.resource is None
+            if req.resource is None or not mapping  # nothing to resolve: no copy
             else EntryRequest(
                 req.index,
                 req.method,
