@@ -21,6 +21,7 @@ Steps (each a function below):
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -154,10 +155,7 @@ def bone_parts(
     # Rays slip between the grains of a dotted cortex, and noise leaves bright grains in
     # dark marrow: the pinholes either way are filled.
     hollow = _fill_holes_in_plane(hollow)
-    return (
-        ndimage.binary_opening(closed, iterations=1),
-        ndimage.binary_opening(hollow, iterations=1),
-    )
+    return _opening(closed), _opening(hollow)
 
 
 _DIAMOND = [(dj, di) for dj in range(-2, 3) for di in range(-2, 3) if abs(dj) + abs(di) <= 2]
@@ -201,6 +199,32 @@ def _enclosed(bone: FloatArray, reach: int) -> FloatArray:
     return hits >= 7
 
 
+def _opening(mask: FloatArray) -> FloatArray:
+    """``ndimage.binary_opening(mask)`` (the 3-D cross, once, outside the volume empty),
+    by shifted copies: 8x faster, the same mask (a test checks)."""
+    eroded = mask.copy()
+    for axis in range(3):
+        for step in (1, -1):
+            eroded &= _moved(mask, axis, step)
+    opened = eroded.copy()
+    for axis in range(3):
+        for step in (1, -1):
+            opened |= _moved(eroded, axis, step)
+    return opened
+
+
+def _moved(mask: FloatArray, axis: int, step: int) -> FloatArray:
+    """``out[..., n, ...] = mask[..., n + step, ...]`` along ``axis``, False beyond the edge."""
+    out = np.zeros_like(mask)
+    size = mask.shape[axis]
+    src: list[slice] = [slice(None)] * mask.ndim
+    dst: list[slice] = [slice(None)] * mask.ndim
+    src[axis] = slice(max(step, 0), size + min(step, 0))
+    dst[axis] = slice(max(-step, 0), size + min(-step, 0))
+    out[tuple(dst)] = mask[tuple(src)]
+    return out
+
+
 def _shifted(mask: FloatArray, dj: int, di: int) -> FloatArray:
     """``out[k, j, i] = mask[k, j + dj, i + di]``, False beyond the edge."""
     out = np.zeros_like(mask)
@@ -213,6 +237,9 @@ def _shifted(mask: FloatArray, dj: int, di: int) -> FloatArray:
     dst_i = slice(max(-di, 0), ni + min(-di, 0))
     out[:, dst_j, dst_i] = mask[:, src_j, src_i]
     return out
+
+
+EDT_THREADS = 2  # the bodies' per-slice distance transforms (0.23 s of a CT on one thread)
 
 
 def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
@@ -240,18 +267,23 @@ def body_centres(coarse: sitk.Image) -> tuple[FloatArray, FloatArray, FloatArray
     # Metal within SCREW_SLAB_MM along the axis (a body's section just beyond its screws).
     nearby = ndimage.maximum_filter1d(metal, 2 * round(SCREW_SLAB_MM / spacing[2]) + 1, axis=0)
     nearby_at = [np.nonzero(sl) for sl in nearby]
-    zs, centres, radii, screwed = [], [], [], []
-    for k in range(array.shape[0]):
-        if bone[k].sum() < 20:
-            continue
+    lo, hi = max(0, mid - half), min(array.shape[2], mid + half)
+
+    def inscribed(k: int) -> tuple[int, int, float]:
+        """Row, column (in the window) and radius of the slice's largest inscribed circle."""
         dist = np.maximum(
             ndimage.distance_transform_edt(closed[k], sampling=spacing[1::-1]),
             ndimage.distance_transform_edt(hollow[k], sampling=spacing[1::-1]),
         )
-        lo, hi = max(0, mid - half), min(dist.shape[1], mid + half)
         window = dist[:, lo:hi]
         j, i = np.unravel_index(int(np.argmax(window)), window.shape)
-        r = float(window[j, i])
+        return int(j), int(i), float(window[j, i])
+
+    slices = [k for k in range(array.shape[0]) if bone[k].sum() >= 20]
+    with ThreadPoolExecutor(EDT_THREADS, thread_name_prefix="edt") as pool:  # releases the GIL
+        circles = list(pool.map(inscribed, slices))
+    zs, centres, radii, screwed = [], [], [], []
+    for k, (j, i, r) in zip(slices, circles, strict=True):
         if r < 7.0:
             continue
         if metal_rows[k].size:
@@ -325,12 +357,15 @@ def plane_points(
 def build_model(image: sitk.Image) -> CtModel:
     """The spine model of a CT volume: centre line, discs, sacrum, named levels."""
     coarse = resample_world(image, COARSE_MM, default=-1024.0)
-    zs, centres, _, screwed = body_centres(coarse)
+    with ThreadPoolExecutor(1, thread_name_prefix="bone") as pool:
+        # The filled bone (for the profile below) does not depend on the bodies' detection:
+        # the two run at once (their numpy and scipy loops release the GIL).
+        filling = pool.submit(solid_bone, sitk.GetArrayViewFromImage(coarse))
+        zs, centres, _, screwed = body_centres(coarse)
+        solid_array = filling.result()
     line = _through_screws(CentreLine.fit(zs, centres), screwed)
     sampler = Sampler.of(coarse)
-    solid = sitk.GetImageFromArray(
-        solid_bone(sitk.GetArrayViewFromImage(coarse)).astype(np.float32) * 1000
-    )
+    solid = sitk.GetImageFromArray(solid_array.astype(np.float32) * 1000)
     solid.CopyInformation(coarse)
     filled = Sampler.of(solid)
     # A body cut short at the end of the field is often too thin to be detected: the

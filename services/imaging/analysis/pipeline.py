@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from services.imaging.analysis.blocks import (
     name_from_sagittal,
     sagittal_levels,
 )
-from services.imaging.analysis.overlays import KeyImage, area_image, height_image
+from services.imaging.analysis.overlays import Drawn, KeyImage, draw_area, draw_height, encoded
 from services.imaging.analysis.report import AnalysisResult
 from services.imaging.analysis.sampling import Sampler
 from services.imaging.analysis.selection import SeriesCandidate, select_series
@@ -185,6 +186,8 @@ def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) ->
     result.measurements = measurements
     if key_images:
         drawn = time.perf_counter()
+
+        drawings: list[Callable[[], Drawn]] = []
         for m in measurements:
             if not m.points:
                 continue
@@ -192,9 +195,10 @@ def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) ->
             if geometry == "line":
                 axis = np.array(m.points[1]) - np.array(m.points[0])
                 if np.linalg.norm(axis) > 0:
-                    images.append(height_image(sampler, m, axis, volume.modality))
+                    drawings.append(partial(draw_height, sampler, m, axis, volume.modality))
             elif geometry == "contour":
-                images.append(area_image(sampler, m, normal, volume.modality))
+                drawings.append(partial(draw_area, sampler, m, normal, volume.modality))
+        images = encoded(drawings)
         result.timings["key_images"] = time.perf_counter() - drawn
     result.timings["total"] = time.perf_counter() - started
     result.settle()

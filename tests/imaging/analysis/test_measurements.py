@@ -316,8 +316,9 @@ def test_ct_values_are_not_trusted_where_the_model_cannot_be(
 
 
 def test_the_fast_in_plane_morphology_equals_scipys() -> None:
-    """The bodies' detector closes and fills slice by slice with its own shifted-array
-    versions (7x and 2-3x faster on a 2 mm CT grid): the same masks as scipy's."""
+    """The bodies' detector closes and fills slice by slice, and opens in 3-D, with its own
+    shifted-array versions (7x, 2-3x and 8x faster on a 2 mm CT grid): the same masks as
+    scipy's, up to the volume's edges."""
     from scipy import ndimage
 
     rng = np.random.default_rng(3)
@@ -327,6 +328,12 @@ def test_the_fast_in_plane_morphology_equals_scipys() -> None:
         assert np.array_equal(ct._closing_in_plane(mask), closing)
         filled = ndimage.binary_fill_holes(mask, structure=ct.IN_PLANE)
         assert np.array_equal(ct._fill_holes_in_plane(mask), filled)
+        grown = ndimage.binary_closing(mask, iterations=2)  # blobs that survive an opening
+        opened = ndimage.binary_opening(grown)
+        assert opened.any() and not np.array_equal(opened, grown)
+        assert np.array_equal(ct._opening(grown), opened)
+    full = np.ones((4, 5, 6), dtype=bool)  # the edges count as empty
+    assert np.array_equal(ct._opening(full), ndimage.binary_opening(full))
 
 
 def test_a_stray_detection_does_not_split_the_column() -> None:
