@@ -437,8 +437,7 @@ def speed() -> None:
             # alternating. This machine's first touch of fresh memory varies by ±50 %, so
             # the read is the fastest of the six: the three reads alone and the reads the
             # analyses did (their files parsed, their volume built); the analysis (reading
-            # included) is the median. Peak RSS from the process's own memory map (VmHWM):
-            # getrusage's ru_maxrss keeps the forking parent's high-water mark across exec.
+            # included) is the median.
             code = (
                 "import json,sys,time,statistics as st;from pathlib import Path;"
                 "from pydicom import dcmread;"
@@ -454,9 +453,8 @@ def speed() -> None:
                 " status=a.result.status\n"
                 " n=sum(m.value is not None for m in a.result.measurements)\n"
                 " del a,d\n"
-                "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
                 "print(json.dumps({'read':min(r),'reads':r,'s':st.median(s),'first':s[0],"
-                "'size':size,'rss':int(hwm.split()[1])/1024,'status':status,'n':n}))"
+                "'size':size,'status':status,'n':n}))"
             )
             run = subprocess.run(
                 [sys.executable, "-c", code, str(folder)],
@@ -466,6 +464,24 @@ def speed() -> None:
                 cwd=ROOT,
             )
             out = json.loads(run.stdout.strip().splitlines()[-1])
+            # The peak RSS of one analysis alone, in a process of its own (as a worker), from
+            # its VmHWM: getrusage keeps the forking parent's high-water mark across exec.
+            one = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys;from pathlib import Path;"
+                    "from services.imaging.analysis.pipeline import analyze_paths;"
+                    "analyze_paths(sorted(Path(sys.argv[1]).glob('*.dcm')));"
+                    "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0])",
+                    str(folder),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            )
+            out["rss"] = int(one.stdout.split()[-2]) / 1024
             read = out["read"]
             print(
                 f"  {label} {tuple(out['size'])}: read pixels {read:.2f} s; full analysis "

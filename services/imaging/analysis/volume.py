@@ -69,20 +69,8 @@ def load_series(datasets: Sequence[Dataset]) -> Volume:
     shape = {(int(d.Rows), int(d.Columns)) for d in ordered}
     if len(shape) != 1:
         raise VolumeError("slices have different matrix sizes")
-    # One float32 array filled slice by slice (k, j, i); the decoded pixels are not cached
-    # on the data sets (``ds.pixel_array`` would keep a second copy of every slice).
     rows, columns = shape.pop()
-    array = np.empty((len(ordered), rows, columns), dtype=np.float32)
-    for k, ds in enumerate(ordered):
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        pixels = pixel_array(ds)
-        if pixels.shape != (rows, columns):
-            raise VolumeError("an image is not a single-frame greyscale image")
-        np.multiply(pixels, slope, out=array[k], casting="unsafe")
-        array[k] += intercept
-    image = sitk.GetImageFromArray(array)
-    del array
+    image = _pixels(ordered, rows, columns)
     row_spacing, col_spacing = (float(v) for v in ordered[0].PixelSpacing)
     # PixelSpacing is (between rows, between columns): i steps by the column spacing.
     image.SetSpacing((col_spacing, row_spacing, step))
@@ -96,6 +84,44 @@ def load_series(datasets: Sequence[Dataset]) -> Volume:
         sop_instance_uids=tuple(str(d.SOPInstanceUID) for d in ordered),
         slice_step=step,
     )
+
+
+def _rescale(ds: Dataset) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _pixels(ordered: Sequence[Dataset], rows: int, columns: int) -> sitk.Image:
+    """The slices' values (rescaled) as one float32 image (k, j, i), filled slice by slice;
+    the decoded pixels are not cached on the data sets (``ds.pixel_array`` would keep a
+    second copy of every slice).
+
+    A CT's slices share one rescale with slope 1: their stored integers are stacked as they
+    are and shifted to float32 by ITK, so the volume is never held twice in float32 (a
+    512 x 512 x 355 CT: 186 MB less at the read's peak, the same values)."""
+    first = pixel_array(ordered[0])
+    rescales = {_rescale(ds) for ds in ordered}
+    if len(rescales) == 1 and first.dtype.kind in "iu" and first.itemsize <= 2:
+        slope, intercept = rescales.pop()
+        if slope == 1.0:
+            stored = np.empty((len(ordered), rows, columns), dtype=first.dtype)
+            for k, ds in enumerate(ordered):
+                stored[k] = _slice(first if k == 0 else pixel_array(ds), rows, columns)
+            image = sitk.GetImageFromArray(stored)
+            del stored
+            return sitk.ShiftScale(image, intercept, 1.0, sitk.sitkFloat32)
+    array = np.empty((len(ordered), rows, columns), dtype=np.float32)
+    for k, ds in enumerate(ordered):
+        slope, intercept = _rescale(ds)
+        pixels = _slice(first if k == 0 else pixel_array(ds), rows, columns)
+        np.multiply(pixels, slope, out=array[k], casting="unsafe")
+        array[k] += intercept
+    return sitk.GetImageFromArray(array)
+
+
+def _slice(pixels: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    if pixels.shape != (rows, columns):
+        raise VolumeError("an image is not a single-frame greyscale image")
+    return pixels
 
 
 def _ipp(ds: Dataset) -> np.ndarray:

@@ -82,3 +82,35 @@ def test_real_vendor_jpeg2000_series_loads_in_hounsfield_units() -> None:
     values = sitk.GetArrayViewFromImage(volume.image)
     assert values.min() <= -900  # air around the patient
     assert np.percentile(values, 99.9) > 300  # bone
+
+
+@pytest.mark.parametrize(
+    "rescales",
+    [
+        [(1.0, -1024.0)] * 4,  # a CT: one rescale, slope 1 (stacked as stored, shifted by ITK)
+        [(1.0, -1024.5)] * 4,  # a fractional intercept
+        [(2.5, -10.0)] * 4,  # slope != 1
+        [(1.0, -1024.0), (1.0, -1000.0), (0.5, 0.0), (1.0, -1024.0)],  # per-slice rescales
+    ],
+)
+def test_every_slice_is_rescaled_by_its_own_slope_and_intercept(
+    rescales: list[tuple[float, float]],
+) -> None:
+    """Whichever way the volume is built, each voxel is its stored value times the slice's
+    RescaleSlope plus its RescaleIntercept (signed stored values included)."""
+    from services.imaging.analysis.volume import load_series
+    from tests.harness.series import SeriesSpec, make_series
+
+    datasets = make_series(SeriesSpec(modality="CT", slices=len(rescales)))
+    stored = []
+    for ds, (slope, intercept) in zip(datasets, rescales, strict=True):
+        pixels = np.frombuffer(ds.PixelData, dtype=np.int16).copy()
+        pixels[::7] = -pixels[::7]  # negative stored values too
+        ds.PixelData = pixels.tobytes()
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        stored.append(pixels.reshape(int(ds.Rows), int(ds.Columns)))
+    volume = sitk.GetArrayFromImage(load_series(datasets).image)
+    assert volume.dtype == np.float32
+    for k, (slope, intercept) in enumerate(rescales):
+        expected = stored[k].astype(np.float64) * slope + intercept
+        assert np.allclose(volume[k], expected, atol=1e-3), k
