@@ -70,6 +70,9 @@ def _parse_entry(index: int, entry: Any) -> EntryRequest:
 
 
 def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
+    """A copy of ``node`` with its references resolved. Always a copy, even with nothing to
+    resolve: the write stamps the resource it is given (id, meta), and a transaction that is
+    retried must start again from the Bundle's own entries."""
     if isinstance(node, dict):
         return {
             k: (
@@ -227,7 +230,7 @@ def _transaction(
             continue
         resolved = (
             req
-            if req.resource is None or not mapping  # nothing to resolve: no copy
+            if req.resource is None
             else EntryRequest(
                 req.index,
                 req.method,

@@ -342,3 +342,58 @@ def test_imaging_metrics_derive_from_their_imaging_study(outcomes: OutcomesServe
     )
     assert sides == ["left", "right"]
     assert by_study["total"] == 1
+
+
+def test_a_retried_transaction_starts_again_from_the_bundles_own_entries(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A transaction retried after a lost race (SQLite busy, a concurrent writer) runs again
+    on the Bundle's entries as sent, not on what the first attempt stamped into them: a
+    conditional PUT that created a Patient on the first attempt updates the match a
+    concurrent writer committed before the retry (200), instead of refusing the first
+    attempt's server-assigned id."""
+    import copy
+
+    from sqlalchemy.exc import OperationalError
+
+    from services.common.db import make_engine, upgrade_schema
+    from services.outcomes import bundles, interactions
+    from services.outcomes.access import Access
+    from services.outcomes.app import MIGRATIONS
+
+    engine = make_engine(f"sqlite:///{tmp_path}/outcomes.db")
+    upgrade_schema(engine, MIGRATIONS)
+    access = Access(["system/*.cruds"])
+    patient = b.patient("MRN-RETRY")
+    identifier = patient["identifier"][0]
+    criteria = f"identifier={identifier['system']}|{identifier['value']}"
+    original = bundles._transaction
+    attempts = []
+
+    def racing(conn: Any, requests: Any, base: str, caller: Access) -> Any:
+        attempts.append(1)
+        if len(attempts) == 2:  # the concurrent writer's match, committed in between
+            interactions.create(
+                conn, copy.deepcopy(patient), resource_type="Patient", access=caller
+            )
+        out = original(conn, requests, base, caller)
+        if len(attempts) == 1:
+            raise OperationalError("COMMIT", {}, Exception("database is locked"))
+        return out
+
+    monkeypatch.setattr(bundles, "_transaction", racing)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": copy.deepcopy(patient),
+                "request": {"method": "PUT", "url": f"Patient?{criteria}"},
+            }
+        ],
+    }
+    response = bundles.process(engine, bundle, "http://outcomes/fhir", access)
+    assert len(attempts) == 2
+    assert response["entry"][0]["response"]["status"] == "200 OK"
+    assert "id" not in bundle["entry"][0]["resource"]  # the Bundle's entry as sent
+    engine.dispose()

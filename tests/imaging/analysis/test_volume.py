@@ -114,3 +114,38 @@ def test_every_slice_is_rescaled_by_its_own_slope_and_intercept(
     for k, (slope, intercept) in enumerate(rescales):
         expected = stored[k].astype(np.float64) * slope + intercept
         assert np.allclose(volume[k], expected, atol=1e-3), k
+
+
+def test_slices_of_other_pixel_types_or_byte_orders_keep_their_values() -> None:
+    """An unsigned slice among signed ones, and a big-endian series: each voxel is still its
+    own slice's stored value rescaled (never wrapped round or reinterpreted)."""
+    from pydicom.uid import ExplicitVRBigEndian
+
+    from services.imaging.analysis.volume import load_series
+    from tests.harness.series import SeriesSpec, make_series
+
+    mixed = make_series(SeriesSpec(modality="CT", slices=3))
+    expected = []
+    for k, ds in enumerate(mixed):
+        if k == 0:  # unsigned, with values a signed reading would wrap
+            pixels = np.full((int(ds.Rows), int(ds.Columns)), 40000, dtype=np.uint16)
+            ds.PixelRepresentation = 0
+        else:
+            pixels = np.full((int(ds.Rows), int(ds.Columns)), -500, dtype=np.int16)
+        ds.PixelData = pixels.tobytes()
+        expected.append(pixels.astype(np.float64) - 1024)
+    volume = sitk.GetArrayFromImage(load_series(mixed).image)
+    for k in range(3):
+        assert np.allclose(volume[k], expected[k]), k
+
+    big = make_series(SeriesSpec(modality="CT", slices=3))
+    values = []
+    for ds in big:
+        pixels = np.frombuffer(ds.PixelData, dtype=np.int16).copy()
+        pixels[::5] = -300
+        ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+        ds.PixelData = pixels.astype(">i2").tobytes()
+        values.append(pixels.reshape(int(ds.Rows), int(ds.Columns)).astype(np.float64) - 1024)
+    volume = sitk.GetArrayFromImage(load_series(big).image)
+    for k in range(3):
+        assert np.allclose(volume[k], values[k]), k
