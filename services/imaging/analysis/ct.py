@@ -376,13 +376,18 @@ def build_model(image: sitk.Image) -> CtModel:
     z = np.arange(max(line.z_min - 10.0, lo[2] + 1.0), min(line.z_max + 10.0, hi[2] - 1.0), 1.0)
     u = np.arange(-12.0, 12.1, 2.0)
     v = np.arange(-8.0, 8.1, 2.0)
-    profile = np.empty(len(z))
-    raw = np.empty(len(z))
-    for n, zz in enumerate(z):
-        _, left, posterior = line.frame(zz)
-        points = plane_points(line.point(zz), left, posterior, u, v)
-        profile[n] = np.nanpercentile(filled(points), 20)
-        raw[n] = _median_clear_of_metal(sampler(points))
+    if len(z) == 0:
+        raise SpineNotFound("the bodies found span too little of the images to follow the spine")
+    # Every section across the spine at once: (z, u, v, xyz).
+    frames = [line.frame(zz) for zz in z]
+    points = np.stack(
+        [
+            plane_points(line.point(zz), left, posterior, u, v)
+            for zz, (_, left, posterior) in zip(z, frames, strict=True)
+        ]
+    )
+    profile = np.nanpercentile(filled(points).reshape(len(z), -1), 20, axis=1)
+    raw = np.array([_median_clear_of_metal(section) for section in sampler(points)])
     metal_seen = _metal_near(coarse, line)
     profile = ndimage.gaussian_filter1d(profile, 1.0)
     body = float(np.percentile(profile, 75))
