@@ -202,40 +202,30 @@ def _enclosed(bone: FloatArray, reach: int) -> FloatArray:
 def _opening(mask: FloatArray) -> FloatArray:
     """``ndimage.binary_opening(mask)`` (the 3-D cross, once, outside the volume empty),
     by shifted copies: 8x faster, the same mask (a test checks)."""
+    cross = [(dk, 0, 0) for dk in (1, -1)] + [(0, dj, 0) for dj in (1, -1)]
+    cross += [(0, 0, di) for di in (1, -1)]
     eroded = mask.copy()
-    for axis in range(3):
-        for step in (1, -1):
-            eroded &= _moved(mask, axis, step)
+    for offset in cross:
+        eroded &= _offset(mask, offset)
     opened = eroded.copy()
-    for axis in range(3):
-        for step in (1, -1):
-            opened |= _moved(eroded, axis, step)
+    for offset in cross:
+        opened |= _offset(eroded, offset)
     return opened
-
-
-def _moved(mask: FloatArray, axis: int, step: int) -> FloatArray:
-    """``out[..., n, ...] = mask[..., n + step, ...]`` along ``axis``, False beyond the edge."""
-    out = np.zeros_like(mask)
-    size = mask.shape[axis]
-    src: list[slice] = [slice(None)] * mask.ndim
-    dst: list[slice] = [slice(None)] * mask.ndim
-    src[axis] = slice(max(step, 0), size + min(step, 0))
-    dst[axis] = slice(max(-step, 0), size + min(-step, 0))
-    out[tuple(dst)] = mask[tuple(src)]
-    return out
 
 
 def _shifted(mask: FloatArray, dj: int, di: int) -> FloatArray:
     """``out[k, j, i] = mask[k, j + dj, i + di]``, False beyond the edge."""
+    return _offset(mask, (0, dj, di))
+
+
+def _offset(mask: FloatArray, offset: tuple[int, int, int]) -> FloatArray:
+    """``out[k, j, i] = mask[k + dk, j + dj, i + di]``, False beyond the edge."""
     out = np.zeros_like(mask)
-    nj, ni = mask.shape[1:]
-    if abs(dj) >= nj or abs(di) >= ni:
+    if any(abs(d) >= n for d, n in zip(offset, mask.shape, strict=True)):
         return out
-    src_j = slice(max(dj, 0), nj + min(dj, 0))
-    dst_j = slice(max(-dj, 0), nj + min(-dj, 0))
-    src_i = slice(max(di, 0), ni + min(di, 0))
-    dst_i = slice(max(-di, 0), ni + min(-di, 0))
-    out[:, dst_j, dst_i] = mask[:, src_j, src_i]
+    src = tuple(slice(max(d, 0), n + min(d, 0)) for d, n in zip(offset, mask.shape, strict=True))
+    dst = tuple(slice(max(-d, 0), n + min(-d, 0)) for d, n in zip(offset, mask.shape, strict=True))
+    out[dst] = mask[src]
     return out
 
 

@@ -52,39 +52,39 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 def _annotate(
     image: Image.Image, axes: FloatArray, lines: list[tuple[str, tuple[int, int, int]]]
 ) -> None:
-    """Text in the top left, orientation letters on the edges, a scale bar bottom left."""
+    """Text in the top left, orientation letters on the edges, a scale bar bottom left
+    (FreeType under :data:`_TEXT`)."""
     with _TEXT:
-        _annotate_locked(image, axes, lines)
-
-
-def _annotate_locked(
-    image: Image.Image, axes: FloatArray, lines: list[tuple[str, tuple[int, int, int]]]
-) -> None:
-    draw = ImageDraw.Draw(image)
-    width, height = image.size
-    font, small = _font(18), _font(16)
-    y = 8
-    for text, colour in lines:
-        draw.text((10, y), text, fill=colour, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
-        y += 24
-    right, down = _letter(axes[0]), _letter(axes[1])
-    opposite = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
-    markers = (
-        (right, (width - 22, height // 2 - 9)),
-        (opposite[right], (8, height // 2 - 9)),
-        (down, (width // 2 - 6, height - 26)),
-        (opposite[down], (width // 2 - 6, 8 if len(lines) == 0 else 8 + 24 * len(lines))),
-    )
-    for letter, position in markers:
-        draw.text(
-            position, letter, fill=(255, 255, 0), font=small, stroke_width=2, stroke_fill=(0, 0, 0)
+        draw = ImageDraw.Draw(image)
+        width, height = image.size
+        font, small = _font(18), _font(16)
+        y = 8
+        for text, colour in lines:
+            draw.text((10, y), text, fill=colour, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+            y += 24
+        right, down = _letter(axes[0]), _letter(axes[1])
+        opposite = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
+        markers = (
+            (right, (width - 22, height // 2 - 9)),
+            (opposite[right], (8, height // 2 - 9)),
+            (down, (width // 2 - 6, height - 26)),
+            (opposite[down], (width // 2 - 6, 8 if len(lines) == 0 else 8 + 24 * len(lines))),
         )
-    bar = SCALE_BAR_MM / STEP_MM * SCALE
-    x0, y0 = 14, height - 18
-    draw.line([(x0, y0), (x0 + bar, y0)], fill=(255, 255, 255), width=3)
-    for x in (x0, x0 + bar):
-        draw.line([(x, y0 - 6), (x, y0 + 6)], fill=(255, 255, 255), width=2)
-    draw.text((x0 + bar + 8, y0 - 10), f"{SCALE_BAR_MM:g} mm", fill=(255, 255, 255), font=small)
+        for letter, position in markers:
+            draw.text(
+                position,
+                letter,
+                fill=(255, 255, 0),
+                font=small,
+                stroke_width=2,
+                stroke_fill=(0, 0, 0),
+            )
+        bar = SCALE_BAR_MM / STEP_MM * SCALE
+        x0, y0 = 14, height - 18
+        draw.line([(x0, y0), (x0 + bar, y0)], fill=(255, 255, 255), width=3)
+        for x in (x0, x0 + bar):
+            draw.line([(x, y0 - 6), (x, y0 + 6)], fill=(255, 255, 255), width=2)
+        draw.text((x0 + bar + 8, y0 - 10), f"{SCALE_BAR_MM:g} mm", fill=(255, 255, 255), font=small)
 
 
 @dataclass(frozen=True)

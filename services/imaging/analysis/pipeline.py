@@ -186,7 +186,6 @@ def analyze_datasets(datasets: Sequence[Dataset], *, key_images: bool = True) ->
     result.measurements = measurements
     if key_images:
         drawn = time.perf_counter()
-
         drawings: list[Callable[[], Drawn]] = []
         for m in measurements:
             if not m.points:
