@@ -243,6 +243,20 @@ def test_helpers_share_the_services_files_and_end_with_it_even_killed(tmp_path: 
                 assoc.release()
         stored = sorted((tmp_path / "imaging").rglob("*.dcm"))
         assert {f.stem for f in stored} == {str(ds.SOPInstanceUID) for ds in series}
+        # Received, not analysed yet (the study waits out its quiet time): no process of
+        # the service has loaded the analysis libraries (SimpleITK, SciPy: ~200 MB).
+        import SimpleITK  # noqa: F401 - this test's own process: the check sees them
+
+        def analysis_libraries(process: psutil.Process) -> list[str]:
+            return [
+                m.path
+                for m in process.memory_maps()
+                if "SimpleITK" in m.path or "/scipy/" in m.path
+            ]
+
+        assert analysis_libraries(psutil.Process())
+        for process in (psutil.Process(service.pid), *helpers()):
+            assert analysis_libraries(process) == [], process.cmdline()
         service.send_signal(signal.SIGKILL)
         service.wait()
         assert wait_until(lambda: not any(_running(pid) for pid in pids), 10)

@@ -20,13 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from services.common import contracts
+from services.imaging.analysis.plane import Plane
 from services.imaging.analysis.report import Measurement
 from services.imaging.analysis.sampling import FloatArray, Sampler, unit
 
@@ -121,56 +121,6 @@ class KeyImage:
             "plane": None if self.plane is None else self.plane.as_json(),
             "scale": round(self.scale, 4),
         }
-
-
-@dataclass(frozen=True)
-class Plane:
-    """A key image's section: its top left corner, row and column directions (LPS), its
-    size in mm, and the series it was sampled from."""
-
-    origin: tuple[float, float, float]
-    right: tuple[float, float, float]
-    down: tuple[float, float, float]
-    size_mm: tuple[float, float]
-    series_instance_uid: str
-    modality: str
-
-    @classmethod
-    def of(
-        cls,
-        origin: FloatArray,
-        right: FloatArray,
-        down: FloatArray,
-        size: tuple[float, float],
-        series: str,
-        modality: str,
-    ) -> Plane:
-        def v(a: FloatArray) -> tuple[float, float, float]:
-            x, y, z = (round(float(c), 4) for c in a)
-            return (x, y, z)
-
-        return cls(v(origin), v(right), v(down), size, series, modality)
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "origin": list(self.origin),
-            "right": list(self.right),
-            "down": list(self.down),
-            "size_mm": list(self.size_mm),
-            "series_instance_uid": self.series_instance_uid,
-            "modality": self.modality,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Plane:
-        return cls(
-            tuple(data["origin"]),
-            tuple(data["right"]),
-            tuple(data["down"]),
-            tuple(data["size_mm"]),
-            str(data["series_instance_uid"]),
-            str(data["modality"]),
-        )
 
 
 # Window presets (lower, upper) of a section read on CT; MR is windowed on its own signal.

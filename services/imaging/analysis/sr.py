@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 from PIL import Image
-from pydicom import Dataset, dcmwrite
+from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -242,12 +242,6 @@ def build_sr(
         is_complete=True,
         previous_versions=list(previous_versions) or None,
     )
-
-
-def to_bytes(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def secondary_captures(

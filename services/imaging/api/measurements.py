@@ -36,10 +36,10 @@ from services.common.vocabulary import (
     RejectReason,
     Side,
 )
-from services.imaging.analysis.overlays import Plane
-from services.imaging.analysis.sr import build_reviewed_sr, to_bytes
+from services.imaging.analysis.plane import Plane
 from services.imaging.api.dicomweb import public_base_url
 from services.imaging.errors import InvalidRead, NotFound, StaleResult
+from services.imaging.intake.dicom_io import part10_bytes
 from services.imaging.intake.store import DERIVED_SOURCE
 from services.imaging.models import (
     AnalysisJob,
@@ -433,6 +433,8 @@ def sign_review(study: str, body: SignIn, request: Request, who: Reviewer) -> Si
         for name in names
         if (geometry := results.review_geometry(current, name)) is not None
     }
+    from services.imaging.analysis.sr import build_reviewed_sr  # loaded by the first read
+
     try:
         sr = build_reviewed_sr(
             result,
@@ -445,7 +447,7 @@ def sign_review(study: str, body: SignIn, request: Request, who: Reviewer) -> Si
     except ValueError as exc:
         raise InvalidRead(str(exc)) from None
     results.write_reviewed_sr(current, sr)
-    runtime.store.put(to_bytes(sr), source=DERIVED_SOURCE)
+    runtime.store.put(part10_bytes(sr), source=DERIVED_SOURCE)
     with Session(request.app.state.engine) as session:
         runtime.dispatcher.plan(session, current, only=("pacs",))
         session.commit()

@@ -288,8 +288,13 @@ def to_explicit_little_endian(data: bytes, transfer_syntax: str) -> bytes:
     elif not syntax.is_little_endian:
         _swap_words(ds)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return part10_bytes(ds)
+
+
+def part10_bytes(dataset: Dataset) -> bytes:
+    """The data set as a DICOM Part 10 file (preamble, File Meta, data set)."""
     out = BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
+    dcmwrite(out, dataset, enforce_file_format=True)
     return out.getvalue()
 
 

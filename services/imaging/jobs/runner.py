@@ -2,21 +2,25 @@
 those results. Every engine runs jobs through :class:`AnalysisRunner`; the claim's
 attempt number fences the commit (see :mod:`services.imaging.jobs.table`), and a
 failing analysis never touches the study or its files.
+
+The analysis libraries (SimpleITK, SciPy, highdicom: about 200 MB) are imported by the
+first analysis a process runs, not when it starts: a service process that only receives
+(its analyses in worker processes) never loads them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from services.imaging.analysis.pipeline import Analysis, analyze_paths
 from services.imaging.analysis.report import ALGORITHM_NAME, ALGORITHM_VERSION
-from services.imaging.analysis.sr import MANUFACTURER, build_sr, secondary_captures, to_bytes
+from services.imaging.intake.dicom_io import part10_bytes
 from services.imaging.intake.store import DERIVED_SOURCE, InstanceStore
 from services.imaging.jobs.table import Claim
 from services.imaging.metrics import ANALYSES, ANALYSIS_SECONDS
@@ -30,6 +34,9 @@ from services.imaging.models import (
 )
 from services.imaging.results.folder import ResultsFolder
 from services.imaging.results.outbox import Dispatcher
+
+if TYPE_CHECKING:
+    from services.imaging.analysis.pipeline import Analysis
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,8 @@ class AnalysisRunner:
         self.dispatcher = dispatcher
 
     def analyse(self, claim: Claim) -> Analysis:
+        from services.imaging.analysis.pipeline import analyze_paths
+
         with Session(self.engine) as session:
             instances = session.exec(
                 select(Instance).where(Instance.study_instance_uid == claim.study_instance_uid)
@@ -112,11 +121,11 @@ class AnalysisRunner:
             session.commit()
             delivery_ids = [d.id for d in deliveries if d.id is not None]
         if sr is not None:  # our copy, for WADO and the next version's predecessor
-            self.store.put(to_bytes(sr), source=DERIVED_SOURCE)
+            self.store.put(part10_bytes(sr), source=DERIVED_SOURCE)
             # The key images join the study as Secondary Capture (the instances the SR
             # points at, the ones the PACS gets), so a viewer on our DICOMweb lists them.
             for capture in captures:
-                self.store.put(to_bytes(capture), source=DERIVED_SOURCE)
+                self.store.put(part10_bytes(capture), source=DERIVED_SOURCE)
         ANALYSIS_SECONDS.observe(time.perf_counter() - started)
         ANALYSES.labels(outcome=result.status).inc()
         log.info(
@@ -140,6 +149,8 @@ class AnalysisRunner:
         """The key images as Secondary Capture, in a new series of the measured study."""
         if not analysis.key_images or not analysis.evidence:
             return []
+        from services.imaging.analysis.sr import MANUFACTURER, secondary_captures
+
         return secondary_captures(
             [image.png for image in analysis.key_images],
             analysis.evidence[0],
@@ -155,6 +166,8 @@ class AnalysisRunner:
         if not any(m.value is not None for m in analysis.result.measurements):
             return None
         predecessor = self.results.sr(previous) if previous is not None else None
+        from services.imaging.analysis.sr import build_sr
+
         return build_sr(
             analysis.result,
             analysis.evidence,

@@ -16,13 +16,15 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset, dcmread
 
-from services.imaging.analysis.overlays import KeyImage
-from services.imaging.analysis.sr import to_bytes
+from services.imaging.intake.dicom_io import part10_bytes
 from services.imaging.models import MeasurementSet
+
+if TYPE_CHECKING:
+    from services.imaging.analysis.overlays import KeyImage
 
 SR_FILE = "sr.dcm"
 REVIEWED_SR_FILE = "reviewed-sr.dcm"  # a reader's signed review: supersedes sr.dcm
@@ -58,9 +60,9 @@ class ResultsFolder:
                 geometry = json.dumps(image.review_geometry())
                 (folder / REVIEW / f"{image.name}.json").write_text(geometry)
         if sr is not None:
-            (folder / SR_FILE).write_bytes(to_bytes(sr))
+            (folder / SR_FILE).write_bytes(part10_bytes(sr))
         for number, capture in enumerate(captures, start=1):
-            (folder / f"{CAPTURE_PREFIX}{number:03d}.dcm").write_bytes(to_bytes(capture))
+            (folder / f"{CAPTURE_PREFIX}{number:03d}.dcm").write_bytes(part10_bytes(capture))
         return folder
 
     @staticmethod
@@ -83,7 +85,7 @@ class ResultsFolder:
         if folder is None:
             raise ValueError("the result has no folder")
         temporary = folder / f".{REVIEWED_SR_FILE}.tmp"
-        temporary.write_bytes(to_bytes(sr))
+        temporary.write_bytes(part10_bytes(sr))
         temporary.replace(folder / REVIEWED_SR_FILE)
 
     def key_image_names(self, measurement_set: MeasurementSet) -> list[str]:

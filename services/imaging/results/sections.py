@@ -3,7 +3,8 @@ reader can scroll through the slices around the measured plane and change the wi
 
 The volume of the series last asked for is kept (one at a time: a CT of 300 slices holds
 about 300 MB as float32); the next reader's scroll through the same study is then a
-resampling of 0.1 Mpixel, tens of milliseconds.
+resampling of 0.1 Mpixel, tens of milliseconds. The reading and sampling code (SimpleITK,
+SciPy) is imported by the first section asked for, not when the service starts.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from services.imaging.analysis.overlays import Plane, section_png
-from services.imaging.analysis.sampling import Sampler
-from services.imaging.analysis.volume import VolumeError, load_files
+from services.imaging.analysis.plane import Plane
 from services.imaging.errors import NotFound
 from services.imaging.models import Instance
+
+if TYPE_CHECKING:
+    from services.imaging.analysis.sampling import Sampler
 
 MAX_OFFSET_MM = 20.0
 
@@ -33,6 +36,9 @@ class Sections:
         self._sampler: Sampler | None = None
 
     def _sampler_of(self, series: str) -> Sampler:
+        from services.imaging.analysis.sampling import Sampler
+        from services.imaging.analysis.volume import VolumeError, load_files
+
         with Session(self.engine) as session:
             instances = session.exec(
                 select(Instance).where(Instance.series_instance_uid == series)
@@ -52,4 +58,6 @@ class Sections:
 
     def render(self, plane: Plane, offset_mm: float, window: str) -> bytes:
         """The section ``offset_mm`` from the key image's plane, as PNG."""
+        from services.imaging.analysis.overlays import section_png
+
         return section_png(self._sampler_of(plane.series_instance_uid), plane, offset_mm, window)
