@@ -282,7 +282,7 @@ def mr_protocols(quick: bool) -> None:
 
 
 def canal_reference(folder: Path) -> tuple[sitk.Image, np.ndarray]:
-    """The real sagittal T2 (TPTBox, cervical C5-C7) resampled to an axial 0.75 mm grid, and
+    """The real sagittal T2 (TPTBox, labelled C5-C7) resampled to an axial 0.75 mm grid, and
     per axial slice the area (mm²) of its spinal cord plus canal masks (labels 60 and 61:
     the contents of the dura) — the reference, from the masks, never from the analyzer."""
     image = sitk.ReadImage(str(folder / "sub-mri_label-6_T2w.nii.gz"), sitk.sitkFloat32)
@@ -304,7 +304,7 @@ def real_mr() -> None:
         if reference[sac.k] > 20
     ]
     print(
-        f"\nReal MR (TPTBox sagittal T2, cervical C5-C7, axial reformats at 0.75 mm): "
+        f"\nReal MR (TPTBox sagittal T2, labelled C5-C7, axial reformats at 0.75 mm): "
         f"{len(errors)} slices with the sac found of {int((reference > 20).sum())}; "
         f"sac area vs cord + canal masks: median error {np.median(errors):+.1f} %, "
         f"median |error| {np.median(np.abs(errors)):.1f} % (target within 10 %)"
@@ -343,17 +343,24 @@ def real_ct() -> None:
     _against_masks("TPTBox L2-L4 crop, 1.5 mm, osteoporotic", _analyse(image), masks)
     hybrid = instrument(image, masks, (22, 23))
     _against_masks("the same, screws in L3 and L4, rods, streaks", _analyse(hybrid), masks)
-    path = ROOT / "tests/data/totalsegmentator-ct/ts_example_ct.nii.gz"
-    result = _analyse(sitk.ReadImage(str(path), sitk.sitkFloat32))
+    folder = ROOT / "tests/data/totalsegmentator-ct"
+    result = _analyse(sitk.ReadImage(str(folder / "ts_example_ct.nii.gz"), sitk.sitkFloat32))
     values = [
         f"{m.quantity}@{m.level or '#' + str(m.level_index)}{'/' + m.side if m.side else ''}"
         f"={m.value:.1f}"
         for m in result.measurements
         if m.value is not None
     ]
+    # Each level's name against the bones TotalSegmentator's masks put above and below its
+    # disc height's ends (a model's labels, not an expert's).
+    bones = reference.Bones.read(folder / "masks")
+    heights = [m for m in result.measurements if m.quantity == "disc_height" and m.points]
+    named = [(m.level, bones.level_at(m.points)) for m in heights]
     print(
-        f"  TotalSegmentator abdomen, 3 mm: {result.status}; {len(values)} values {values}; "
-        f"warnings {result.warnings}"
+        f"  TotalSegmentator abdomen, 3 mm: {result.status}; levels named "
+        f"{sum(a is not None for a, _ in named)} of {len(named)}, as its masks name them "
+        f"{sum(a == b for a, b in named)} ({', '.join(f'{a} / {b}' for a, b in named)}); "
+        f"{len(values)} values {values}; warnings {result.warnings}"
     )
 
 

@@ -1,4 +1,5 @@
-"""Reference values from a real image's expert masks (TPTBox layout), never from the analyzer.
+"""Reference values from a real image's masks (TPTBox's expert masks, TotalSegmentator's
+bones), never from the analyzer.
 
 The masks are the TPTBox project's: ``seg-vert`` labels each vertebra (21 = L2, 22 = L3,
 23 = L4, ...), ``seg-subreg`` its parts (41 arcus with the pedicles, 49 corpus border,
@@ -16,6 +17,10 @@ The masks are the TPTBox project's: ``seg-vert`` labels each vertebra (21 = L2, 
 Distances are along the scanner's z axis, which the TPTBox crop's spine follows to within
 a few degrees (a 5° tilt shortens 15 mm by 0.06 mm). Voxel edges quantise each end to
 half a voxel (0.75 mm at 1.5 mm).
+
+**Level names** come from TotalSegmentator's masks (one file per bone,
+``vertebrae_L4.nii.gz``, ``sacrum.nii.gz``; a model's output, not an expert's): the bones
+just above and below a measured disc height's ends (:class:`Bones`).
 """
 
 from __future__ import annotations
@@ -118,3 +123,64 @@ def pair_at(masks: Masks, z: float) -> tuple[int, int] | None:
         if top - 5.0 <= z <= bottom + 5.0:
             return upper, lower
     return None
+
+
+# TotalSegmentator's output: one mask file per bone, named by the bone.
+BONES = {
+    "vertebrae_T12": "T12",
+    "vertebrae_L1": "L1",
+    "vertebrae_L2": "L2",
+    "vertebrae_L3": "L3",
+    "vertebrae_L4": "L4",
+    "vertebrae_L5": "L5",
+    "sacrum": "S1",
+}
+NAME_REACH_MM = 6.0  # from an endplate into its body
+
+
+@dataclass(frozen=True)
+class Bones:
+    """TotalSegmentator's vertebra and sacrum masks of one image (``<bone>.nii.gz`` files):
+    which bone lies at a point — the reference for a level's name."""
+
+    image: sitk.Image  # labels: 0 none, n the n-th of ``names``
+    names: tuple[str, ...]
+
+    @classmethod
+    def read(cls, folder: Path) -> Bones:
+        names: list[str] = []
+        labels: Any = None
+        reference: sitk.Image | None = None
+        for stem, name in BONES.items():
+            path = folder / f"{stem}.nii.gz"
+            if not path.exists():
+                continue
+            mask = sitk.ReadImage(str(path))
+            array = sitk.GetArrayFromImage(mask) > 0
+            if labels is None:
+                labels, reference = np.zeros(array.shape, np.uint8), mask
+            names.append(name)
+            labels[array] = len(names)
+        if reference is None:
+            raise FileNotFoundError(f"no bone masks in {folder}")
+        image = sitk.GetImageFromArray(labels)
+        image.CopyInformation(reference)
+        return cls(image, tuple(names))
+
+    def bone_at(self, point: Any) -> str | None:
+        """The bone most voxels of the 3x3x3 neighbourhood of ``point`` (LPS, mm) belong
+        to; None where none is."""
+        array = sitk.GetArrayViewFromImage(self.image)
+        i, j, k = self.image.TransformPhysicalPointToIndex([float(c) for c in point])
+        box = array[max(k - 1, 0) : k + 2, max(j - 1, 0) : j + 2, max(i - 1, 0) : i + 2].ravel()
+        box = box[box > 0]
+        return self.names[int(np.bincount(box).argmax()) - 1] if box.size else None
+
+    def level_at(self, endplates: Any) -> str | None:
+        """The level whose disc a height runs across (its two end points, LPS): the bones
+        :data:`NAME_REACH_MM` above the higher end and below the lower one, e.g. ``L4-L5``."""
+        a, b = sorted((np.asarray(p, dtype=float) for p in endplates), key=lambda p: p[2])
+        axis = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+        upper = self.bone_at(b + NAME_REACH_MM * axis)
+        lower = self.bone_at(a - NAME_REACH_MM * axis)
+        return f"{upper}-{lower}" if upper and lower else None

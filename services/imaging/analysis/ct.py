@@ -9,7 +9,9 @@ Steps (each a function below):
    profile of the low percentile of HU in the plane perpendicular to the spine: discs
    (and their cages, which fill only part of the disc) are its dips.
 3. The sacrum is the bone below the lowest disc when it runs on for more than a lumbar
-   vertebra could and widens into alae; levels are named up from it.
+   vertebra could and widens into alae, or, where the column of detected bodies stops
+   short of that run (the sacrum's tilted sections are not detected as bodies), when the
+   alae span most sections just below the disc; levels are named up from it.
 4. :func:`disc_height` — along the local axis through the disc's middle, the endplates are
    the gradient peaks on either side (sub-voxel, on the acquired voxels).
 5. :func:`foraminal_height` — in the para-sagittal plane through the pedicles' middle, for
@@ -21,8 +23,10 @@ Steps (each a function below):
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import SimpleITK as sitk
@@ -67,6 +71,12 @@ RIB_MAX_CM3 = 40.0  # a rib (as much as is in view); a whole iliac wing is more
 RIB_END_MM = 4.0  # a bone this close to the searched slab's ends may run on beyond them
 RIB_FALL_MM = 4.0  # a rib's lateral end lies at least this much lower than its head
 RIB_ABOVE_MM = 30.0  # a head above the top disc lies in the vertebra just above it
+SACRAL_RUN_MM = 40.0  # bone runs on this far below L5-S1; below other discs lies a disc
+# The sacrum's alae span 100-130 mm; a lumbar body is at most 60 mm wide, and its transverse
+# processes leave from its arch, behind the sections searched (the body's, up to 20 mm back).
+ALAE_MM = 90.0
+ALAE_DEPTHS_MM = np.arange(2.0, 17.0, 2.0)  # under the lowest disc, where S1's alae are
+ALAE_BACK_MM = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)  # the sections' offsets behind the line
 
 
 class SpineNotFound(ValueError):
@@ -417,16 +427,18 @@ def build_model(image: sitk.Image) -> CtModel:
             "between them may have been missed, so the levels are numbered, not named, and "
             "every value is to be checked"
         )
-    sacrum = _is_sacrum(
-        sampler,
-        line,
-        discs[-1],
-        z_bottom=float(z[0]),
-        profile=(z, profile),
-        body=body,
-        low=low,
-        filled=filled if hollow else None,
-    )
+    width = partial(_bone_width, sampler, line, filled if hollow else None)
+    run = discs[-1].z_low - float(z[0])
+    if run >= SACRAL_RUN_MM:
+        sacrum = _is_sacrum(width, discs[-1], profile=(z, profile), body=body, low=low)
+    else:
+        sacrum = _alae_below(width, discs[-1])
+        if sacrum:
+            warnings.append(
+                "sacrum recognised by its alae just below the lowest disc (the column of "
+                f"bodies found stops {discs[-1].z_low - line.z_min:.0f} mm below it): levels "
+                "are named from it"
+            )
     t12_l1 = None if gaps else _lowest_ribs(coarse, line, discs)
     # (a lumbar vertebra for each disc below T12-L1)
     lumbar = None if t12_l1 is None else len(discs) - 1 - t12_l1
@@ -626,9 +638,11 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
             continue
         i = int(a + np.argmin(smooth[a : b + 1]))
         dip = float(smooth[i])
-        # A tilted disc (L5-S1) crosses the bodies' edges in the section at its middle: the
-        # emptiest section within 2 mm counts.
-        empty = float(np.min(filled[max(i - 2, 0) : i + 3]))
+        # A tilted disc (L5-S1) crosses the bodies' edges in the section at its middle, and
+        # its HU dip and its gap in the shells need not fall in one section (on 3 mm slices
+        # they were 4 mm apart, or not, as the 2 mm grid fell): the emptiest section between
+        # the two endplates counts.
+        empty = float(np.min(filled[a : b + 1]))
         rise = min(smooth[a], smooth[b]) - dip
         if rise < ENDPLATE_RISE_HU / 2 or empty > 0.5 * full:
             continue
@@ -663,48 +677,64 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
     return sorted(discs, key=lambda d: -d.z)
 
 
-def _is_sacrum(
+def _bone_width(
     sampler: Sampler,
     line: CentreLine,
+    filled: Sampler | None,
+    zz: float,
+    back: tuple[float, ...] = (-5.0, 0.0, 5.0, 10.0),
+) -> float:
+    """The widest left-right run of bone through the spine's line at height ``zz``, in the
+    section across the body and in sections ``back`` mm behind it (mm). In hollow bone the
+    widths are read on the filled bone too (a hollow body's section has no bone across its
+    middle)."""
+    _, left, posterior = line.frame(zz)
+    u = np.arange(-90.0, 90.1, 1.0)
+    best = 0.0
+    for dv in back:
+        pts = line.point(zz) + u[:, None] * left + dv * posterior
+        bone = sampler(pts, outside=-1024) > BONE_HU
+        if filled is not None:
+            bone |= filled(pts, outside=0.0) > 500
+        for a, b in runs(bone):
+            if u[a] <= 0 <= u[b - 1]:
+                best = max(best, float(u[b - 1] - u[a]))
+    return best
+
+
+def _is_sacrum(
+    width: Callable[..., float],
     lowest: Disc,
     *,
-    z_bottom: float,
     profile: tuple[FloatArray, FloatArray],
     body: float,
     low: float,
-    filled: Sampler | None = None,
 ) -> bool:
-    """Bone runs on ≥ 40 mm below the lowest disc and widens into alae (at least twice the body).
-
-    The run-on is read on the bodies' profile, so the column of detected bodies must reach
-    40 mm below the disc; where it stops sooner (a sacrum whose tilted, thin sections were
-    not detected) the sacrum is not recognised and the levels are not named: bone beside
-    and behind the line is found below any lumbar vertebra too. In hollow bone the widths
-    are read on the filled bone (a hollow body's section has no bone across its middle)."""
+    """Bone runs on ≥ :data:`SACRAL_RUN_MM` below the lowest disc (read on the bodies'
+    profile, so the column reaches that far) and widens into alae (at least twice the body)."""
     z, values = profile
-    below = (z < lowest.z_low) & (z >= lowest.z_low - 40)
-    if lowest.z_low - z_bottom < 40 or np.any(values[below] < (body + low) / 2):
+    below = (z < lowest.z_low) & (z >= lowest.z_low - SACRAL_RUN_MM)
+    if np.any(values[below] < (body + low) / 2):
         return False
-
-    def width(zz: float) -> float:
-        _, left, posterior = line.frame(zz)
-        u = np.arange(-90.0, 90.1, 1.0)
-        best = 0.0
-        for dv in (-5.0, 0.0, 5.0, 10.0):  # the body's section, and just behind it
-            pts = line.point(zz) + u[:, None] * left + dv * posterior
-            bone = sampler(pts, outside=-1024) > BONE_HU
-            if filled is not None:  # a hollow body's section is bone too
-                bone |= filled(pts, outside=0.0) > 500
-            for a, b in runs(bone):
-                if u[a] <= 0 <= u[b - 1]:
-                    best = max(best, float(u[b - 1] - u[a]))
-        return best
-
     sacral = max(width(lowest.z_low - d) for d in (10.0, 15.0, 20.0))
     # The narrowest of three sections of the body above: pedicle screws and rods of a
     # fusion widen the bone run in the section they cross, not in all three.
     lumbar = min(width(lowest.z_high + d) for d in (8.0, 12.0, 16.0))
     return lumbar > 0 and sacral >= 2.0 * lumbar
+
+
+def _alae_below(width: Callable[..., float], lowest: Disc) -> bool:
+    """Where the column of detected bodies stops short of the sacral run (the sacrum's
+    tilted, thin sections are not detected as bodies), the alae alone say sacrum: in at
+    least half of the sections 2-16 mm below the lowest disc, bone runs on through the
+    line across :data:`ALAE_MM` and 1.5 times the body above (the median of three of its
+    sections). Below any lumbar disc lies a body, 40-60 mm wide; the run-on is not
+    required (bone beside and behind the line is found below any lumbar vertebra too),
+    and a section beyond the images is no bone."""
+    lumbar = float(np.median([width(lowest.z_high + d) for d in (8.0, 12.0, 16.0)]))
+    wide = [width(lowest.z_low - d, ALAE_BACK_MM) for d in ALAE_DEPTHS_MM]
+    enough = max(ALAE_MM, 1.5 * lumbar)
+    return 2 * sum(w >= enough for w in wide) >= len(wide)
 
 
 def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: str) -> Measurement:

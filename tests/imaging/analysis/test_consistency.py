@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from services.imaging.analysis import consistency, ct
 from services.imaging.analysis.report import Measurement
+from tools.reference import Bones
 
 DATA = Path(__file__).parents[2] / "data"
 
@@ -18,41 +19,64 @@ def _m(quantity: str, index: int, side: str | None, value: float) -> Measurement
     return Measurement(quantity, None, index, side, value, "1.2.3")
 
 
-def test_the_real_abdominal_ct_follows_its_column_and_names_nothing_by_guess() -> None:
+def test_the_real_abdominal_ct_is_named_from_its_sacrum_as_its_masks_name_it() -> None:
     """TotalSegmentator's abdominal CT (3 mm voxels, T12 to the coccyx). Before the hollow-
     body detector its raw values held a 22.7 / 9.2 mm left/right pair and a 19.2 mm disc
     between 5.7 and 8.7 mm ones, each plausible alone (the hand-made cases below keep those
     numbers), on a centre line the femoral heads bent by 18 mm. Now the column is followed
-    and its six discs are found between their endplates, about 35 mm apart (the top one,
-    T12-L1, on endplates the 3 mm voxels blur, by its spacing from the others: its height is
-    to be checked). Its sacrum, whose tilted sections are not detected as bodies, is not
-    recognised; its lowest ribs run out of the field at its top edge, so where their heads
-    lie is not seen either: the levels are numbered, not named. The foraminal heights, on
-    the faint pedicles of its dark marrow, are never ``ok``."""
+    and its six discs are found between their endplates, about 35 mm apart. Its sacrum's
+    tilted sections are not detected as bodies (the column stops 15 mm below L5-S1), but its
+    alae span the sections just below that disc: the levels are named from it, with a
+    warning, and each name is the one TotalSegmentator's own masks give the bones above and
+    below the disc. The foraminal heights, on the faint pedicles of its dark marrow, are
+    never ``ok``."""
     image = sitk.ReadImage(str(DATA / "totalsegmentator-ct" / "ts_example_ct.nii.gz"))
     model, measurements = ct.measure(sitk.Cast(image, sitk.sitkFloat32), "1.2.3")
     consistency.check(
         measurements, scatter_mm=model.centre.residual, body_heights=model.body_heights()
     )
     assert model.centre.residual < consistency.UNRELIABLE_LINE_MM
-    assert model.hollow and not model.sacrum and not model.missed_disc
+    assert model.hollow and model.sacrum and not model.missed_disc
     assert not model.transitional and not model.from_ribs
-    assert any("nor the heads of the lowest ribs" in w for w in model.warnings)
-    assert [lv.name for lv in model.levels] == [None] * 6
+    assert any("sacrum recognised by its alae" in w for w in model.warnings)
+    bones = Bones.read(DATA / "totalsegmentator-ct" / "masks")
+    discs = {m.level: m for m in measurements if m.quantity == "disc_height"}
+    assert list(discs) == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    assert all(bones.level_at(m.points) == level for level, m in discs.items())
     spacing = np.diff([lv.disc.z for lv in model.levels])
     assert np.all((spacing > -45.0) & (spacing < -30.0)), spacing
+    assert all(m.value is not None and 6 <= m.value <= 14 for m in discs.values())
     heights = [m for m in measurements if m.quantity == "foraminal_height"]
     assert heights and all(m.status == "needs_review" and m.reason for m in heights)
-    discs = {m.level_index: m for m in measurements if m.quantity == "disc_height"}
-    assert model.levels[0].disc.faint and "faint endplates" in (discs[0].reason or "")
-    rest = [discs[i] for i in range(1, 6)]
-    assert all(m.value is not None and 6 <= m.value <= 14 for m in rest)
+
+
+def test_the_real_abdominal_ct_cut_anywhere_names_no_level_wrongly() -> None:
+    """The same CT with its lowest slices cut away, in steps of 3 mm that move its voxels
+    against the analysis's 2 mm grid (the L5-S1 disc's dip and the gap in its bodies'
+    shells once fell 4 mm apart on one phase, and the disc was lost): with the sacrum's
+    alae in view the levels are named from it; cut above them, the levels are named from
+    T12's ribs or numbered — and every name is the masks'."""
+    image = sitk.Cast(
+        sitk.ReadImage(str(DATA / "totalsegmentator-ct" / "ts_example_ct.nii.gz")),
+        sitk.sitkFloat32,
+    )
+    bones = Bones.read(DATA / "totalsegmentator-ct" / "masks")
+    for cut in (3, 21, 39, 45):  # 9 to 135 mm cut; the alae end 16 mm under L5-S1
+        model, measurements = ct.measure(image[:, :, cut:], "1.2.3")
+        assert model.sacrum == (cut <= 39), cut
+        for m in measurements:
+            if m.quantity == "disc_height" and m.level is not None:
+                assert bones.level_at(m.points) == m.level, (cut, m.level)
+        named = [m.level for m in measurements if m.quantity == "disc_height"]
+        if model.sacrum:
+            assert named == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"], cut
 
 
 def test_metal_in_front_of_the_spine_is_not_taken_for_screws() -> None:
     """A stent graft's wire 45 mm in front of the bodies (or an anterior clip) is one piece,
     not a pair of screws beside the canal: the bodies behind it are still detected and the
-    column keeps its six discs (a first version of the screws-in-front rule lost four)."""
+    column keeps its discs and its names (a first version of the screws-in-front rule lost
+    four discs)."""
     image = sitk.Cast(
         sitk.ReadImage(str(DATA / "totalsegmentator-ct" / "ts_example_ct.nii.gz")),
         sitk.sitkFloat32,
@@ -67,7 +91,10 @@ def test_metal_in_front_of_the_spine_is_not_taken_for_screws() -> None:
     wired.CopyInformation(image)
     model, _ = ct.measure(wired, "1.2.3")
     assert model.metal
-    assert len(model.levels) == 6, [round(lv.disc.z) for lv in model.levels]
+    names = [lv.name for lv in model.levels]
+    assert names == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"], [
+        round(lv.disc.z) for lv in model.levels
+    ]
 
 
 def test_left_and_right_that_cannot_both_be_right() -> None:
