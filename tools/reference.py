@@ -172,6 +172,8 @@ class Bones:
         to; None where none is."""
         array = sitk.GetArrayViewFromImage(self.image)
         i, j, k = self.image.TransformPhysicalPointToIndex([float(c) for c in point])
+        if not all(0 <= n < size for n, size in zip((i, j, k), self.image.GetSize(), strict=True)):
+            return None  # outside the masks (a negative index would wrap round)
         box = array[max(k - 1, 0) : k + 2, max(j - 1, 0) : j + 2, max(i - 1, 0) : i + 2].ravel()
         box = box[box > 0]
         return self.names[int(np.bincount(box).argmax()) - 1] if box.size else None

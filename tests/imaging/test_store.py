@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from services.imaging.errors import (
     InstanceTooLarge,
     InvalidInstance,
     MissingAttribute,
+    OutOfResources,
     SeriesInOtherStudy,
     StudyMismatch,
     UnsupportedSOPClass,
@@ -55,6 +57,26 @@ def test_resending_the_same_instance_is_a_duplicate(store: InstanceStore) -> Non
         assert len(session.exec(select(Instance)).all()) == 1
         assert len(session.exec(select(InstanceVersion)).all()) == 1
     assert len(list(store.root.rglob("*.dcm"))) == 1
+
+
+def test_a_write_that_fails_is_refused_and_leaves_nothing(
+    store: InstanceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk full while the instance's bytes are synced: refused as out of resources,
+    nothing indexed, no file left; stored once there is room again."""
+    data = to_bytes(make_series(SeriesSpec(slices=1))[0])
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutOfResources, match="storage full"):
+        store.put(data, source="test")
+    monkeypatch.undo()
+    with Session(store.engine) as session:
+        assert session.exec(select(Instance)).all() == []
+    assert not list(store.root.rglob("*.dcm")) and not list(store.root.rglob("*.tmp"))
+    assert store.put(data, source="test").outcome == "stored"  # room again: stored
 
 
 def test_same_uid_with_other_content_keeps_both_and_flags_a_conflict(

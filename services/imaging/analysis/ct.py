@@ -72,11 +72,13 @@ RIB_END_MM = 4.0  # a bone this close to the searched slab's ends may run on bey
 RIB_FALL_MM = 4.0  # a rib's lateral end lies at least this much lower than its head
 RIB_ABOVE_MM = 30.0  # a head above the top disc lies in the vertebra just above it
 SACRAL_RUN_MM = 40.0  # bone runs on this far below L5-S1; below other discs lies a disc
-# The sacrum's alae span 100-130 mm; a lumbar body is at most 60 mm wide, and its transverse
-# processes leave from its arch, behind the sections searched (the body's, up to 20 mm back).
-ALAE_MM = 90.0
+# Just under L5-S1 the sacrum's alae and the sacroiliac joints span 120-170 mm through the
+# line; under L4-L5, L5's transverse processes reach 80-95 mm where the filled bone of a
+# hollow vertebra joins them across its canal (a review painted them as dense as L3's).
+ALAE_MM = 110.0
 ALAE_DEPTHS_MM = np.arange(2.0, 17.0, 2.0)  # under the lowest disc, where S1's alae are
 ALAE_BACK_MM = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)  # the sections' offsets behind the line
+ALAE_SECTIONS = 3  # of the eight, as wide as alae
 
 
 class SpineNotFound(ValueError):
@@ -726,15 +728,15 @@ def _is_sacrum(
 def _alae_below(width: Callable[..., float], lowest: Disc) -> bool:
     """Where the column of detected bodies stops short of the sacral run (the sacrum's
     tilted, thin sections are not detected as bodies), the alae alone say sacrum: in at
-    least half of the sections 2-16 mm below the lowest disc, bone runs on through the
-    line across :data:`ALAE_MM` and 1.5 times the body above (the median of three of its
-    sections). Below any lumbar disc lies a body, 40-60 mm wide; the run-on is not
-    required (bone beside and behind the line is found below any lumbar vertebra too),
-    and a section beyond the images is no bone."""
+    least :data:`ALAE_SECTIONS` of the sections 2-16 mm below the lowest disc, bone runs on
+    through the line across :data:`ALAE_MM` and 1.5 times the body above (the median of three
+    of its sections). Below any lumbar disc lies a body, 40-60 mm wide, and its transverse
+    processes; the run-on is not required (bone beside and behind the line is found below
+    any lumbar vertebra too), and a section beyond the images is no bone."""
     lumbar = float(np.median([width(lowest.z_high + d) for d in (8.0, 12.0, 16.0)]))
     wide = [width(lowest.z_low - d, ALAE_BACK_MM) for d in ALAE_DEPTHS_MM]
     enough = max(ALAE_MM, 1.5 * lumbar)
-    return 2 * sum(w >= enough for w in wide) >= len(wide)
+    return sum(w >= enough for w in wide) >= ALAE_SECTIONS
 
 
 def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: str) -> Measurement:

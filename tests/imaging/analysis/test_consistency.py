@@ -72,6 +72,25 @@ def test_the_real_abdominal_ct_cut_anywhere_names_no_level_wrongly() -> None:
             assert named == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"], cut
 
 
+def test_dense_transverse_processes_of_l5_are_not_taken_for_the_alae() -> None:
+    """A lumbar field (mid-L1 to lower L5: no ribs, no sacrum) of the same osteoporotic CT
+    whose L5 arch is as dense as L3's (+150 HU on L5's mask behind its body, found by an
+    independent review): the filled bone of the hollow L5 joins its transverse processes
+    across the canal into a 91-94 mm run just under L4-L5. That is no sacrum (the alae
+    and sacroiliac joints span 120-170 mm there): the levels stay numbered, never named
+    one level too low."""
+    folder = DATA / "totalsegmentator-ct"
+    image = sitk.ReadImage(str(folder / "ts_example_ct.nii.gz"), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    l5 = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "masks" / "vertebrae_L5.nii.gz")))
+    behind = np.arange(array.shape[1])[None, :, None] < 37  # rows behind L5's body
+    dense = sitk.GetImageFromArray(np.where((l5 > 0) & behind, array + 150, array))
+    dense.CopyInformation(image)
+    model, measurements = ct.measure(dense[:, :, 48:98], "1.2.3")  # z 238-385 mm
+    assert not model.sacrum
+    assert all(m.level is None for m in measurements)
+
+
 def test_metal_in_front_of_the_spine_is_not_taken_for_screws() -> None:
     """A stent graft's wire 45 mm in front of the bodies (or an anterior clip) is one piece,
     not a pair of screws beside the canal: the bodies behind it are still detected and the
