@@ -9,7 +9,7 @@ the intensities on either side, so no threshold has to be guessed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -25,6 +25,9 @@ class Sampler:
     origin: FloatArray
     spacing: FloatArray
     direction: FloatArray  # columns: i, j, k directions
+    # The image whose buffer ``array`` may view: a view does not keep its image alive, and
+    # a sampler kept after its image was freed read freed memory (or crashed).
+    image: sitk.Image | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, image: sitk.Image) -> Sampler:
@@ -33,6 +36,7 @@ class Sampler:
             origin=np.array(image.GetOrigin()),
             spacing=np.array(image.GetSpacing()),
             direction=np.array(image.GetDirection()).reshape(3, 3),
+            image=image,
         )
 
     @cached_property

@@ -149,3 +149,35 @@ def test_slices_of_other_pixel_types_or_byte_orders_keep_their_values() -> None:
     volume = sitk.GetArrayFromImage(load_series(big).image)
     for k in range(3):
         assert np.allclose(volume[k], values[k]), k
+
+
+def test_a_sampler_outlives_the_volume_it_was_made_from() -> None:
+    """A sampler views its image's buffer (no copy for float32): the reader's sections keep
+    the sampler of the series last asked for while the volume it came from is gone. It
+    must keep the image alive — it once read freed memory, and a large volume's freed
+    buffer is unmapped (the process crashed). Run apart, so a crash fails only this test."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, numpy as np, SimpleITK as sitk\n"
+        "from services.imaging.analysis.sampling import Sampler\n"
+        "def make():\n"
+        "    a = np.arange(96 * 256 * 256, dtype=np.float32).reshape(96, 256, 256) % 1000\n"
+        "    return Sampler.of(sitk.GetImageFromArray(a))\n"
+        "s = make(); gc.collect()\n"
+        "junk = [np.full((96, 256, 256), -7.0, np.float32) for _ in range(3)]\n"
+        "print(float(s(np.array([[10.0, 20.0, 30.0]]))[0]), float(s.array.sum()))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-500:]
+    value, total = (float(v) for v in run.stdout.split())
+    a = np.arange(96 * 256 * 256, dtype=np.float64).reshape(96, 256, 256) % 1000
+    assert value == a[30, 20, 10] and total == pytest.approx(a.sum(), rel=1e-6)
