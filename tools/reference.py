@@ -138,7 +138,7 @@ BONES = {
 NAME_REACH_MM = 6.0  # from an endplate into its body
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # an sitk.Image compares into an Image, never a bool
 class Bones:
     """TotalSegmentator's vertebra and sacrum masks of one image (``<bone>.nii.gz`` files):
     which bone lies at a point — the reference for a level's name."""

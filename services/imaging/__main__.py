@@ -132,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "retrieve-cohort":
         return _retrieve_cohort(args)
     if args.command == "worker":
+        # The engine's worker processes build their own parts (runtime.build_worker). The
+        # analysis libraries are loaded here, before the pool forks: the children share
+        # them rather than each importing them on its first job.
+        import services.imaging.analysis.pipeline  # noqa: F401
         from services.imaging.runtime import build_producer
         from services.imaging.settings import ImagingSettings
 
-        # The engine's worker processes build their own parts (runtime.build_worker).
         _, queue = build_producer(ImagingSettings())
         try:
             queue.engine.run_worker(args.concurrency)

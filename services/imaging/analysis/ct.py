@@ -438,8 +438,8 @@ def build_model(image: sitk.Image) -> CtModel:
         if sacrum:
             warnings.append(
                 "sacrum recognised by its alae just below the lowest disc (the column of "
-                f"bodies found stops {discs[-1].z_low - line.z_min:.0f} mm below it): levels "
-                "are named from it"
+                f"bodies found stops {max(discs[-1].z_low - line.z_min, 0.0):.0f} mm below "
+                "it): levels are named from it"
             )
     t12_l1 = None if gaps else _lowest_ribs(coarse, line, discs)
     # (a lumbar vertebra for each disc below T12-L1)

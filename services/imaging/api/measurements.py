@@ -433,7 +433,7 @@ def sign_review(study: str, body: SignIn, request: Request, who: Reviewer) -> Si
         for name in names
         if (geometry := results.review_geometry(current, name)) is not None
     }
-    from services.imaging.analysis.sr import build_reviewed_sr  # loaded by the first read
+    from services.imaging.analysis.sr import build_reviewed_sr  # loaded by the first signing
 
     try:
         sr = build_reviewed_sr(

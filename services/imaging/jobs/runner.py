@@ -3,9 +3,10 @@ those results. Every engine runs jobs through :class:`AnalysisRunner`; the claim
 attempt number fences the commit (see :mod:`services.imaging.jobs.table`), and a
 failing analysis never touches the study or its files.
 
-The analysis libraries (SimpleITK, SciPy, highdicom: about 200 MB) are imported by the
-first analysis a process runs, not when it starts: a service process that only receives
-(its analyses in worker processes) never loads them.
+The analysis libraries (SimpleITK, SciPy, highdicom, matplotlib, contourpy: about 200 MB)
+are imported by the first analysis a process runs, not when it starts: a service process
+that only receives (its analyses in worker processes) never loads them. (A worker command
+loads them before its pool forks.)
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ reader can scroll through the slices around the measured plane and change the wi
 The volume of the series last asked for is kept (one at a time: a CT of 300 slices holds
 about 300 MB as float32); the next reader's scroll through the same study is then a
 resampling of 0.1 Mpixel, tens of milliseconds. The reading and sampling code (SimpleITK,
-SciPy) is imported by the first section asked for, not when the service starts.
+SciPy, matplotlib's font) is imported by the first section asked for, not when the service
+starts.
 """
 
 from __future__ import annotations
