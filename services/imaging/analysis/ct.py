@@ -52,6 +52,9 @@ CANAL_HU = 40.0  # CSF in the canal, below fatty marrow
 CANCELLOUS_HU = 150.0  # healthy cancellous bone is denser; below, the bodies are hollow
 DISC_SPAN_MM = 18.0  # endplate to endplate across a disc; a body is taller
 MIN_BODY_MM = 20.0  # two discs are at least a (thin) body apart
+# A disc height's edges lie inside the bright endplates (hollow bone) it was found between:
+# 0.8-4.7 mm less on the real CTs; a sclerotic band beyond an endplate read 4.3 mm more.
+PLATE_SLACK_MM = 1.0
 PEDICLE_HU = 250.0
 METAL_HU = 2000.0
 METAL_ASYMMETRY_MM = 3.0
@@ -654,7 +657,13 @@ def _endplate_discs(z: FloatArray, raw: FloatArray, filled: FloatArray) -> list[
         while hi < b and smooth[hi + 1] < (dip + smooth[b]) / 2:
             hi += 1
         strong = rise >= ENDPLATE_RISE_HU
-        disc = Disc(z=float(z[i]), z_low=float(z[lo]), z_high=float(z[hi]), faint=not strong)
+        disc = Disc(
+            z=float(z[i]),
+            z_low=float(z[lo]),
+            z_high=float(z[hi]),
+            faint=not strong,
+            plates=(float(z[a]), float(z[b])),
+        )
         (found if strong else faint).append((empty, disc))
     # Two dips closer than a body is tall are not both discs (the blooming round a screw
     # rises like an endplate, and a dark band beside it dips like a disc): the emptier
@@ -775,8 +784,17 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
     # A cage in the disc (titanium, or PEEK with its markers) on any of the lines between
     # the endplates found: its edges may have been taken for theirs.
     between = samples[:, min(int(np.floor(lo)), around.start) : max(int(np.ceil(hi)), around.stop)]
+    plates = level.disc.plates
+    # (the line's z per mm along it: the endplates' heights on the line are z positions)
+    span = None if plates is None else (plates[1] - plates[0]) / max(abs(float(t[2])), 0.1)
     if profile[i0] > METAL_HU or (between.size and np.nanmax(between) > METAL_HU):
         m.review(f"metal in the disc space ({value:.1f} mm measured)")
+    elif span is not None and value > span + PLATE_SLACK_MM:
+        m.review(
+            f"{value:.1f} mm measured, beyond the bright endplates the disc lies between "
+            f"({span:.1f} mm apart): a sclerotic band or a fracture line in a body may have "
+            "been taken for an endplate"
+        )
     elif level.disc.faint:
         m.review(f"faint endplates (found by the discs' spacing): {value:.1f} mm measured")
     m.check_plausible()

@@ -72,6 +72,9 @@ class Disc:
     z_low: float  # extent of the disc on the profile
     z_high: float
     faint: bool = False  # found on faint endplates (by its spacing from the others)
+    # Hollow bone: where the bright endplates it lies between cross the line (z, lower
+    # first); a height measured beyond them took something else for an endplate.
+    plates: tuple[float, float] | None = None
 
     @property
     def middle(self) -> float:

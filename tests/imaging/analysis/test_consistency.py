@@ -91,6 +91,28 @@ def test_dense_transverse_processes_of_l5_are_not_taken_for_the_alae() -> None:
     assert all(m.level is None for m in measurements)
 
 
+def test_a_band_beyond_the_endplate_is_no_endplate() -> None:
+    """A sclerotic band (one 3 mm slice at 350 HU across L5's body, 9 mm above its lower
+    endplate, found by an independent review) read as L5-S1's upper endplate: 18.9 mm for
+    10.0, `ok`. In hollow bone a disc is found between two bright endplates; a height whose
+    ends lie beyond them needs review, with the value in the reason. The other levels keep
+    their values."""
+    folder = DATA / "totalsegmentator-ct"
+    image = sitk.ReadImage(str(folder / "ts_example_ct.nii.gz"), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    l5 = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "masks" / "vertebrae_L5.nii.gz")))
+    k = round((241.0 - image.GetOrigin()[2]) / 3.0)
+    body = (l5[k] > 0) & (np.arange(array.shape[1])[:, None] >= 37)
+    array[k][body] = np.maximum(array[k][body], 350.0)
+    banded = sitk.GetImageFromArray(array)
+    banded.CopyInformation(image)
+    _, measurements = ct.measure(banded, "1.2.3")
+    discs = {m.level: m for m in measurements if m.quantity == "disc_height"}
+    assert discs["L5-S1"].status == "needs_review"
+    assert "beyond the bright endplates" in (discs["L5-S1"].reason or "")
+    assert all(m.status == "ok" for level, m in discs.items() if level != "L5-S1")
+
+
 def test_metal_in_front_of_the_spine_is_not_taken_for_screws() -> None:
     """A stent graft's wire 45 mm in front of the bodies (or an anterior clip) is one piece,
     not a pair of screws beside the canal: the bodies behind it are still detected and the
