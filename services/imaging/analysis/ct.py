@@ -52,8 +52,9 @@ CANAL_HU = 40.0  # CSF in the canal, below fatty marrow
 CANCELLOUS_HU = 150.0  # healthy cancellous bone is denser; below, the bodies are hollow
 DISC_SPAN_MM = 18.0  # endplate to endplate across a disc; a body is taller
 MIN_BODY_MM = 20.0  # two discs are at least a (thin) body apart
-# A disc height's edges lie inside the bright endplates (hollow bone) it was found between:
-# 0.8-4.7 mm less on the real CTs; a sclerotic band beyond an endplate read 4.3 mm more.
+# A disc height's edges lie inside the bright endplates (hollow bone) it was found between
+# (0.2-6.6 mm less on the real CTs, rotated and cut); a sclerotic band beyond an endplate read
+# 4.3 mm more, and so do endplates sunk at the centre, where the height is measured.
 PLATE_SLACK_MM = 1.0
 PEDICLE_HU = 250.0
 METAL_HU = 2000.0
@@ -792,8 +793,8 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
     elif span is not None and value > span + PLATE_SLACK_MM:
         m.review(
             f"{value:.1f} mm measured, beyond the bright endplates the disc lies between "
-            f"({span:.1f} mm apart): a sclerotic band or a fracture line in a body may have "
-            "been taken for an endplate"
+            f"({span:.1f} mm apart): endplates sunk at the centre (biconcave, a Schmorl's "
+            "node), or a sclerotic band or fracture line in a body taken for an endplate"
         )
     elif level.disc.faint:
         m.review(f"faint endplates (found by the discs' spacing): {value:.1f} mm measured")

@@ -24,7 +24,7 @@ class VolumeError(ValueError):
     """The files do not form one regular volume."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # an sitk.Image compares into an Image, never a bool
 class Volume:
     image: sitk.Image  # float32, rescaled (HU for CT), LPS physical space
     series_instance_uid: str
