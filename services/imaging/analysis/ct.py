@@ -82,6 +82,8 @@ SACRAL_RUN_MM = 40.0  # bone runs on this far below L5-S1; below other discs lie
 ALAE_MM = 110.0
 ALAE_DEPTHS_MM = np.arange(2.0, 17.0, 2.0)  # under the lowest disc, where S1's alae are
 ALAE_BACK_MM = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)  # the sections' offsets behind the line
+BODY_BACK_MM = (-5.0, 0.0, 5.0, 10.0)  # a body's section, and just behind it
+BODY_ABOVE_MM = (8.0, 12.0, 16.0)  # sections of the body above the lowest disc
 ALAE_SECTIONS = 3  # of the eight, as wide as alae
 
 
@@ -694,7 +696,7 @@ def _bone_width(
     line: CentreLine,
     filled: Sampler | None,
     zz: float,
-    back: tuple[float, ...] = (-5.0, 0.0, 5.0, 10.0),
+    back: tuple[float, ...] = BODY_BACK_MM,
 ) -> float:
     """The widest left-right run of bone through the spine's line at height ``zz``, in the
     section across the body and in sections ``back`` mm behind it (mm). In hollow bone the
@@ -731,7 +733,7 @@ def _is_sacrum(
     sacral = max(width(lowest.z_low - d) for d in (10.0, 15.0, 20.0))
     # The narrowest of three sections of the body above: pedicle screws and rods of a
     # fusion widen the bone run in the section they cross, not in all three.
-    lumbar = min(width(lowest.z_high + d) for d in (8.0, 12.0, 16.0))
+    lumbar = min(width(lowest.z_high + d) for d in BODY_ABOVE_MM)
     return lumbar > 0 and sacral >= 2.0 * lumbar
 
 
@@ -743,7 +745,7 @@ def _alae_below(width: Callable[..., float], lowest: Disc) -> bool:
     of its sections). Below any lumbar disc lies a body, 40-60 mm wide, and its transverse
     processes; the run-on is not required (bone beside and behind the line is found below
     any lumbar vertebra too), and a section beyond the images is no bone."""
-    lumbar = float(np.median([width(lowest.z_high + d) for d in (8.0, 12.0, 16.0)]))
+    lumbar = float(np.median([width(lowest.z_high + d) for d in BODY_ABOVE_MM]))
     wide = [width(lowest.z_low - d, ALAE_BACK_MM) for d in ALAE_DEPTHS_MM]
     enough = max(ALAE_MM, 1.5 * lumbar)
     return sum(w >= enough for w in wide) >= ALAE_SECTIONS

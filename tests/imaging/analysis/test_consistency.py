@@ -13,6 +13,23 @@ from services.imaging.analysis.report import Measurement
 from tools.reference import Bones
 
 DATA = Path(__file__).parents[2] / "data"
+TS = DATA / "totalsegmentator-ct"  # the real abdominal CT and its bone masks
+
+
+def _ts_ct() -> sitk.Image:
+    return sitk.ReadImage(str(TS / "ts_example_ct.nii.gz"), sitk.sitkFloat32)
+
+
+def _ts_bone(stem: str) -> np.ndarray:
+    """One of TotalSegmentator's bone masks of that CT, as a (k, j, i) boolean array."""
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(TS / "masks" / f"{stem}.nii.gz"))) > 0
+
+
+def _like(image: sitk.Image, array: np.ndarray) -> sitk.Image:
+    """``array`` as an image on ``image``'s grid."""
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
 
 
 def _m(quantity: str, index: int, side: str | None, value: float) -> Measurement:
@@ -30,8 +47,7 @@ def test_the_real_abdominal_ct_is_named_from_its_sacrum_as_its_masks_name_it() -
     warning, and each name is the one TotalSegmentator's own masks give the bones above and
     below the disc. The foraminal heights, on the faint pedicles of its dark marrow, are
     never ``ok``."""
-    image = sitk.ReadImage(str(DATA / "totalsegmentator-ct" / "ts_example_ct.nii.gz"))
-    model, measurements = ct.measure(sitk.Cast(image, sitk.sitkFloat32), "1.2.3")
+    model, measurements = ct.measure(_ts_ct(), "1.2.3")
     consistency.check(
         measurements, scatter_mm=model.centre.residual, body_heights=model.body_heights()
     )
@@ -39,7 +55,7 @@ def test_the_real_abdominal_ct_is_named_from_its_sacrum_as_its_masks_name_it() -
     assert model.hollow and model.sacrum and not model.missed_disc
     assert not model.transitional and not model.from_ribs
     assert any("sacrum recognised by its alae" in w for w in model.warnings)
-    bones = Bones.read(DATA / "totalsegmentator-ct" / "masks")
+    bones = Bones.read(TS / "masks")
     discs = {m.level: m for m in measurements if m.quantity == "disc_height"}
     assert list(discs) == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
     assert all(bones.level_at(m.points) == level for level, m in discs.items())
@@ -56,11 +72,8 @@ def test_the_real_abdominal_ct_cut_anywhere_names_no_level_wrongly() -> None:
     shells once fell 4 mm apart on one phase, and the disc was lost): with the sacrum's
     alae in view the levels are named from it; cut above them, the levels are named from
     T12's ribs or numbered — and every name is the masks'."""
-    image = sitk.Cast(
-        sitk.ReadImage(str(DATA / "totalsegmentator-ct" / "ts_example_ct.nii.gz")),
-        sitk.sitkFloat32,
-    )
-    bones = Bones.read(DATA / "totalsegmentator-ct" / "masks")
+    image = _ts_ct()
+    bones = Bones.read(TS / "masks")
     for cut in (3, 21, 39, 45):  # 9 to 135 mm cut; the alae end 16 mm under L5-S1
         model, measurements = ct.measure(image[:, :, cut:], "1.2.3")
         assert model.sacrum == (cut <= 39), cut
@@ -79,13 +92,10 @@ def test_dense_transverse_processes_of_l5_are_not_taken_for_the_alae() -> None:
     across the canal into a 91-94 mm run just under L4-L5. That is no sacrum (the alae
     and sacroiliac joints span 120-170 mm there): the levels stay numbered, never named
     one level too low."""
-    folder = DATA / "totalsegmentator-ct"
-    image = sitk.ReadImage(str(folder / "ts_example_ct.nii.gz"), sitk.sitkFloat32)
+    image = _ts_ct()
     array = sitk.GetArrayFromImage(image)
-    l5 = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "masks" / "vertebrae_L5.nii.gz")))
     behind = np.arange(array.shape[1])[None, :, None] < 37  # rows behind L5's body
-    dense = sitk.GetImageFromArray(np.where((l5 > 0) & behind, array + 150, array))
-    dense.CopyInformation(image)
+    dense = _like(image, np.where(_ts_bone("vertebrae_L5") & behind, array + 150, array))
     model, measurements = ct.measure(dense[:, :, 48:98], "1.2.3")  # z 238-385 mm
     assert not model.sacrum
     assert all(m.level is None for m in measurements)
@@ -97,16 +107,12 @@ def test_a_band_beyond_the_endplate_is_no_endplate() -> None:
     10.0, `ok`. In hollow bone a disc is found between two bright endplates; a height whose
     ends lie beyond them needs review, with the value in the reason. The other levels keep
     their values."""
-    folder = DATA / "totalsegmentator-ct"
-    image = sitk.ReadImage(str(folder / "ts_example_ct.nii.gz"), sitk.sitkFloat32)
+    image = _ts_ct()
     array = sitk.GetArrayFromImage(image)
-    l5 = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "masks" / "vertebrae_L5.nii.gz")))
     k = round((241.0 - image.GetOrigin()[2]) / 3.0)
-    body = (l5[k] > 0) & (np.arange(array.shape[1])[:, None] >= 37)
+    body = _ts_bone("vertebrae_L5")[k] & (np.arange(array.shape[1])[:, None] >= 37)
     array[k][body] = np.maximum(array[k][body], 350.0)
-    banded = sitk.GetImageFromArray(array)
-    banded.CopyInformation(image)
-    _, measurements = ct.measure(banded, "1.2.3")
+    _, measurements = ct.measure(_like(image, array), "1.2.3")
     discs = {m.level: m for m in measurements if m.quantity == "disc_height"}
     assert discs["L5-S1"].status == "needs_review"
     assert "beyond the bright endplates" in (discs["L5-S1"].reason or "")
@@ -118,19 +124,14 @@ def test_metal_in_front_of_the_spine_is_not_taken_for_screws() -> None:
     not a pair of screws beside the canal: the bodies behind it are still detected and the
     column keeps its discs and its names (a first version of the screws-in-front rule lost
     four discs)."""
-    image = sitk.Cast(
-        sitk.ReadImage(str(DATA / "totalsegmentator-ct" / "ts_example_ct.nii.gz")),
-        sitk.sitkFloat32,
-    )
+    image = _ts_ct()
     line = ct.measure(image, "1.2.3")[0].centre
     array = sitk.GetArrayFromImage(image)
     for z in np.arange(250.0, 350.0, 3.0):
         point = (float(line.x(z)) + 15, float(line.y(z)) - 45, float(z))
         i, j, k = image.TransformPhysicalPointToIndex(point)
         array[k, j - 1 : j + 1, i - 1 : i + 1] = 3000.0
-    wired = sitk.GetImageFromArray(array)
-    wired.CopyInformation(image)
-    model, _ = ct.measure(wired, "1.2.3")
+    model, _ = ct.measure(_like(image, array), "1.2.3")
     assert model.metal
     names = [lv.name for lv in model.levels]
     assert names == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"], [
