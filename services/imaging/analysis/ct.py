@@ -56,6 +56,12 @@ MIN_BODY_MM = 20.0  # two discs are at least a (thin) body apart
 # (0.2-6.6 mm less on the real CTs, rotated and cut); a sclerotic band beyond an endplate read
 # 4.3 mm more, and so do endplates sunk at the centre, where the height is measured.
 PLATE_SLACK_MM = 1.0
+# The disc's height on bundles of lines this far (left-right, antero-posterior) from its
+# centre; a centre more than DISC_CORE_MM lower than their median holds something bright.
+# Concave endplates make the centre the tallest (up to 2.9 mm above the ring on the real
+# CTs, rotated and resampled); the centre read lowest by 1.9 mm there.
+DISC_RING_MM = tuple((du, dv) for du in (-8.0, 0.0, 8.0) for dv in (-6.0, 0.0, 6.0) if du or dv)
+DISC_CORE_MM = 3.0
 PEDICLE_HU = 250.0
 METAL_HU = 2000.0
 METAL_ASYMMETRY_MM = 3.0
@@ -751,6 +757,44 @@ def _alae_below(width: Callable[..., float], lowest: Disc) -> bool:
     return sum(w >= enough for w in wide) >= ALAE_SECTIONS
 
 
+def _disc_edges(profile: FloatArray, step: float) -> tuple[float, float] | None:
+    """The lower and upper endplate edges (sample positions) on a profile along the spine
+    centred on a disc: the strongest falling and rising edges within 15 mm of its darkest
+    point near the middle."""
+    mid = len(profile) // 2
+    around = slice(mid - int(4 / step), mid + int(4 / step))
+    i0 = around.start + int(np.argmin(ndimage.gaussian_filter1d(profile, 3)[around]))
+    hi = edge(profile, step, rising=True, start=i0, stop=i0 + int(15 / step))
+    lo = edge(profile, step, rising=False, start=i0 - int(15 / step), stop=i0 + 1)
+    return None if hi is None or lo is None else (lo, hi)
+
+
+def _ring_height(
+    sampler: Sampler, centre: FloatArray, axes: tuple[FloatArray, FloatArray, FloatArray]
+) -> float | None:
+    """The median disc height at :data:`DISC_RING_MM` around the disc's centre (each on a
+    3 x 3 bundle of lines 1.5 mm apart); None where fewer than five are found."""
+    t, left, posterior = axes
+    step = 0.2
+    s = np.arange(-20.0, 20.0 + step / 2, step)
+    heights = []
+    for du, dv in DISC_RING_MM:
+        lines = np.stack(
+            [
+                centre + (du + a) * left + (dv + b) * posterior + s[:, None] * t
+                for a in (-1.5, 0.0, 1.5)
+                for b in (-1.5, 0.0, 1.5)
+            ]
+        )
+        samples = sampler(lines)
+        if np.isnan(samples).any():
+            continue  # beyond the images: not compared
+        edges = _disc_edges(samples.mean(axis=0), step)
+        if edges is not None:
+            heights.append((edges[1] - edges[0]) * step)
+    return float(np.median(heights)) if len(heights) >= 5 else None
+
+
 def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: str) -> Measurement:
     """Endplate to endplate along the local axis at the disc's middle (mid-sagittal plane)."""
     m = Measurement(QuantityName.DISC_HEIGHT, level.name, level.index, None, None, series_uid)
@@ -772,13 +816,11 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
         return m
     # Beyond the images the profile runs on flat: no edge can be found there.
     profile = np.interp(np.arange(len(s)), valid, profile[valid])
-    around = slice(mid - int(4 / step), mid + int(4 / step))
-    i0 = around.start + int(np.argmin(ndimage.gaussian_filter1d(profile, 3)[around]))
-    hi = edge(profile, step, rising=True, start=i0, stop=i0 + int(15 / step))
-    lo = edge(profile, step, rising=False, start=i0 - int(15 / step), stop=i0 + 1)
-    if hi is None or lo is None:
+    edges = _disc_edges(profile, step)
+    if edges is None:
         m.review("endplates not found")
         return m
+    lo, hi = edges
     if hi > valid[-1] - 1 / step or lo < valid[0] + 1 / step:
         m.review("an endplate is at the edge of the images")
         return m
@@ -786,17 +828,25 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
     m.points = [list(centre + s[0] * t + lo * step * t), list(centre + s[0] * t + hi * step * t)]
     # A cage in the disc (titanium, or PEEK with its markers) on any of the lines between
     # the endplates found: its edges may have been taken for theirs.
+    around = slice(mid - int(4 / step), mid + int(4 / step))
     between = samples[:, min(int(np.floor(lo)), around.start) : max(int(np.ceil(hi)), around.stop)]
     plates = level.disc.plates
     # (the line's z per mm along it: the endplates' heights on the line are z positions)
     span = None if plates is None else (plates[1] - plates[0]) / max(abs(float(t[2])), 0.1)
-    if profile[i0] > METAL_HU or (between.size and np.nanmax(between) > METAL_HU):
+    ring = _ring_height(sampler, centre, (t, left, posterior))
+    if np.nanmax(between) > METAL_HU:
         m.review(f"metal in the disc space ({value:.1f} mm measured)")
     elif span is not None and value > span + PLATE_SLACK_MM:
         m.review(
             f"{value:.1f} mm measured, beyond the bright endplates the disc lies between "
             f"({span:.1f} mm apart): endplates sunk at the centre (biconcave, a Schmorl's "
             "node), or a sclerotic band or fracture line in a body taken for an endplate"
+        )
+    elif ring is not None and value < ring - DISC_CORE_MM:
+        m.review(
+            f"{value:.1f} mm measured at the disc's centre, {ring:.1f} mm around it: "
+            "something bright inside the disc space (a calcification, bone graft, a vacuum "
+            "disc's rim) may have been taken for an endplate"
         )
     elif level.disc.faint:
         m.review(f"faint endplates (found by the discs' spacing): {value:.1f} mm measured")

@@ -119,6 +119,39 @@ def test_a_band_beyond_the_endplate_is_no_endplate() -> None:
     assert all(m.status == "ok" for level, m in discs.items() if level != "L5-S1")
 
 
+def _ball(image: sitk.Image, centre: np.ndarray, radius: float, hu: float) -> sitk.Image:
+    """``image`` with a ball of ``hu`` (mm, LPS) painted in: a calcification."""
+    array = sitk.GetArrayFromImage(image)
+    k, j, i = np.indices(array.shape)
+    index = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(float)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    world = np.array(image.GetOrigin()) + (index * image.GetSpacing()) @ direction.T
+    inside = (np.linalg.norm(world - centre, axis=1) <= radius).reshape(array.shape)
+    return _like(image, np.where(inside, np.maximum(array, hu), array).astype(np.float32))
+
+
+def test_a_calcification_in_the_disc_is_no_endplate() -> None:
+    """A 400 HU ball (5 mm radius) in a disc, 3 mm off its middle, on both real CTs: its
+    edge was taken for an endplate (TotalSegmentator's L3-L4 read 6.0 mm for its masks'
+    12.0, TPTBox's 4.5 for 12.2, both ``ok``). Around the disc's centre (8 mm to each side,
+    6 mm in front and behind) the disc keeps its height, so the centre's needs review; the
+    other levels stay ``ok`` (the ball moves the centre line a little)."""
+    tptbox = sitk.ReadImage(str(DATA / "tptbox-ct/sub-ct_label-22_ct.nii.gz"), sitk.sitkFloat32)
+    for image, level in ((_ts_ct(), "L3-L4"), (tptbox, None)):
+        model, clean = ct.measure(image, "1.2.3")
+        disc = next(lv for lv in model.levels if lv.name == level)
+        centre = model.centre.point(disc.disc.middle) + np.array([0.0, 0.0, 3.0])
+        _, measurements = ct.measure(_ball(image, centre, 5.0, 400.0), "1.2.3")
+        heights = {m.level_index: m for m in measurements if m.quantity == "disc_height"}
+        assert heights[disc.index].status == "needs_review", heights[disc.index].value
+        assert "something bright inside the disc" in (heights[disc.index].reason or "")
+        before = {m.level_index: m for m in clean if m.quantity == "disc_height"}
+        for index, m in heights.items():
+            if index != disc.index:
+                assert m.status == before[index].status == "ok"
+                assert abs((m.value or 0.0) - (before[index].value or 0.0)) < 0.5
+
+
 def test_metal_in_front_of_the_spine_is_not_taken_for_screws() -> None:
     """A stent graft's wire 45 mm in front of the bodies (or an anterior clip) is one piece,
     not a pair of screws beside the canal: the bodies behind it are still detected and the
