@@ -23,7 +23,7 @@ Steps (each a function below):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -57,11 +57,13 @@ MIN_BODY_MM = 20.0  # two discs are at least a (thin) body apart
 # 4.3 mm more, and so do endplates sunk at the centre, where the height is measured.
 PLATE_SLACK_MM = 1.0
 # The disc's height on bundles of lines this far (left-right, antero-posterior) from its
-# centre; a centre more than DISC_CORE_MM lower than their median holds something bright.
+# centre; a centre more than DISC_CORE_MM lower than their median holds something else.
 # Concave endplates make the centre the tallest (up to 2.9 mm above the ring on the real
 # CTs, rotated and resampled); the centre read lowest by 1.9 mm there.
 DISC_RING_MM = tuple((du, dv) for du in (-8.0, 0.0, 8.0) for dv in (-6.0, 0.0, 6.0) if du or dv)
 DISC_CORE_MM = 3.0
+DISC_STEP_MM = 0.2  # along a disc height's lines
+GAS_FLOOR_HU = 0.0  # below any disc tissue: gas in a vacuum disc reads as this
 PEDICLE_HU = 250.0
 METAL_HU = 2000.0
 METAL_ASYMMETRY_MM = 3.0
@@ -769,30 +771,49 @@ def _disc_edges(profile: FloatArray, step: float) -> tuple[float, float] | None:
     return None if hi is None or lo is None else (lo, hi)
 
 
+def _bundle_profile(
+    sampler: Sampler,
+    centre: FloatArray,
+    axes: tuple[FloatArray, FloatArray, FloatArray],
+    offsets: Sequence[tuple[float, float]],
+) -> tuple[FloatArray, FloatArray, FloatArray] | None:
+    """The mean HU along the spine's axis (±20 mm, every :data:`DISC_STEP_MM`) over lines at
+    ``offsets`` (left, posterior; mm) from ``centre``: (profile, its samples per line, the
+    indices where the images hold them); None unless the 8 mm either side of the middle are
+    in the images. Gas (a vacuum disc) reads as :data:`GAS_FLOOR_HU`: its edges against the
+    disc's tissue are steeper than an endplate's and were taken for them. Beyond the images
+    the profile runs on flat (no edge can be found there)."""
+    t, left, posterior = axes
+    s = np.arange(-20.0, 20.0 + DISC_STEP_MM / 2, DISC_STEP_MM)
+    lines = np.stack([centre + du * left + dv * posterior + s[:, None] * t for du, dv in offsets])
+    samples = sampler(lines)
+    samples = np.where(np.isnan(samples), np.nan, np.maximum(samples, GAS_FLOOR_HU))
+    counts = np.sum(~np.isnan(samples), axis=0)
+    profile = np.where(counts > 0, np.nansum(samples, axis=0) / np.maximum(counts, 1), np.nan)
+    mid = len(s) // 2
+    valid = np.flatnonzero(~np.isnan(profile))
+    reach = int(8 / DISC_STEP_MM)
+    if valid.size == 0 or valid[0] > mid - reach or valid[-1] < mid + reach:
+        return None
+    return np.interp(np.arange(len(s)), valid, profile[valid]), samples, valid
+
+
 def _ring_height(
     sampler: Sampler, centre: FloatArray, axes: tuple[FloatArray, FloatArray, FloatArray]
 ) -> float | None:
     """The median disc height at :data:`DISC_RING_MM` around the disc's centre (each on a
-    3 x 3 bundle of lines 1.5 mm apart); None where fewer than five are found."""
-    t, left, posterior = axes
-    step = 0.2
-    s = np.arange(-20.0, 20.0 + step / 2, step)
-    heights = []
+    3 x 3 bundle of lines 1.5 mm apart); None where fewer than four are found. A bundle
+    not read (beyond the images, no endplates) takes the one opposite it out too: a
+    lordotic disc is taller in front than behind, and one side alone would tilt the median."""
+    bundle = [(a, b) for a in (-1.5, 0.0, 1.5) for b in (-1.5, 0.0, 1.5)]
+    heights: dict[tuple[float, float], float] = {}
     for du, dv in DISC_RING_MM:
-        lines = np.stack(
-            [
-                centre + (du + a) * left + (dv + b) * posterior + s[:, None] * t
-                for a in (-1.5, 0.0, 1.5)
-                for b in (-1.5, 0.0, 1.5)
-            ]
-        )
-        samples = sampler(lines)
-        if np.isnan(samples).any():
-            continue  # beyond the images: not compared
-        edges = _disc_edges(samples.mean(axis=0), step)
+        read = _bundle_profile(sampler, centre, axes, [(du + a, dv + b) for a, b in bundle])
+        edges = None if read is None else _disc_edges(read[0], DISC_STEP_MM)
         if edges is not None:
-            heights.append((edges[1] - edges[0]) * step)
-    return float(np.median(heights)) if len(heights) >= 5 else None
+            heights[(du, dv)] = (edges[1] - edges[0]) * DISC_STEP_MM
+    paired = [h for (du, dv), h in heights.items() if (-du, -dv) in heights]
+    return float(np.median(paired)) if len(paired) >= 4 else None
 
 
 def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: str) -> Measurement:
@@ -800,22 +821,17 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
     m = Measurement(QuantityName.DISC_HEIGHT, level.name, level.index, None, None, series_uid)
     zc = level.disc.middle
     t, left, posterior = line.frame(zc)
-    step = 0.2
+    step = DISC_STEP_MM
     s = np.arange(-20.0, 20.0 + step / 2, step)
     centre = line.point(zc)
     offsets = [(du, dv) for du in (-3.0, -1.5, 0.0, 1.5, 3.0) for dv in (-3.0, -1.5, 0.0, 1.5, 3.0)]
-    lines = np.stack([centre + du * left + dv * posterior + s[:, None] * t for du, dv in offsets])
-    samples = sampler(lines)
-    counts = np.sum(~np.isnan(samples), axis=0)
-    profile = np.where(counts > 0, np.nansum(samples, axis=0) / np.maximum(counts, 1), np.nan)
-    mid = len(s) // 2
-    valid = np.flatnonzero(~np.isnan(profile))
+    read = _bundle_profile(sampler, centre, (t, left, posterior), offsets)
     # Both endplates must be in the images: 8 mm of the line either side of the middle.
-    if valid.size == 0 or valid[0] > mid - int(8 / step) or valid[-1] < mid + int(8 / step):
+    if read is None:
         m.outside("the disc is at the edge of the images")
         return m
-    # Beyond the images the profile runs on flat: no edge can be found there.
-    profile = np.interp(np.arange(len(s)), valid, profile[valid])
+    profile, samples, valid = read
+    mid = len(s) // 2
     edges = _disc_edges(profile, step)
     if edges is None:
         m.review("endplates not found")
@@ -845,8 +861,8 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
     elif ring is not None and value < ring - DISC_CORE_MM:
         m.review(
             f"{value:.1f} mm measured at the disc's centre, {ring:.1f} mm around it: "
-            "something bright inside the disc space (a calcification, bone graft, a vacuum "
-            "disc's rim) may have been taken for an endplate"
+            "something inside the disc space (a calcification, bone graft, gas) may have "
+            "been taken for an endplate"
         )
     elif level.disc.faint:
         m.review(f"faint endplates (found by the discs' spacing): {value:.1f} mm measured")
