@@ -347,9 +347,9 @@ def real_ct() -> None:
     result = _analyse(sitk.ReadImage(str(folder / "ts_example_ct.nii.gz"), sitk.sitkFloat32))
     values = [
         f"{m.quantity}@{m.level or '#' + str(m.level_index)}{'/' + m.side if m.side else ''}"
-        f"={m.value:.1f}"
+        f"={measured:.1f} {m.status}"
         for m in result.measurements
-        if m.value is not None
+        if (measured := _measured(m)) is not None
     ]
     # Each level's name against the bones TotalSegmentator's masks put above and below its
     # disc height's ends (a model's labels, not an expert's).
@@ -360,8 +360,15 @@ def real_ct() -> None:
         f"  TotalSegmentator abdomen, 3 mm: {result.status}; levels named "
         f"{sum(a is not None for a, _ in named)} of {len(named)}, as its masks name them "
         f"{sum(a == b for a, b in named)} ({', '.join(f'{a} / {b}' for a, b in named)}); "
-        f"{len(values)} values {values}; warnings {result.warnings}"
+        f"values measured {values}; warnings {result.warnings}"
     )
+
+
+def _measured(m: Any) -> float | None:
+    """A value, also where it is withheld for review (its reason gives it)."""
+    if m.value is not None or not m.reason or " mm measured" not in m.reason:
+        return m.value
+    return float(m.reason.split(" mm measured")[0].rsplit(" ", 1)[-1].strip("("))
 
 
 def _against_masks(title: str, result: Any, masks: Masks) -> None:
@@ -391,9 +398,7 @@ def _against_masks(title: str, result: Any, masks: Masks) -> None:
             ref = reference.disc_height(masks, upper, lower)
         else:
             ref = reference.foraminal_height(masks, upper, lower, m.side or "")
-        value = m.value
-        if value is None and m.reason and " mm measured" in m.reason:
-            value = float(m.reason.split(" mm measured")[0].rsplit(" ", 1)[-1])
+        value = _measured(m)
         if m.status == "ok" and ref is not None and value is not None and abs(value - ref) > 1.5:
             wrong_ok += 1
         shown = f"{value:8.1f}" if value is not None else f"{'-':>8}"
