@@ -349,7 +349,7 @@ def real_ct() -> None:
         f"{m.quantity}@{m.level or '#' + str(m.level_index)}{'/' + m.side if m.side else ''}"
         f"={measured:.1f} {m.status}"
         for m in result.measurements
-        if (measured := _measured(m)) is not None
+        if (measured := reference.measured_value(m)) is not None
     ]
     # Each level's name against the bones TotalSegmentator's masks put above and below its
     # disc height's ends (a model's labels, not an expert's).
@@ -362,13 +362,6 @@ def real_ct() -> None:
         f"{sum(a == b for a, b in named)} ({', '.join(f'{a} / {b}' for a, b in named)}); "
         f"values measured {values}; warnings {result.warnings}"
     )
-
-
-def _measured(m: Any) -> float | None:
-    """A value, also where it is withheld for review (its reason gives it)."""
-    if m.value is not None or not m.reason or " mm measured" not in m.reason:
-        return m.value
-    return float(m.reason.split(" mm measured")[0].rsplit(" ", 1)[-1].strip("("))
 
 
 def _against_masks(title: str, result: Any, masks: Masks) -> None:
@@ -398,7 +391,7 @@ def _against_masks(title: str, result: Any, masks: Masks) -> None:
             ref = reference.disc_height(masks, upper, lower)
         else:
             ref = reference.foraminal_height(masks, upper, lower, m.side or "")
-        value = _measured(m)
+        value = reference.measured_value(m)
         if m.status == "ok" and ref is not None and value is not None and abs(value - ref) > 1.5:
             wrong_ok += 1
         shown = f"{value:8.1f}" if value is not None else f"{'-':>8}"

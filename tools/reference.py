@@ -186,3 +186,11 @@ class Bones:
         upper = self.bone_at(b + NAME_REACH_MM * axis)
         lower = self.bone_at(a - NAME_REACH_MM * axis)
         return f"{upper}-{lower}" if upper and lower else None
+
+
+def measured_value(m: Any) -> float | None:
+    """The analyzer's value of a measurement, also where it is withheld for review (its
+    reason then gives it, as "... 12.3 mm measured ..."): what a reference is compared with."""
+    if m.value is not None or not m.reason or " mm measured" not in m.reason:
+        return m.value
+    return float(m.reason.split(" mm measured")[0].rsplit(" ", 1)[-1].strip("("))

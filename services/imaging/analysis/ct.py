@@ -856,7 +856,6 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
     plates = level.disc.plates
     # (the line's z per mm along it: the endplates' heights on the line are z positions)
     span = None if plates is None else (plates[1] - plates[0]) / max(abs(float(t[2])), 0.1)
-    ring = _ring_height(sampler, centre, (t, left, posterior))
     if np.nanmax(between) > METAL_HU:
         m.review(f"metal in the disc space ({value:.1f} mm measured)")
     elif np.nanmin(samples[:, int(np.floor(lo)) : int(np.ceil(hi)) + 1]) < GAS_HU:
@@ -875,7 +874,9 @@ def disc_height(sampler: Sampler, line: CentreLine, level: Level, series_uid: st
             f"({span:.1f} mm apart): endplates sunk at the centre (biconcave, a Schmorl's "
             "node), or a sclerotic band or fracture line in a body taken for an endplate"
         )
-    elif ring is not None and value < ring - DISC_CORE_MM:
+    elif (ring := _ring_height(sampler, centre, (t, left, posterior))) is not None and (
+        value < ring - DISC_CORE_MM
+    ):
         m.review(
             f"{value:.1f} mm measured at the disc's centre, {ring:.1f} mm around it: "
             "something inside the disc space (a calcification, bone graft, gas) may have "

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from services.imaging.analysis import consistency, ct
 from services.imaging.analysis.report import Measurement
-from tools.reference import Bones
+from tools.reference import Bones, measured_value
 
 DATA = Path(__file__).parents[2] / "data"
 TS = DATA / "totalsegmentator-ct"  # the real abdominal CT and its bone masks
@@ -30,13 +30,6 @@ def _like(image: sitk.Image, array: np.ndarray) -> sitk.Image:
     out = sitk.GetImageFromArray(array)
     out.CopyInformation(image)
     return out
-
-
-def _measured(m: Measurement) -> float | None:
-    """The value measured, also where it is withheld for review (its reason gives it)."""
-    if m.value is not None or not m.reason or " mm measured" not in m.reason:
-        return m.value
-    return float(m.reason.split(" mm measured")[0].rsplit(" ", 1)[-1].strip("("))
 
 
 COARSE = "3.0 mm apart along the spine"  # the real abdominal CT's slices: every height checked
@@ -71,7 +64,7 @@ def test_the_real_abdominal_ct_is_named_from_its_sacrum_as_its_masks_name_it() -
     assert all(bones.level_at(m.points) == level for level, m in discs.items())
     spacing = np.diff([lv.disc.z for lv in model.levels])
     assert np.all((spacing > -45.0) & (spacing < -30.0)), spacing
-    assert all(6 <= (_measured(m) or 0.0) <= 14 for m in discs.values())
+    assert all(6 <= (measured_value(m) or 0.0) <= 14 for m in discs.values())
     assert all(COARSE in (m.reason or "") for m in discs.values())
     heights = [m for m in measurements if m.quantity == "foraminal_height"]
     assert heights and all(m.status == "needs_review" and m.reason for m in heights)
@@ -164,7 +157,9 @@ def test_a_calcification_in_the_disc_is_no_endplate() -> None:
                 assert (m.status, m.reason) == (before[index].status, before[index].reason) or (
                     COARSE in (m.reason or "") and COARSE in (before[index].reason or "")
                 )
-                assert abs((_measured(m) or 0.0) - (_measured(before[index]) or 0.0)) < 0.5
+                assert (
+                    abs((measured_value(m) or 0.0) - (measured_value(before[index]) or 0.0)) < 0.5
+                )
 
 
 def test_a_field_ending_near_a_disc_does_not_flag_it() -> None:
@@ -183,7 +178,7 @@ def test_a_field_ending_near_a_disc_does_not_flag_it() -> None:
         (m for m in measurements if m.quantity == "disc_height" and m.points),
         key=lambda m: abs(float(np.mean([p[2] for p in m.points])) - disc.middle),
     )
-    assert "something inside" not in (height.reason or "") and _measured(height), height.reason
+    assert "something inside" not in (height.reason or "") and measured_value(height), height.reason
 
 
 def test_gas_in_the_disc_is_no_endplate() -> None:
@@ -212,7 +207,7 @@ def test_gas_in_the_disc_is_no_endplate() -> None:
     height = next(m for m in measurements if m.quantity == "disc_height")
     assert height.status == "needs_review" and "gas in the disc space" in (height.reason or "")
     assert before.status == "ok" and before.value is not None
-    assert abs((_measured(height) or 0.0) - before.value) < 1.0, (height.reason, before.value)
+    assert abs((measured_value(height) or 0.0) - before.value) < 1.0, (height.reason, before.value)
 
 
 def test_metal_in_front_of_the_spine_is_not_taken_for_screws() -> None:
