@@ -98,6 +98,17 @@ def specs(quick: bool) -> list[tuple[str, PhantomSpec]]:
                 "postop": True,
             },
         ),
+        (
+            # the roots lying against the back of the dura (supine): a known weakness
+            "MR roots sedimented",
+            {
+                "modality": "MR",
+                "pixel_spacing": 0.7,
+                "slice_spacing": 4.0,
+                "noise": 20.0,
+                "roots": "sedimented",
+            },
+        ),
     ]:
         mr_ = kw.get("modality") == "MR"
         for n in range(1 if quick else 3):

@@ -48,6 +48,7 @@ LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 POSTERIOR_WALL = 16.0  # p of every body's posterior wall: the canal is continuous
 CANAL_DEPTH = 17.0
 SAC_CENTRE = POSTERIOR_WALL + 8.5
+SEDIMENT = 0.25  # sedimented roots fill the sac behind this fraction of its half-depth
 FloatArray = np.ndarray
 
 # Tissue values: CT in HU, MR as a T2-weighted fast spin echo in arbitrary units.
@@ -107,6 +108,10 @@ class PhantomSpec:
     protocol: str = "stack"
     block_slices: int = 4
     sagittal: bool = False
+    # The cauda equina: ``scattered`` rootlets floating in the CSF, or ``sedimented``: the
+    # roots lying together against the back of the dura, as in a supine patient (a reader
+    # draws the dura around them; the CSF alone is smaller).
+    roots: str = "scattered"
 
     def __post_init__(self) -> None:
         if self.protocol not in ("stack", "blocks", "block-series"):
@@ -125,6 +130,8 @@ class PhantomSpec:
             )
         if self.stenosis not in ("none", "foraminal", "central"):
             raise ValueError(f"stenosis must be none, foraminal or central, not {self.stenosis!r}")
+        if self.roots not in ("scattered", "sedimented"):
+            raise ValueError(f"roots must be scattered or sedimented, not {self.roots!r}")
         if self.cage not in ("peek", "titanium"):
             raise ValueError(f"cage must be peek or titanium, not {self.cage!r}")
         if not -30.0 <= self.scoliosis <= 30.0:
@@ -659,6 +666,17 @@ def shapes(spine: Spine, spec: PhantomSpec) -> list[Shape]:
 
     out.append(Shape("dura", sac.end - 2, hi, sac_sdf(0.6)))
     out.append(Shape("csf", sac.end - 2, hi, sac_sdf(0.0)))
+    if spec.roots == "sedimented":
+        inside = sac_sdf(0.0)
+
+        def clump(s: FloatArray, p: FloatArray, l_: FloatArray, k: FloatArray) -> FloatArray:
+            # the sac's back third: inside the dura and behind a chord across it
+            _width, depth = sac.semi_axes(s)
+            chord = SAC_CENTRE + SEDIMENT * depth - p
+            return np.maximum(inside(s, p, l_, k), chord)
+
+        out.append(Shape("rootlet", sac.end + 15, hi, clump))
+        return [*out, *(_hardware(spine) if spine.operated else [])]
     for dl, dp in (
         (-3.5, 3.0),
         (3.5, 3.0),

@@ -166,3 +166,25 @@ def test_real_mr_sac_area_matches_the_canal_masks() -> None:
     assert len(sacs) >= 0.8 * int((reference > 20).sum())  # the sac is followed
     errors = [abs(s.area - reference[s.k]) / reference[s.k] for s in sacs]
     assert np.median(errors) < 0.10, np.median(errors)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="known weakness: nerve roots lying together against the back of the dura (a "
+    "supine patient's cauda equina, 32 % of the CSF signal) are not CSF, and at 0.7 mm "
+    "nothing marks the 0.6 mm dura between them and the ligament behind it (18 %); the sac "
+    "is read as its CSF, 34-46 % small, `ok` (the real MR's cord against the dura: the same)",
+)
+def test_roots_against_the_dura_are_inside_the_sac(tmp_path: Path) -> None:
+    """The phantom's roots sedimented in the back of the sac (tools/phantom.py, roots=
+    "sedimented"): each sac area within 15 % of the dura's, or withheld for review."""
+    analysis, truth = _analysed(tmp_path, roots="sedimented")
+    expected = {
+        m["level"]: m["value"] for m in truth["measurements"] if m["quantity"] == "dural_sac_area"
+    }
+    found = {m.level: m for m in analysis.result.measurements if m.quantity == "dural_sac_area"}
+    assert set(expected) <= set(found)  # the sac is found and followed at every level
+    for level, value in expected.items():
+        m = found[level]
+        assert m.status == "needs_review" or abs(m.value - value) / value < 0.15, (level, m)
