@@ -667,15 +667,14 @@ def shapes(spine: Spine, spec: PhantomSpec) -> list[Shape]:
     out.append(Shape("dura", sac.end - 2, hi, sac_sdf(0.6)))
     out.append(Shape("csf", sac.end - 2, hi, sac_sdf(0.0)))
     if spec.roots == "sedimented":
-        inside = sac_sdf(0.0)
 
-        def clump(s: FloatArray, p: FloatArray, l_: FloatArray, k: FloatArray) -> FloatArray:
-            # the sac's back third: inside the dura and behind a chord across it
-            _width, depth = sac.semi_axes(s)
-            chord = SAC_CENTRE + SEDIMENT * depth - p
-            return np.maximum(inside(s, p, l_, k), chord)
+        def chord(s: FloatArray, p: FloatArray, l_: FloatArray, k: FloatArray) -> FloatArray:
+            # behind a chord across the sac (its back third, inside the dura); the sac's
+            # first semi-axis is the one drawn along p (antero-posterior)
+            along_p, _ = sac.semi_axes(s)
+            return SAC_CENTRE + SEDIMENT * along_p - p
 
-        out.append(Shape("rootlet", sac.end + 15, hi, clump))
+        out.append(Shape("rootlet", sac.end + 15, hi, _inside(chord, sac_sdf(0.0))))
         return [*out, *(_hardware(spine) if spine.operated else [])]
     for dl, dp in (
         (-3.5, 3.0),
@@ -686,10 +685,22 @@ def shapes(spine: Spine, spec: PhantomSpec) -> list[Shape]:
         (-5.0, 1.0),
         (5.0, 1.0),
     ):
-        out.append(Shape("rootlet", sac.end + 15, hi, _rootlet(dl, dp)))
+        out.append(Shape("rootlet", sac.end + 15, hi, _inside(_rootlet(dl, dp), sac_sdf(0.0))))
     if spine.operated:
         out.extend(_hardware(spine))
     return out
+
+
+def _inside(
+    shape: Callable[..., FloatArray], container: Callable[..., FloatArray]
+) -> Callable[..., FloatArray]:
+    """The part of ``shape`` inside ``container`` (roots stay inside the dura where the sac
+    narrows)."""
+
+    def sdf(s: FloatArray, p: FloatArray, l_: FloatArray, k: FloatArray) -> FloatArray:
+        return np.maximum(shape(s, p, l_, k), container(s, p, l_, k))
+
+    return sdf
 
 
 def _rootlet(dl: float, dp: float) -> Callable[..., FloatArray]:

@@ -229,6 +229,9 @@ def measure_blocks(
             area.points = [list(p) for p in drawn.contour]
             area.sop_instance_uid = volume.sop_instance_uids[drawn.k]
             area.check_plausible()
+            doubt = drawn.doubt(value) if area.value is not None else None
+            if doubt is not None:
+                area.review(doubt)
             if key_images and area.points:
                 images.append(area_image(Sampler.of(image), area, normal, "MR"))
         if name is not None:

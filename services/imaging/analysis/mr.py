@@ -12,7 +12,12 @@
    than a lumbar vertebra below the lowest disc.
 4. ``dural_sac_area`` at each disc's middle is interpolated (cubic) between slices along the
    canal; ``dural_sac_volume`` integrates the slice areas between the planes through the
-   mid-heights of the level's two bodies.
+   mid-heights of the level's two bodies. A slice whose "sac" is over twice the stack's
+   median has run into bright tissue beside it (a disc's nucleus) and is left out.
+5. The sac is its CSF: nerve roots (or the cord) lying against the back of the dura are not
+   CSF, and the dura is seldom seen. Rays from the CSF's centre, within 70° of posterior,
+   look past the CSF for a plateau of intermediate signal ending at a dark border; where it
+   adds over a tenth of the CSF's area, the area (and the level's volume) needs review.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from services.imaging.analysis.report import Measurement
 from services.imaging.analysis.sampling import FloatArray, Sampler
 from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
 
+SUPPORT_MM = 8.0  # candidates this near in the plane are one structure seen in two slices
 BODY_OFFSET_MM = 22.0  # sac centre to vertebral body centre, antero-posterior
 SACRAL_RUN_MM = 40.0
 ENDPLATE_MM = 4.0
@@ -46,6 +52,19 @@ class SliceSac:
     band: float  # the partial-volume estimate of the area in the slice plane, mm²
     outline: float  # the area inside the half-level border, mm²
     contour: FloatArray  # world points of the half-level border
+    # Tissue of intermediate signal between the CSF's back and a dark border behind it
+    # (nerve roots or the cord lying against the dura?), mm²: not counted in the area.
+    against: float = 0.0
+
+    def doubt(self, value: float) -> str | None:
+        """Why the area read from the CSF may be too small, or None."""
+        if self.against <= AGAINST_FRACTION * self.area:
+            return None
+        return (
+            f"{value:.0f} mm² of CSF measured, but tissue of intermediate signal lies "
+            f"against its back inside a dark border (about {self.against:.0f} mm² more): "
+            "nerve roots or the cord against the dura are part of the sac, to be outlined"
+        )
 
     @property
     def area(self) -> float:
@@ -161,14 +180,24 @@ def find_sacs(image: sitk.Image) -> list[SliceSac]:
     flat = [c[0] for cs in candidates for c in cs]
     if len(flat) < 4:
         raise SacNotFound("no dural sac seen (no compact bright CSF region)")
-    # The sac is the candidate present in most slices: start from the median position.
-    median = np.median(np.array(flat)[:, :2], axis=0)
+    # The sac is the candidate present in most slices: start from the candidate with
+    # candidates near it (in the plane) in the most slices. (Not their median position:
+    # where the CSF is a small share of the image, bright fat passes the CSF's threshold in
+    # many places and pulls the median off the sac.)
+    points = np.array(flat)[:, :2]
+    slice_of = np.array([k for k, cs in enumerate(candidates) for _ in cs])
+    near = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=2) < SUPPORT_MM
+    in_slice = slice_of[None, :] == np.arange(len(candidates))[:, None]
+    support = (near.astype(np.int32) @ in_slice.T.astype(np.int32) > 0).sum(axis=1)
+    median = np.median(points, axis=0)
+    best_support = support == support.max()
+    anchor = points[best_support][np.argmin(np.linalg.norm(points[best_support] - median, axis=1))]
     chosen: list[tuple[int, FloatArray]] = []
     for k, cs in enumerate(candidates):
         if not cs:
             continue
-        best = min(cs, key=lambda c: float(np.linalg.norm(c[0][:2] - median)))
-        if np.linalg.norm(best[0][:2] - median) < 25:
+        best = min(cs, key=lambda c: float(np.linalg.norm(c[0][:2] - anchor)))
+        if np.linalg.norm(best[0][:2] - anchor) < 25:
             chosen.append((k, best[0]))
     if len(chosen) < 4:
         raise SacNotFound("the dural sac could not be followed through the slices")
@@ -226,7 +255,85 @@ def _measure_slice(
     world = origin + direction @ (np.array([ci + i_lo, cj + j_lo, k]) * spacing)
     x, y = ii * spacing[0], jj * spacing[1]
     outline = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-    return SliceSac(k=k, centroid=world, band=area, outline=outline, contour=contour)
+    against = _against(crop, core, (cj, ci), spacing, direction, csf)
+    return SliceSac(
+        k=k, centroid=world, band=area, outline=outline, contour=contour, against=against
+    )
+
+
+AGAINST_FRACTION = 0.10  # beyond this (of the CSF's area), the sac is to be outlined
+RAYS = 72
+RAY_STEP_MM = 0.25
+RAY_REACH_MM = 15.0
+BEHIND_DEGREES = 70.0  # roots settle at the back of a supine patient's sac
+DARK = 0.15  # of the CSF signal: the dura, a ligament, bone's cortex
+VALLEY = 0.10  # a dark line: a minimum the signal rises from again by this much
+ROOTS = 0.20  # the least median signal of what lies between the CSF and the dark border
+BORDER_MM = 0.75  # the CSF's own partial-volume border, not tissue
+PLATEAU_MM = 1.0
+FLAT = 0.25  # of the CSF signal: the spread of a plateau (a ramp spreads wider)
+
+
+def _against(
+    crop: FloatArray,
+    core: np.ndarray,
+    centre: tuple[float, float],
+    spacing: FloatArray,
+    direction: FloatArray,
+    csf: float,
+) -> float:
+    """The area (mm²) of intermediate-signal tissue between the back of the CSF and the
+    next dark border (a dark sample, or a valley the signal rises from again), on rays
+    from the CSF's centre within 70° of posterior: what a reader outlining the dura would
+    add to the CSF. The dura is seldom seen at this resolution, so this is a reason to
+    look, not a measurement."""
+    posterior = np.array([direction[1, 0], direction[1, 1]])
+    if np.linalg.norm(posterior) < 0.5:
+        return 0.0  # the slice is not across the canal
+    posterior /= np.linalg.norm(posterior)
+    smooth = ndimage.gaussian_filter(crop, 0.5) / csf
+    t = np.arange(0.0, RAY_REACH_MM, RAY_STEP_MM)
+    theta = np.arange(RAYS) * 2 * np.pi / RAYS
+    cj, ci = centre
+    jj = cj + np.outer(np.sin(theta), t) / spacing[1]
+    ii = ci + np.outer(np.cos(theta), t) / spacing[0]
+    profiles = ndimage.map_coordinates(smooth, [jj, ii], order=1, mode="nearest")
+    inside = ndimage.map_coordinates(core.astype(np.float32), [jj, ii], order=0, mode="nearest")
+    # Each ray from where it leaves the CSF: the first dark sample, or the first valley
+    # (the lowest sample before the signal rises from it by VALLEY), whichever comes first.
+    index = np.arange(t.size)
+    leaves = (inside < 0.5).any(axis=1)
+    start = np.where(leaves, (inside < 0.5).argmax(axis=1), t.size - 1)
+    after = index >= start[:, None]
+    walked = np.where(after, profiles, np.inf)
+    lowest = np.minimum.accumulate(walked, axis=1)
+    never = t.size
+    dark = after & (profiles < DARK)
+    rise = after & (profiles - lowest >= VALLEY)
+    first_dark = np.where(dark.any(axis=1), dark.argmax(axis=1), never)
+    first_rise = np.where(rise.any(axis=1), rise.argmax(axis=1), never)
+    valley = np.where(index < first_rise[:, None], walked, np.inf).argmin(axis=1)
+    stop = np.where(first_dark <= first_rise, first_dark, valley)
+    found = leaves & (np.minimum(first_dark, first_rise) < never)
+    # Tissue, not the CSF's partial-volume border (a ramp down to the dark): a plateau of
+    # intermediate signal at least a millimetre long.
+    between = (t >= t[start][:, None] + BORDER_MM) & (index < stop[:, None])
+    length = between.sum(axis=1) * RAY_STEP_MM
+    plateau = found & (length >= PLATEAU_MM)
+    values = np.where(between & plateau[:, None], profiles, np.nan)
+    rows = np.nonzero(plateau)[0]
+    median = np.zeros(RAYS)
+    spread = np.full(RAYS, np.inf)
+    median[rows] = np.nanmedian(values[rows], axis=1)
+    spread[rows] = np.nanmax(values[rows], axis=1) - np.nanmin(values[rows], axis=1)
+    tissue = plateau & (median >= ROOTS) & (spread <= FLAT)
+    r_csf = np.where(leaves, t[start], t[-1])
+    extra = np.where(tissue, t[np.minimum(stop, t.size - 1)] - t[start] - BORDER_MM, 0.0)
+    extra = ndimage.median_filter(extra, size=5, mode="wrap")  # one ray is no evidence
+    behind = np.cos(theta) * posterior[0] + np.sin(theta) * posterior[1]
+    extra[behind < np.cos(np.radians(BEHIND_DEGREES))] = 0.0
+    step = 2 * np.pi / RAYS
+    return float(0.5 * step * np.sum((r_csf + extra) ** 2 - r_csf**2))
 
 
 def build_model(image: sitk.Image) -> MrModel:
@@ -297,6 +404,7 @@ THICK_SLICE_MM = 3.0  # thicker axial slices average a stenosis away
 OUTLINE_GAP = 0.08  # the two area estimates of a sac of normal calibre agree within 3-4 %
 OUTLINE_DOUBT = 0.3  # beyond this, neither estimate can be trusted
 NARROWING = 0.6  # a sac narrowing below this fraction of its widest within the level
+MERGED = 2.0  # a slice's area over this multiple of the stack's median is not the sac's
 
 
 def measure(
@@ -306,8 +414,14 @@ def measure(
     model = build_model(image)
     line = model.centre
     _, _, _direction, normal = _slice_geometry(image)
-    z = np.array([s.centroid[2] for s in model.sacs])
-    areas = np.array([s.area for s in model.sacs])
+    every_z = np.array([s.centroid[2] for s in model.sacs])
+    every_area = np.array([s.area for s in model.sacs])
+    # A slice whose "sac" is twice the stack's median is the sac run into bright tissue
+    # beside it (a disc's nucleus where the dura is thinnest): not the sac's area.
+    merged = every_area > MERGED * float(np.median(every_area))
+    sacs = [s for s, bad in zip(model.sacs, merged, strict=True) if not bad]
+    z, areas = every_z[~merged], every_area[~merged]
+    spacing = float(image.GetSpacing()[2])
     cos = np.array([abs(float(line.tangent(zz) @ normal)) for zz in z])
     perpendicular = CubicSpline(z, areas * cos)
     axial = CubicSpline(z, areas)
@@ -324,17 +438,31 @@ def measure(
         t, _, posterior = line.frame(disc.middle)
         anterior = -BODY_OFFSET_MM * posterior
         z_mid = _crossing(line, line.point(disc.middle) + anterior, t, disc.middle)
+        roots_doubt = False  # the disc's slice: tissue against the CSF's back
         area = Measurement(QuantityName.DURAL_SAC_AREA, name, index, None, None, series_uid)
         volume = Measurement(QuantityName.DURAL_SAC_VOLUME, name, index, None, None, series_uid)
         if not z.min() <= z_mid <= z.max():
             area.review("the sac is not seen at the disc's middle")
         else:
             area.value = float(perpendicular(z_mid))
-            nearest = min(model.sacs, key=lambda s: abs(s.centroid[2] - z_mid))
+            nearest = min(sacs, key=lambda s: abs(s.centroid[2] - z_mid))
             area.points = [list(p) for p in nearest.contour]
             if sop_uids:
                 area.sop_instance_uid = sop_uids[nearest.k]
             area.check_plausible()
+            doubt = nearest.doubt(area.value) if area.value is not None else None
+            roots_doubt = doubt is not None
+            near = np.abs(every_z[merged] - z_mid) <= spacing
+            if area.value is not None and near.any():
+                doubt = (
+                    f"{area.value:.0f} mm² interpolated, but a slice "
+                    f"{float(np.min(np.abs(every_z[merged] - z_mid))):.0f} mm from the disc's "
+                    f"middle reads {float(every_area[merged][near].max()):.0f} mm², over "
+                    f"{MERGED:g} times the sac's median: the sac run into bright tissue beside it "
+                    "(a disc?), not measured there"
+                )
+            if doubt is not None:
+                area.review(doubt)
             if nearest.outline > 0 and area.value is not None:
                 ratio = nearest.band / nearest.outline
                 gap = abs(ratio - 1)
@@ -374,6 +502,24 @@ def measure(
             volume.value = float(np.trapezoid(axial(zs), zs))
             volume.check_plausible()
             within = areas[(z >= bounds[0]) & (z <= bounds[1])]
+            level = [sac for sac in sacs if bounds[0] <= sac.centroid[2] <= bounds[1]]
+            against = sum(sac.against for sac in level)
+            csf = sum(sac.area for sac in level)
+            if volume.value is not None and (roots_doubt or against > AGAINST_FRACTION * csf):
+                share = f" (about {against / csf:.0%} more over its slices)" if csf > 0 else ""
+                volume.review(
+                    f"{volume.value:.0f} mm³ of CSF measured, but tissue of intermediate "
+                    f"signal lies against the CSF's back inside a dark border{share}: nerve "
+                    "roots or the cord against the dura are part of the sac, to be outlined"
+                )
+            elif (
+                volume.value is not None
+                and merged[(every_z >= bounds[0]) & (every_z <= bounds[1])].any()
+            ):
+                volume.review(
+                    f"{volume.value:.0f} mm³ interpolated over a slice whose sac ran into "
+                    "bright tissue beside it (a disc?): to be checked"
+                )
             thickness = float(image.GetSpacing()[2])
             if (
                 volume.value is not None

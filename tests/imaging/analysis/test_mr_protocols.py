@@ -26,6 +26,16 @@ ANATOMY = {
 }
 
 
+# The accuracy bench's 4 mm axial T2 stack (bench/analysis.py)
+BENCH_STACK: dict[str, Any] = {
+    "modality": "MR",
+    "pixel_spacing": 0.7,
+    "slice_spacing": 4.0,
+    "noise": 20.0,
+    "stenosis": "central",
+}
+
+
 def _analysed(folder: Path, **spec: Any) -> tuple[Analysis, dict[str, Any]]:
     truth = write_phantom(PhantomSpec(**{**ANATOMY, **spec}), folder)
     return analyze_datasets(read_folder(folder)), truth
@@ -168,23 +178,76 @@ def test_real_mr_sac_area_matches_the_canal_masks() -> None:
     assert np.median(errors) < 0.10, np.median(errors)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known weakness: nerve roots lying together against the back of the dura (a "
-    "supine patient's cauda equina, 32 % of the CSF signal) are not CSF, and at 0.7 mm "
-    "nothing marks the 0.6 mm dura between them and the ligament behind it (18 %); the sac "
-    "is read as its CSF, 34-46 % small, `ok` (the real MR's cord against the dura: the same)",
-)
-def test_roots_against_the_dura_are_inside_the_sac(tmp_path: Path) -> None:
-    """The phantom's roots sedimented in the back of the sac (tools/phantom.py, roots=
-    "sedimented"): each sac area within 15 % of the dura's, or withheld for review."""
+def test_roots_against_the_dura_are_not_read_as_the_sac(tmp_path: Path) -> None:
+    """The phantom's roots lying together in the back of the sac (tools/phantom.py, roots=
+    "sedimented", as in a supine patient): the CSF alone is a third smaller than the dura's
+    area. Each sac area and volume is within 15 % of the truth, or withheld for review; most
+    are withheld with the reason (tissue against the CSF's back)."""
     analysis, truth = _analysed(tmp_path, roots="sedimented")
+    expected = {
+        (m["quantity"], m["level"]): m["value"]
+        for m in truth["measurements"]
+        if m["quantity"] in ("dural_sac_area", "dural_sac_volume")
+    }
+    found = {(m.quantity, m.level): m for m in analysis.result.measurements}
+    assert set(expected) <= set(found)  # the sac is found and followed at every level
+    flagged = 0
+    for key, value in expected.items():
+        m = found[key]
+        if m.status == "ok":
+            assert m.value is not None and abs(m.value - value) / value < 0.15, (key, m)
+        elif m.status == "needs_review":
+            flagged += "intermediate signal" in (m.reason or "")
+    assert flagged >= len(expected) // 2, flagged
+
+
+def test_clean_sacs_are_not_doubted_for_roots(tmp_path: Path) -> None:
+    """The same anatomy with its rootlets floating in the CSF: no value is withheld for
+    tissue against the CSF's back (the stenotic level's sac, narrowed, included)."""
+    analysis, _truth = _analysed(tmp_path)
+    reasons = [m.reason or "" for m in analysis.result.measurements]
+    assert not [r for r in reasons if "intermediate signal" in r], reasons
+
+
+def test_a_slice_whose_sac_runs_into_a_disc_is_not_the_sac() -> None:
+    """An oblique 4 mm stack (the accuracy bench's, seed 147): at the stenotic L3-L4 one
+    slice's "sac" ran into the disc's bright nucleus (494 mm², 2.8 times the stack's median)
+    and pulled the interpolated area at the disc to 85 mm² for 52, `ok`. Such a slice is
+    left out: the area is within 15 % (or withheld)."""
+    from services.imaging.analysis import mr
+    from tools.phantom import ground_truth, render
+
+    spec = PhantomSpec(
+        **BENCH_STACK,
+        orientation="oblique",
+        top="T12",
+        stenosis_levels=("L3-L4", "L4-L5"),
+        severity=0.65,
+        seed=147,
+    )
+    image, spine = render(spec)
+    truth = ground_truth(spine, spec, "x")
     expected = {
         m["level"]: m["value"] for m in truth["measurements"] if m["quantity"] == "dural_sac_area"
     }
-    found = {m.level: m for m in analysis.result.measurements if m.quantity == "dural_sac_area"}
-    assert set(expected) <= set(found)  # the sac is found and followed at every level
+    _model, measurements = mr.measure(image, "x")
+    areas = {m.level: m for m in measurements if m.quantity == "dural_sac_area"}
     for level, value in expected.items():
-        m = found[level]
-        assert m.status == "needs_review" or abs(m.value - value) / value < 0.15, (level, m)
+        m = areas[level]
+        assert m.status != "ok" or abs(m.value - value) / value < 0.15, (level, m)  # type: ignore[operator]
+    assert areas["L3-L4"].status == "ok"  # its own slice, at the disc, is the sac
+
+
+def test_the_sac_is_followed_where_fat_passes_the_csf_threshold() -> None:
+    """With the roots settled, the CSF is a smaller share of the image and bright fat
+    passes its threshold in many places: the sac is still the structure seen in the most
+    slices (it was followed on 17 of 56 slices when the candidates' median position was
+    the start)."""
+    from services.imaging.analysis import mr
+    from tools.phantom import render
+
+    spec = PhantomSpec(**BENCH_STACK, seed=3, roots="sedimented")
+    image, _spine = render(spec)
+    sacs = mr.find_sacs(image)
+    assert len(sacs) >= 50, len(sacs)
+    assert np.ptp([s.centroid[0] for s in sacs]) < 10  # one structure: the sac, in the midline
