@@ -36,6 +36,10 @@ from services.imaging.analysis.sampling import FloatArray, Sampler
 from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
 
 SUPPORT_MM = 8.0  # candidates this near in the plane are one structure seen in two slices
+ANCHOR_SUPPORT = 0.5  # of the best support: candidates to start the sac's track from
+MIDLINE_MM = 10.0  # of those, the best supported this near the image's left-right middle
+REACH_MM = 25.0  # the lumbar sac stays this near its start (beyond: the sacral canal)
+TRACK_MM = 8.0  # the sac moves less than this in the plane from one slice to the next
 BODY_OFFSET_MM = 22.0  # sac centre to vertebral body centre, antero-posterior
 SACRAL_RUN_MM = 40.0
 ENDPLATE_MM = 4.0
@@ -189,16 +193,38 @@ def find_sacs(image: sitk.Image) -> list[SliceSac]:
     near = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=2) < SUPPORT_MM
     in_slice = slice_of[None, :] == np.arange(len(candidates))[:, None]
     support = (near.astype(np.int32) @ in_slice.T.astype(np.int32) > 0).sum(axis=1)
-    median = np.median(points, axis=0)
-    best_support = support == support.max()
-    anchor = points[best_support][np.argmin(np.linalg.norm(points[best_support] - median, axis=1))]
-    chosen: list[tuple[int, FloatArray]] = []
-    for k, cs in enumerate(candidates):
-        if not cs:
-            continue
-        best = min(cs, key=lambda c: float(np.linalg.norm(c[0][:2] - anchor)))
-        if np.linalg.norm(best[0][:2] - anchor) < 25:
-            chosen.append((k, best[0]))
+    # Of the well supported (a bright fat pad may be seen in more slices than a sac that
+    # drifts across an oblique stack), those nearest the image's left-right middle, where
+    # a spine's images are centred.
+    origin, spacing, direction, _ = _slice_geometry(image)
+    middle = origin + direction @ ((np.array(image.GetSize()) - 1) * spacing / 2)
+    lateral = np.abs((points - middle[:2]) @ direction[:2, 0])
+    contenders = np.nonzero(support >= ANCHOR_SUPPORT * support.max())[0]
+    # (the discs' nuclei lie in the midline too, but are seen in fewer slices)
+    finalists = contenders[lateral[contenders] <= lateral[contenders].min() + MIDLINE_MM]
+    start = int(finalists[np.argmax(support[finalists])])
+    # From there, slice by slice both ways: the candidate nearest the last one chosen,
+    # within 25 mm of the start (as far as the track ran when it was the median's).
+    chosen_at: dict[int, FloatArray] = {int(slice_of[start]): np.array(flat[start])}
+    for way in (1, -1):
+        last, missed = points[start], 0
+        k = int(slice_of[start]) + way
+        while 0 <= k < len(candidates):
+            nearest = min(
+                (c[0] for c in candidates[k]),
+                key=lambda w: float(np.linalg.norm(w[:2] - last)),
+                default=None,
+            )
+            if (
+                nearest is not None
+                and np.linalg.norm(nearest[:2] - last) < TRACK_MM * (1 + missed)
+                and np.linalg.norm(nearest[:2] - points[start]) < REACH_MM
+            ):
+                chosen_at[k], last, missed = nearest, nearest[:2], 0
+            else:
+                missed += 1
+            k += way
+    chosen = sorted(chosen_at.items())
     if len(chosen) < 4:
         raise SacNotFound("the dural sac could not be followed through the slices")
     return [s for s in (_measure_slice(array[k], k, c, image, csf) for k, c in chosen) if s]
@@ -361,6 +387,8 @@ def build_model(image: sitk.Image) -> MrModel:
             profile[n] = np.nanmedian(samples)
     good = ~np.isnan(profile)
     zz, profile = zz[good], profile[good]
+    if zz.size < 8:
+        raise SacNotFound("the bodies in front of the sac are not in the images")
     marrow = float(np.median(profile))
     deviation = ndimage.gaussian_filter1d(np.abs(profile - marrow), 0.5)
     # The noise floor of the marrow: a low percentile, since long stretches of the profile
@@ -404,6 +432,8 @@ THICK_SLICE_MM = 3.0  # thicker axial slices average a stenosis away
 OUTLINE_GAP = 0.08  # the two area estimates of a sac of normal calibre agree within 3-4 %
 OUTLINE_DOUBT = 0.3  # beyond this, neither estimate can be trusted
 NARROWING = 0.6  # a sac narrowing below this fraction of its widest within the level
+GAP_STEPS = 0.75  # a disc's middle farther than this (in slice steps) from a sac slice
+POOL_SLICES = 1.5  # slice spacings either side of a disc's middle pooled for the roots' check
 MERGED = 2.0  # a slice's area over this multiple of the stack's median is not the sac's
 
 
@@ -422,6 +452,7 @@ def measure(
     sacs = [s for s, bad in zip(model.sacs, merged, strict=True) if not bad]
     z, areas = every_z[~merged], every_area[~merged]
     spacing = float(image.GetSpacing()[2])
+    step = float(np.median(np.diff(every_z))) if every_z.size > 1 else spacing
     cos = np.array([abs(float(line.tangent(zz) @ normal)) for zz in z])
     perpendicular = CubicSpline(z, areas * cos)
     axial = CubicSpline(z, areas)
@@ -451,7 +482,27 @@ def measure(
                 area.sop_instance_uid = sop_uids[nearest.k]
             area.check_plausible()
             doubt = nearest.doubt(area.value) if area.value is not None else None
+            # One slice's share swings (0-40 % on settled roots): the slices around the
+            # disc's middle pooled too.
+            pool = [q for q in sacs if abs(q.centroid[2] - z_mid) <= POOL_SLICES * spacing]
+            pooled = sum(q.against for q in pool) / max(sum(q.area for q in pool), 1e-6)
+            if doubt is None and area.value is not None and pooled > AGAINST_FRACTION:
+                doubt = (
+                    f"{area.value:.0f} mm² of CSF measured, but on the slices around the "
+                    "disc's middle tissue of intermediate signal lies against its back inside "
+                    f"a dark border (about {pooled:.0%} more): nerve roots or the cord "
+                    "against the dura are part of the sac, to be outlined"
+                )
             roots_doubt = doubt is not None
+            off = abs(float(nearest.centroid[2]) - z_mid)
+            if area.value is not None and off > GAP_STEPS * step:
+                # Interpolated across slices where the sac was not followed: at a severe
+                # narrowing the sac may be lost just where it is narrowest.
+                doubt = (
+                    f"{area.value:.0f} mm² interpolated, but the sac is not seen within "
+                    f"{off:.0f} mm of the disc's middle (slices {step:.1f} mm apart): a "
+                    "severe narrowing there would be missed"
+                )
             near = np.abs(every_z[merged] - z_mid) <= spacing
             if area.value is not None and near.any():
                 doubt = (
@@ -503,6 +554,7 @@ def measure(
             volume.check_plausible()
             within = areas[(z >= bounds[0]) & (z <= bounds[1])]
             level = [sac for sac in sacs if bounds[0] <= sac.centroid[2] <= bounds[1]]
+            level_z = np.sort(np.array([sac.centroid[2] for sac in level], dtype=float))
             against = sum(sac.against for sac in level)
             csf = sum(sac.area for sac in level)
             if volume.value is not None and (roots_doubt or against > AGAINST_FRACTION * csf):
@@ -511,6 +563,12 @@ def measure(
                     f"{volume.value:.0f} mm³ of CSF measured, but tissue of intermediate "
                     f"signal lies against the CSF's back inside a dark border{share}: nerve "
                     "roots or the cord against the dura are part of the sac, to be outlined"
+                )
+            gap = float(np.max(np.diff(np.concatenate([[bounds[0]], level_z, [bounds[1]]]))))
+            if volume.value is not None and gap > 2 * GAP_STEPS * step:
+                volume.review(
+                    f"{volume.value:.0f} mm³ interpolated over {gap:.0f} mm where the sac was "
+                    "not followed: a severe narrowing there would be missed"
                 )
             elif (
                 volume.value is not None
