@@ -36,12 +36,12 @@ from services.imaging.analysis.sampling import FloatArray, Sampler
 from services.imaging.analysis.spine import CentreLine, Disc, find_discs, level_names
 
 SUPPORT_MM = 8.0  # candidates this near in the plane are one structure seen in two slices
-ANCHOR_SUPPORT = 0.5  # of the best support: candidates to start the sac's track from
-MIDLINE_MM = 10.0  # of those, the best supported this near the image's left-right middle
+MIDLINE_MM = 40.0  # a start this far from the image's left-right middle counts a third
 REACH_MM = 25.0  # the lumbar sac stays this near its start (beyond: the sacral canal)
 TRACK_MM = 8.0  # the sac moves less than this in the plane from one slice to the next
 BODY_OFFSET_MM = 22.0  # sac centre to vertebral body centre, antero-posterior
 SACRAL_RUN_MM = 40.0
+MISSED_DISC_MM = 55.0  # lumbar discs lie 25-40 mm apart along the canal: more is one missed
 ENDPLATE_MM = 4.0
 
 
@@ -193,16 +193,14 @@ def find_sacs(image: sitk.Image) -> list[SliceSac]:
     near = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=2) < SUPPORT_MM
     in_slice = slice_of[None, :] == np.arange(len(candidates))[:, None]
     support = (near.astype(np.int32) @ in_slice.T.astype(np.int32) > 0).sum(axis=1)
-    # Of the well supported (a bright fat pad may be seen in more slices than a sac that
-    # drifts across an oblique stack), those nearest the image's left-right middle, where
-    # a spine's images are centred.
+    # The support weighed down with the distance from the image's left-right middle,
+    # where a spine's images are centred (a lateral fat pad may be seen in more slices
+    # than a sac that drifts across an oblique stack); within a few centimetres of the
+    # middle the support decides (a structure beside the sac is seen in fewer slices).
     origin, spacing, direction, _ = _slice_geometry(image)
     middle = origin + direction @ ((np.array(image.GetSize()) - 1) * spacing / 2)
     lateral = np.abs((points - middle[:2]) @ direction[:2, 0])
-    contenders = np.nonzero(support >= ANCHOR_SUPPORT * support.max())[0]
-    # (the discs' nuclei lie in the midline too, but are seen in fewer slices)
-    finalists = contenders[lateral[contenders] <= lateral[contenders].min() + MIDLINE_MM]
-    start = int(finalists[np.argmax(support[finalists])])
+    start = int(np.argmax(support * np.exp(-((lateral / MIDLINE_MM) ** 2))))
     # From there, slice by slice both ways: the candidate nearest the last one chosen,
     # within 25 mm of the start (as far as the track ran when it was the median's).
     chosen_at: dict[int, FloatArray] = {int(slice_of[start]): np.array(flat[start])}
@@ -217,7 +215,7 @@ def find_sacs(image: sitk.Image) -> list[SliceSac]:
             )
             if (
                 nearest is not None
-                and np.linalg.norm(nearest[:2] - last) < TRACK_MM * (1 + missed)
+                and np.linalg.norm(nearest[:2] - last) < TRACK_MM * min(1 + missed, 2)
                 and np.linalg.norm(nearest[:2] - points[start]) < REACH_MM
             ):
                 chosen_at[k], last, missed = nearest, nearest[:2], 0
@@ -411,7 +409,24 @@ def build_model(image: sitk.Image) -> MrModel:
             "sacrum not in the field of view (or not recognised): levels are numbered "
             "craniocaudally (level_index) and not named"
         )
-    return MrModel(line, sacs, discs, level_names(len(discs), sacrum), sacrum, warnings)
+    names, missed = disc_names(discs, sacrum)
+    return MrModel(line, sacs, discs, names, sacrum, warnings + missed)
+
+
+def disc_names(discs: list[Disc], sacrum: bool) -> tuple[list[str | None], list[str]]:
+    """The discs' names (cranial first), counted up from the sacrum; none above a gap where
+    a disc is missed (every disc above it would be misnamed), with a warning."""
+    names = level_names(len(discs), sacrum)
+    warnings: list[str] = []
+    for n in range(len(discs) - 1):
+        gap = float(discs[n].middle - discs[n + 1].middle)
+        if gap > MISSED_DISC_MM and any(names[: n + 1]):
+            names[: n + 1] = [None] * (n + 1)
+            warnings.append(
+                f"{gap:.0f} mm between two discs found along the canal: a disc between them "
+                "is missed, so the discs above are numbered (level_index), not named"
+            )
+    return names, warnings
 
 
 def _crossing(line: CentreLine, point: FloatArray, normal: FloatArray, z0: float) -> float:

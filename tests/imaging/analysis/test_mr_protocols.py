@@ -35,6 +35,19 @@ BENCH_STACK: dict[str, Any] = {
     "stenosis": "central",
 }
 
+# An independent review's oblique stack: 1 mm pixels, 3 mm slices, settled roots; a lateral
+# fat pad is seen in more slices than the sac, which drifts 50 mm across the stack.
+FAT_PAD_STACK: dict[str, Any] = {
+    "pixel_spacing": 1.0,
+    "slice_spacing": 3.0,
+    "noise": 40.0,
+    "orientation": "oblique",
+    "lordosis": 30.0,
+    "roots": "sedimented",
+    "severity": 0.5,
+    "seed": 71,
+}
+
 
 def _analysed(folder: Path, **spec: Any) -> tuple[Analysis, dict[str, Any]]:
     truth = write_phantom(PhantomSpec(**{**ANATOMY, **spec}), folder)
@@ -258,16 +271,7 @@ def test_the_sac_is_followed_where_fat_passes_the_csf_threshold() -> None:
     [
         # A bright fat pad seen in about as many slices as the sac (the track once started
         # there, and the disc profile then fell outside the images: an IndexError).
-        {
-            "pixel_spacing": 1.0,
-            "slice_spacing": 3.0,
-            "noise": 40.0,
-            "orientation": "oblique",
-            "lordosis": 30.0,
-            "roots": "sedimented",
-            "severity": 0.5,
-            "seed": 71,
-        },
+        FAT_PAD_STACK,
         # A strong lordosis: a fixed start point lost the caudal sac (3 of 5 discs found).
         {
             "pixel_spacing": 0.5,
@@ -309,3 +313,21 @@ def test_other_anatomy_gives_no_sac_value_wrong_but_ok(spec: dict[str, Any]) -> 
         value = expected.get((m.quantity, m.level_index))
         if m.status == "ok" and value is not None and m.value is not None:
             assert abs(m.value - value) / value <= 0.15, m
+
+
+def test_discs_above_a_missed_disc_are_not_named() -> None:
+    """Three discs found, the first 93 mm above the next (as an independent review's oblique
+    stack once gave: L1-L2 above L4-L5): counted up from the sacrum it would be named L3-L4;
+    it is numbered, with a warning, and the two below keep their names."""
+    from services.imaging.analysis import mr
+    from services.imaging.analysis.spine import Disc
+
+    discs = [Disc(z, z - 5, z + 5) for z in (52.5, -40.4, -73.0)]
+    names, warnings = mr.disc_names(discs, sacrum=True)
+    assert names == [None, "L4-L5", "L5-S1"]
+    assert any("is missed" in w for w in warnings)
+    evenly = [Disc(z, z - 5, z + 5) for z in (52.0, 22.0, -10.0, -42.0, -72.0)]
+    assert mr.disc_names(evenly, sacrum=True) == (
+        ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"],
+        [],
+    )
