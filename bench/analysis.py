@@ -99,7 +99,7 @@ def specs(quick: bool) -> list[tuple[str, PhantomSpec]]:
             },
         ),
         (
-            # the roots lying against the back of the dura (supine): a known weakness
+            # the roots lying together against the back of the dura (a supine patient)
             "MR roots sedimented",
             {
                 "modality": "MR",

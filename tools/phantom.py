@@ -674,18 +674,12 @@ def shapes(spine: Spine, spec: PhantomSpec) -> list[Shape]:
             along_p, _ = sac.semi_axes(s)
             return SAC_CENTRE + SEDIMENT * along_p - p
 
-        out.append(Shape("rootlet", sac.end + 15, hi, _inside(chord, sac_sdf(0.0))))
-        return [*out, *(_hardware(spine) if spine.operated else [])]
-    for dl, dp in (
-        (-3.5, 3.0),
-        (3.5, 3.0),
-        (-1.5, 4.5),
-        (1.5, 4.5),
-        (0.0, 2.0),
-        (-5.0, 1.0),
-        (5.0, 1.0),
-    ):
-        out.append(Shape("rootlet", sac.end + 15, hi, _inside(_rootlet(dl, dp), sac_sdf(0.0))))
+        roots = [chord]
+    else:
+        rootlets = ((-3.5, 3.0), (3.5, 3.0), (-1.5, 4.5), (1.5, 4.5), (0, 2.0), (-5, 1.0), (5, 1.0))
+        roots = [_rootlet(dl, dp) for dl, dp in rootlets]
+    for root in roots:
+        out.append(Shape("rootlet", sac.end + 15, hi, _inside(root, sac_sdf(0.0))))
     if spine.operated:
         out.extend(_hardware(spine))
     return out

@@ -62,13 +62,7 @@ class SliceSac:
 
     def doubt(self, value: float) -> str | None:
         """Why the area read from the CSF may be too small, or None."""
-        if self.against <= AGAINST_FRACTION * self.area:
-            return None
-        return (
-            f"{value:.0f} mm² of CSF measured, but tissue of intermediate signal lies "
-            f"against its back inside a dark border (about {self.against:.0f} mm² more): "
-            "nerve roots or the cord against the dura are part of the sac, to be outlined"
-        )
+        return roots_doubt(f"{value:.0f} mm²", [self])
 
     @property
     def area(self) -> float:
@@ -298,6 +292,21 @@ PLATEAU_MM = 1.0
 FLAT = 0.25  # of the CSF signal: the spread of a plateau (a ramp spreads wider)
 
 
+def roots_doubt(measured: str, *groups: list[SliceSac]) -> str | None:
+    """Why a value read from the CSF may be too small: on the first group of slices where
+    tissue against the CSF's back adds over a tenth of their area; or None."""
+    for sacs in groups:
+        against = sum(sac.against for sac in sacs)
+        csf = sum(sac.area for sac in sacs)
+        if sacs and against > AGAINST_FRACTION * csf:
+            return (
+                f"{measured} of CSF measured, but tissue of intermediate signal lies against "
+                f"its back inside a dark border (about {against / csf:.0%} more): nerve roots "
+                "or the cord against the dura are part of the sac, to be outlined"
+            )
+    return None
+
+
 def _against(
     crop: FloatArray,
     core: np.ndarray,
@@ -484,7 +493,7 @@ def measure(
         t, _, posterior = line.frame(disc.middle)
         anterior = -BODY_OFFSET_MM * posterior
         z_mid = _crossing(line, line.point(disc.middle) + anterior, t, disc.middle)
-        roots_doubt = False  # the disc's slice: tissue against the CSF's back
+        around: list[list[SliceSac]] = []  # the disc's slice, and the slices around it
         area = Measurement(QuantityName.DURAL_SAC_AREA, name, index, None, None, series_uid)
         volume = Measurement(QuantityName.DURAL_SAC_VOLUME, name, index, None, None, series_uid)
         if not z.min() <= z_mid <= z.max():
@@ -496,19 +505,11 @@ def measure(
             if sop_uids:
                 area.sop_instance_uid = sop_uids[nearest.k]
             area.check_plausible()
-            doubt = nearest.doubt(area.value) if area.value is not None else None
-            # One slice's share swings (0-40 % on settled roots): the slices around the
-            # disc's middle pooled too.
+            # The disc's slice, then the slices around it pooled (one slice's share swings
+            # between 0 and 40 % on settled roots).
             pool = [q for q in sacs if abs(q.centroid[2] - z_mid) <= POOL_SLICES * spacing]
-            pooled = sum(q.against for q in pool) / max(sum(q.area for q in pool), 1e-6)
-            if doubt is None and area.value is not None and pooled > AGAINST_FRACTION:
-                doubt = (
-                    f"{area.value:.0f} mm² of CSF measured, but on the slices around the "
-                    "disc's middle tissue of intermediate signal lies against its back inside "
-                    f"a dark border (about {pooled:.0%} more): nerve roots or the cord "
-                    "against the dura are part of the sac, to be outlined"
-                )
-            roots_doubt = doubt is not None
+            around = [[nearest], pool]
+            doubt = None if area.value is None else roots_doubt(f"{area.value:.0f} mm²", *around)
             off = abs(float(nearest.centroid[2]) - z_mid)
             if area.value is not None and off > GAP_STEPS * step:
                 # Interpolated across slices where the sac was not followed: at a severe
@@ -567,18 +568,13 @@ def measure(
             zs = np.linspace(bounds[0], bounds[1], 400)
             volume.value = float(np.trapezoid(axial(zs), zs))
             volume.check_plausible()
-            within = areas[(z >= bounds[0]) & (z <= bounds[1])]
             level = [sac for sac in sacs if bounds[0] <= sac.centroid[2] <= bounds[1]]
+            within = np.array([sac.area for sac in level])
             level_z = np.sort(np.array([sac.centroid[2] for sac in level], dtype=float))
-            against = sum(sac.against for sac in level)
-            csf = sum(sac.area for sac in level)
-            if volume.value is not None and (roots_doubt or against > AGAINST_FRACTION * csf):
-                share = f" (about {against / csf:.0%} more over its slices)" if csf > 0 else ""
-                volume.review(
-                    f"{volume.value:.0f} mm³ of CSF measured, but tissue of intermediate "
-                    f"signal lies against the CSF's back inside a dark border{share}: nerve "
-                    "roots or the cord against the dura are part of the sac, to be outlined"
-                )
+            if volume.value is not None and (
+                doubt := roots_doubt(f"{volume.value:.0f} mm³", level, *around)
+            ):
+                volume.review(doubt)
             gap = float(np.max(np.diff(np.concatenate([[bounds[0]], level_z, [bounds[1]]]))))
             if volume.value is not None and gap > 2 * GAP_STEPS * step:
                 volume.review(
@@ -593,17 +589,16 @@ def measure(
                     f"{volume.value:.0f} mm³ interpolated over a slice whose sac ran into "
                     "bright tissue beside it (a disc?): to be checked"
                 )
-            thickness = float(image.GetSpacing()[2])
             if (
                 volume.value is not None
-                and thickness > THICK_SLICE_MM
+                and spacing > THICK_SLICE_MM
                 and within.size >= 2
                 and within.min() < NARROWING * within.max()
             ):
                 # Each thick slice averages the sac over its thickness: where it narrows
                 # within the level, the narrow part is filled in by the wider sac beside it.
                 volume.review(
-                    f"{volume.value:.0f} mm³ measured on {thickness:.1f} mm slices across a "
+                    f"{volume.value:.0f} mm³ measured on {spacing:.1f} mm slices across a "
                     f"narrowing to {within.min() / within.max():.0%} of the sac: partial "
                     "volume overestimates it"
                 )
