@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import SimpleITK as sitk
 from pydicom import Dataset
 
 from services.common.vocabulary import QuantityName
@@ -192,9 +193,10 @@ def measure_blocks(
         loaded.append((block, volume, centre))
     loaded.sort(key=lambda loaded_block: -float(loaded_block[2][2]))  # cranial first
     measurements: list[Measurement] = []
-    images: list[KeyImage] = []
     evidence: list[Dataset] = []
     seen: dict[str, int] = {}
+    pixels: dict[int, float] = {}  # each measured area's in-plane pixel size
+    drawings: list[tuple[Measurement, sitk.Image, FloatArray]] = []  # drawn once final
     for index, (block, volume, centre) in enumerate(loaded):
         evidence += block.datasets
         image = volume.image
@@ -226,6 +228,7 @@ def measure_blocks(
             if sagittal is not None:  # the block's tilt off the canal, corrected
                 value *= abs(float(sagittal.line.tangent(float(point[2])) @ normal))
             area.value = value
+            pixels[len(measurements)] = float(max(image.GetSpacing()[:2]))
             area.points = [list(p) for p in drawn.contour]
             area.sop_instance_uid = volume.sop_instance_uids[drawn.k]
             area.check_plausible()
@@ -233,8 +236,18 @@ def measure_blocks(
             if doubt is not None:
                 area.review(doubt)
             if key_images and area.points:
-                images.append(area_image(Sampler.of(image), area, normal, "MR"))
+                drawings.append((area, image, normal))
         if name is not None:
             seen[name] = index
         measurements += [area, sac_volume]
+    # A narrowing on coarse pixels, against the blocks' median sac (as for a stack).
+    values = [measurements[i].value for i in pixels]
+    typical = float(np.median([v for v in values if v is not None])) if values else 0.0
+    for i, pixel in pixels.items():
+        area = measurements[i]
+        if area.status == "ok" and area.value is not None:
+            doubt = mr.coarse_doubt(area.value, typical, pixel)
+            if doubt is not None:
+                area.review(doubt)
+    images = [area_image(Sampler.of(image), area, normal, "MR") for area, image, normal in drawings]
     return BlockAnalysis(measurements, images, warnings, evidence)

@@ -18,6 +18,11 @@
    CSF, and the dura is seldom seen. Rays from the CSF's centre, within 70° of posterior,
    look past the CSF for a plateau of intermediate signal ending at a dark border; where it
    adds over a tenth of the CSF's area, the area (and the level's volume) needs review.
+6. Where the sac narrows, what the acquisition cannot resolve needs review: a volume on
+   slices 3 mm or thicker (each averages the narrowing away), an area on pixels of 0.9 mm
+   or coarser (the partial-volume border is much of a narrow sac), an area interpolated
+   beyond both slices around it by over a quarter (the narrowing falls between them), an
+   area off its slice next to a stretch where the sac was lost.
 """
 
 from __future__ import annotations
@@ -452,13 +457,37 @@ def _crossing(line: CentreLine, point: FloatArray, normal: FloatArray, z0: float
     return (lo + hi) / 2
 
 
-THICK_SLICE_MM = 3.0  # thicker axial slices average a stenosis away
+# Axial slices this thick or thicker average a narrowing away: across a stenosis, volumes on
+# 3 mm slices read a mean 13-19 % (up to 37 %) large on random phantoms (bench/analysis.py
+# --only mr-sweep; 4 and 5 mm were flagged before); at levels of normal calibre, 3-6 % mean.
+THICK_SLICE_MM = 3.0
+# In-plane pixels this coarse or coarser make the partial-volume border a large share of a
+# narrowed sac: its area read a mean 12-24 % large (up to 55 %) at 1.0 mm on those phantoms
+# (a narrow sac has no pixel of pure CSF, so its CSF reference is low and each border pixel's
+# fraction high); within 8 % where the sac is of normal calibre, and at 0.5-0.7 mm.
+COARSE_PIXEL_MM = 0.9
+# An interpolated area beyond both slices around it by more than this share: the spline
+# between thick slices dips or bulges where the narrowing falls between them.
+OVERSHOOT = 0.25
 OUTLINE_GAP = 0.08  # the two area estimates of a sac of normal calibre agree within 3-4 %
 OUTLINE_DOUBT = 0.3  # beyond this, neither estimate can be trusted
 NARROWING = 0.6  # a sac narrowing below this fraction of its widest within the level
 GAP_STEPS = 0.75  # a disc's middle farther than this (in slice steps) from a sac slice
+ON_SLICE = 0.25  # a disc's middle this close (in slice steps) to a slice is read on it
 POOL_SLICES = 1.5  # slice spacings either side of a disc's middle pooled for the roots' check
 MERGED = 2.0  # a slice's area over this multiple of the stack's median is not the sac's
+
+
+def coarse_doubt(value: float, typical: float, pixel: float) -> str | None:
+    """Why an area at a narrowing (below :data:`NARROWING` of the ``typical`` sac) read on
+    pixels of :data:`COARSE_PIXEL_MM` or coarser is to be checked, or None."""
+    if pixel < COARSE_PIXEL_MM or typical <= 0 or value >= NARROWING * typical:
+        return None
+    return (
+        f"{value:.0f} mm² at a narrowing ({value / typical:.0%} of the sac's median) on "
+        f"{pixel:.1f} mm pixels: the partial-volume border is a large share of a narrow sac "
+        "and reads it too large"
+    )
 
 
 def measure(
@@ -476,6 +505,8 @@ def measure(
     sacs = [s for s, bad in zip(model.sacs, merged, strict=True) if not bad]
     z, areas = every_z[~merged], every_area[~merged]
     spacing = float(image.GetSpacing()[2])
+    pixel = float(max(image.GetSpacing()[:2]))
+    typical = float(np.median(areas)) if areas.size else 0.0
     step = float(np.median(np.diff(every_z))) if every_z.size > 1 else spacing
     cos = np.array([abs(float(line.tangent(zz) @ normal)) for zz in z])
     perpendicular = CubicSpline(z, areas * cos)
@@ -528,6 +559,40 @@ def measure(
                     f"{MERGED:g} times the sac's median: the sac run into bright tissue beside it "
                     "(a disc?), not measured there"
                 )
+            below = int(np.searchsorted(z, z_mid))
+            bracket = (areas * cos)[max(below - 1, 0) : below + 1]
+            seen = int(np.searchsorted(every_z, z_mid))
+            apart = float(np.ptp(every_z[max(seen - 1, 0) : seen + 1]))
+            if (
+                area.value is not None
+                and doubt is None
+                and apart > 2 * GAP_STEPS * step
+                and off > ON_SLICE * step
+            ):
+                # The disc's middle lies near a followed slice, but not on it, and the slice
+                # on its other side is beyond a stretch where the sac was lost (a slice run
+                # into a disc was followed: the rule on such slices is above).
+                doubt = (
+                    f"{area.value:.0f} mm² interpolated between slices {apart:.0f} mm apart "
+                    f"(the slices {step:.1f} mm): the sac was not followed between them, and a "
+                    "narrowing there would be missed"
+                )
+            if (
+                area.value is not None
+                and doubt is None
+                and bracket.size == 2
+                and (
+                    area.value < (1 - OVERSHOOT) * bracket.min()
+                    or area.value > (1 + OVERSHOOT) * bracket.max()
+                )
+            ):
+                doubt = (
+                    f"{area.value:.0f} mm² interpolated between slices of {bracket[0]:.0f} and "
+                    f"{bracket[1]:.0f} mm² ({step:.1f} mm apart): the sac changes between them "
+                    "faster than the slices sample it"
+                )
+            if area.value is not None and doubt is None:
+                doubt = coarse_doubt(area.value, typical, pixel)
             if doubt is not None:
                 area.review(doubt)
             if nearest.outline > 0 and area.value is not None:
@@ -591,7 +656,7 @@ def measure(
                 )
             if (
                 volume.value is not None
-                and spacing > THICK_SLICE_MM
+                and spacing >= THICK_SLICE_MM
                 and within.size >= 2
                 and within.min() < NARROWING * within.max()
             ):

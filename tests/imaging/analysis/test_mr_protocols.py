@@ -111,6 +111,20 @@ def test_without_a_sagittal_series_the_blocks_are_numbered_not_named(tmp_path: P
     assert int(np.argmin(values)) == 2, values  # type: ignore[arg-type]
 
 
+def test_a_narrowed_block_on_coarse_pixels_needs_review(tmp_path: Path) -> None:
+    """On 1.0 mm pixels the narrowed level's area waits for a reader (on stacks such areas
+    read 12-24 % large), its key image says so; the levels of normal calibre stay `ok`."""
+    analysis, _ = _analysed(
+        tmp_path, protocol="blocks", block_slices=4, sagittal=True, pixel_spacing=1.0
+    )
+    areas = {m.level: m for m in analysis.result.measurements if m.quantity == "dural_sac_area"}
+    narrowed = areas.pop("L3-L4")
+    assert narrowed.status == "needs_review" and "1.0 mm pixels" in (narrowed.reason or "")
+    assert {m.status for m in areas.values()} == {"ok"}, areas
+    captions = [k.caption for k in analysis.key_images if k.caption.startswith("L3-L4")]
+    assert len(captions) == 1 and "review:" in captions[0]
+
+
 @pytest.mark.integration
 @pytest.mark.usefixtures("dcmtk")
 def test_the_service_completes_and_measures_a_study_of_blocks(
@@ -291,6 +305,47 @@ def test_the_sac_is_followed_where_fat_passes_the_csf_threshold() -> None:
             "noise": 40.0,
             "severity": 0.9,
             "seed": 44,
+        },
+        # 1 mm pixels and 3 mm slices across two mild narrowings: both areas read 16 % large
+        # (the partial-volume border of a narrow sac) and both volumes 17-19 % (3 mm slices
+        # average the narrowing away), all four `ok` before the coarse-pixel rule and the
+        # thick-slice rule's extension to 3 mm.
+        {
+            "pixel_spacing": 1.0,
+            "slice_spacing": 3.0,
+            "noise": 40.0,
+            "lordosis": 25.0,
+            "scoliosis": 20.0,
+            "severity": 0.3,
+            "stenosis_levels": ("L4-L5", "L5-S1"),
+            "seed": 1018,
+        },
+        # 5 mm slices through a severe narrowing at L5-S1: the spline between slices of 46
+        # and 120 mm² dipped to 24 mm² for 38 (-38 %), `ok`.
+        {
+            "pixel_spacing": 0.5,
+            "slice_spacing": 5.0,
+            "noise": 40.0,
+            "lordosis": 40.0,
+            "orientation": "oblique",
+            "scoliosis": 10.0,
+            "severity": 0.85,
+            "stenosis_levels": ("L2-L3", "L5-S1"),
+            "seed": 1010,
+        },
+        # Two narrowings in a row on 5 mm slices: the sac was lost for 10 mm beside the
+        # L3-L4 disc's middle, whose nearest slice was close enough; the spline read 77 mm²
+        # for 49 (+60 %), `ok`, while the level's volume was already flagged for the gap.
+        {
+            "pixel_spacing": 0.7,
+            "slice_spacing": 5.0,
+            "noise": 25.0,
+            "lordosis": 40.0,
+            "orientation": "oblique",
+            "scoliosis": 20.0,
+            "severity": 0.7,
+            "stenosis_levels": ("L2-L3", "L3-L4"),
+            "seed": 1138,
         },
     ],
 )
