@@ -241,8 +241,8 @@ def measure_blocks(
             seen[name] = index
         measurements += [area, sac_volume]
     # A narrowing on coarse pixels, against the blocks' median sac (as for a stack).
-    values = [measurements[i].value for i in pixels]
-    typical = float(np.median([v for v in values if v is not None])) if values else 0.0
+    values = [v for i in pixels if (v := measurements[i].value) is not None]
+    typical = float(np.median(values)) if values else 0.0
     for i, pixel in pixels.items():
         area = measurements[i]
         if area.status == "ok" and area.value is not None:
