@@ -490,6 +490,41 @@ def coarse_doubt(value: float, typical: float, pixel: float) -> str | None:
     )
 
 
+def _interpolation_doubt(
+    value: float,
+    z_mid: float,
+    off: float,
+    z: FloatArray,
+    perpendicular: FloatArray,
+    every_z: FloatArray,
+    step: float,
+) -> str | None:
+    """Why an area interpolated at ``z_mid`` between the slices ``z`` (their perpendicular
+    areas) may miss the narrowing, or None: the disc's middle lies near a followed slice but
+    not on it, next to a stretch where the sac was lost (``every_z``: a slice run into a
+    disc was followed, and has its own rule); or the value lies beyond both slices around
+    it by more than :data:`OVERSHOOT`."""
+    seen = int(np.searchsorted(every_z, z_mid))
+    apart = float(np.ptp(every_z[max(seen - 1, 0) : seen + 1]))
+    if apart > 2 * GAP_STEPS * step and off > ON_SLICE * step:
+        return (
+            f"{value:.0f} mm² interpolated between slices {apart:.0f} mm apart "
+            f"(the slices {step:.1f} mm): the sac was not followed between them, and a "
+            "narrowing there would be missed"
+        )
+    below = int(np.searchsorted(z, z_mid))
+    bracket = perpendicular[max(below - 1, 0) : below + 1]
+    if bracket.size == 2 and (
+        value < (1 - OVERSHOOT) * bracket.min() or value > (1 + OVERSHOOT) * bracket.max()
+    ):
+        return (
+            f"{value:.0f} mm² interpolated between slices of {bracket[0]:.0f} and "
+            f"{bracket[1]:.0f} mm² ({step:.1f} mm apart): the sac changes between them "
+            "faster than the slices sample it"
+        )
+    return None
+
+
 def measure(
     image: sitk.Image, series_uid: str, sop_uids: tuple[str, ...] = ()
 ) -> tuple[MrModel, list[Measurement]]:
@@ -559,38 +594,8 @@ def measure(
                     f"{MERGED:g} times the sac's median: the sac run into bright tissue beside it "
                     "(a disc?), not measured there"
                 )
-            below = int(np.searchsorted(z, z_mid))
-            bracket = (areas * cos)[max(below - 1, 0) : below + 1]
-            seen = int(np.searchsorted(every_z, z_mid))
-            apart = float(np.ptp(every_z[max(seen - 1, 0) : seen + 1]))
-            if (
-                area.value is not None
-                and doubt is None
-                and apart > 2 * GAP_STEPS * step
-                and off > ON_SLICE * step
-            ):
-                # The disc's middle lies near a followed slice, but not on it, and the slice
-                # on its other side is beyond a stretch where the sac was lost (a slice run
-                # into a disc was followed: the rule on such slices is above).
-                doubt = (
-                    f"{area.value:.0f} mm² interpolated between slices {apart:.0f} mm apart "
-                    f"(the slices {step:.1f} mm): the sac was not followed between them, and a "
-                    "narrowing there would be missed"
-                )
-            if (
-                area.value is not None
-                and doubt is None
-                and bracket.size == 2
-                and (
-                    area.value < (1 - OVERSHOOT) * bracket.min()
-                    or area.value > (1 + OVERSHOOT) * bracket.max()
-                )
-            ):
-                doubt = (
-                    f"{area.value:.0f} mm² interpolated between slices of {bracket[0]:.0f} and "
-                    f"{bracket[1]:.0f} mm² ({step:.1f} mm apart): the sac changes between them "
-                    "faster than the slices sample it"
-                )
+            if area.value is not None and doubt is None:
+                doubt = _interpolation_doubt(area.value, z_mid, off, z, areas * cos, every_z, step)
             if area.value is not None and doubt is None:
                 doubt = coarse_doubt(area.value, typical, pixel)
             if doubt is not None:
