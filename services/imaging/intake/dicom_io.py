@@ -169,11 +169,13 @@ _HEADER_KEYWORDS = (
 )
 
 
-def _meta_end(data: bytes) -> int:
-    """Where the data set starts: the File Meta (group 0002, always Explicit VR Little
-    Endian) walked element by element, never trusted from its group length."""
+def _meta_end(data: bytes) -> tuple[int, str | None]:
+    """Where the data set starts and the Transfer Syntax UID the File Meta names: the
+    File Meta (group 0002, always Explicit VR Little Endian) walked element by element,
+    never trusted from its group length."""
     offset = 132
     declared: int | None = None
+    syntax: str | None = None
     while offset + 8 <= len(data):
         group, element = struct.unpack_from("<HH", data, offset)
         if group != 0x0002:
@@ -191,12 +193,14 @@ def _meta_end(data: bytes) -> int:
             raise InvalidInstance("File Meta element runs past the end of the data")
         if element == 0x0000 and length == 4:
             declared = struct.unpack_from("<I", data, start)[0]
+        elif element == 0x0010:
+            syntax = data[start : start + length].decode("latin-1").strip("\x00 ")
         offset = start + length
     if declared is not None and declared != offset - 144:
         raise InvalidInstance(
             f"FileMetaInformationGroupLength says {declared} bytes, the group has {offset - 144}"
         )
-    return offset
+    return offset, syntax
 
 
 def _check_inflated_size(data: bytes, start: int, limit: int) -> None:
@@ -323,19 +327,20 @@ def read_part10(data: bytes, *, max_bytes: int = 1 << 30) -> tuple[Dataset, Inst
     """
     if len(data) < 132 or data[128:132] != b"DICM":
         raise InvalidInstance("not a DICOM Part 10 file (no 'DICM' prefix and File Meta)")
-    dataset_offset = _meta_end(data)
+    dataset_offset, ts = _meta_end(data)
+    if not ts:
+        raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
+    if not UID(ts).is_transfer_syntax:
+        raise InvalidInstance(f"TransferSyntaxUID {ts[:64]} is not a transfer syntax")
     try:
+        if ts == DeflatedExplicitVRLittleEndian:  # before pydicom inflates it
+            _check_inflated_size(data, dataset_offset, max_bytes)
         # Parsing walks every element header, so a body cut inside an element fails
         # here; lying lengths and bad numbers are checked below, truncated pixel data too.
-        meta = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[]).file_meta
-        ts = meta.get("TransferSyntaxUID")
-        if not ts:
-            raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
-        if not UID(str(ts)).is_transfer_syntax:
-            raise InvalidInstance(f"TransferSyntaxUID {str(ts)[:64]} is not a transfer syntax")
-        if ts == DeflatedExplicitVRLittleEndian:
-            _check_inflated_size(data, dataset_offset, max_bytes)
         ds = dcmread(BytesIO(data))
+        meta = ds.file_meta
+        if meta.get("TransferSyntaxUID") != ts:  # the walk above and pydicom disagree
+            raise InvalidInstance("the File Meta cannot be read consistently")
         for keyword in _HEADER_KEYWORDS:  # decode the values we index, inside this guard
             ds.get(keyword)
         check_servable(ds)
