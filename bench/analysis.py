@@ -398,12 +398,17 @@ def real_mr() -> None:
     sacs = [sac for sac in mr.find_sacs(axial) if reference[sac.k] > 20]
     errors = [(sac.area - reference[sac.k]) / reference[sac.k] * 100 for sac in sacs]
     doubted = sum(sac.doubt(sac.area) is not None for sac in sacs)
+    every = mr.find_sacs(axial)
+    share = sum(s.against for s in every) / sum(s.area for s in every)
     print(
         f"\nReal MR (TPTBox sagittal T2, labelled C5-C7, axial reformats at 0.75 mm): "
         f"{len(errors)} slices with the sac found of {int((reference > 20).sum())}; "
         f"sac area vs cord + canal masks: median error {np.median(errors):+.1f} %, "
         f"median |error| {np.median(np.abs(errors)):.1f} % (target within 10 %); "
-        f"{doubted} of the {len(sacs)} in doubt (tissue against the CSF's back)"
+        f"{doubted} of the {len(sacs)} in doubt (tissue against the CSF's back); pooled over "
+        f"the stack that tissue adds {share:.1%} (every value of the stack needs review "
+        f"beyond {mr.STACK_AGAINST_FRACTION:.0%}: "
+        f"{'yes' if mr.stack_roots_doubt(every) else 'no'})"
     )
 
 

@@ -18,6 +18,8 @@
    CSF, and the dura is seldom seen. Rays from the CSF's centre, within 70° of posterior,
    look past the CSF for a plateau of intermediate signal ending at a dark border; where it
    adds over a tenth of the CSF's area, the area (and the level's volume) needs review.
+   Where it adds over 4 % pooled over the whole stack, the roots (or the cord) have settled
+   all along the sac, seen at only some slices: every area and volume of the stack does.
 6. Where the sac narrows, what the acquisition cannot resolve needs review: a volume on
    slices 3 mm or thicker (each averages the narrowing away), an area on pixels of 0.9 mm
    or coarser (the partial-volume border is much of a narrow sac), an area interpolated
@@ -285,6 +287,9 @@ def _measure_slice(
 
 
 AGAINST_FRACTION = 0.10  # beyond this (of the CSF's area), the sac is to be outlined
+# Pooled over a whole stack: clean phantoms' stacks (roots floating in the CSF) stay under
+# 2.1 %, stacks with roots settled along the sac reach 7-24 % (bench/analysis.py mr-sweep).
+STACK_AGAINST_FRACTION = 0.04
 RAYS = 72
 RAY_STEP_MM = 0.25
 RAY_REACH_MM = 15.0
@@ -309,6 +314,22 @@ def roots_doubt(measured: str, *groups: list[SliceSac]) -> str | None:
                 f"its back inside a dark border (about {against / csf:.0%} more): nerve roots "
                 "or the cord against the dura are part of the sac, to be outlined"
             )
+    return None
+
+
+def stack_roots_doubt(sacs: list[SliceSac]) -> str | None:
+    """Why every sac value of a stack may be too small: tissue against the CSF's back
+    pooled over all its slices adds over 4 % of their area (the rays find only part of
+    such tissue, and only at some slices, so each level alone may pass); or None."""
+    csf = sum(sac.area for sac in sacs)
+    against = sum(sac.against for sac in sacs)
+    if csf > 0 and against > STACK_AGAINST_FRACTION * csf:
+        return (
+            f"tissue of intermediate signal lies against the CSF's back along the whole stack "
+            f"(about {against / csf:.0%} more over its {len(sacs)} slices; this level's share "
+            "may look small only because it is seen at some slices): nerve roots or the cord "
+            "settled against the dura are part of the sac, to be outlined"
+        )
     return None
 
 
@@ -674,4 +695,9 @@ def measure(
                 )
         out += [area, volume]
         index += 1
+    stack = stack_roots_doubt(sacs)
+    for m in out:
+        if stack is not None and m.status == "ok" and m.value is not None:
+            unit = "mm²" if m.quantity == QuantityName.DURAL_SAC_AREA else "mm³"
+            m.review(f"{m.value:.0f} {unit} of CSF measured, but {stack}")
     return model, out
