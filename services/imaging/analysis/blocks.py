@@ -197,6 +197,7 @@ def measure_blocks(
     seen: dict[str, int] = {}
     pixels: dict[int, float] = {}  # each measured area's in-plane pixel size
     drawings: list[tuple[Measurement, sitk.Image, FloatArray]] = []  # drawn once final
+    slices: list[mr.SliceSac] = []  # every block's slices where its sac was measured
     for index, (block, volume, centre) in enumerate(loaded):
         evidence += block.datasets
         image = volume.image
@@ -223,7 +224,8 @@ def measure_blocks(
         elif found is None:
             area.review("no dural sac seen in the middle of the block")
         else:
-            value, drawn = found
+            value, drawn, agreeing = found
+            slices += agreeing
             normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
             if sagittal is not None:  # the block's tilt off the canal, corrected
                 value *= abs(float(sagittal.line.tangent(float(point[2])) @ normal))
@@ -240,6 +242,11 @@ def measure_blocks(
         if name is not None:
             seen[name] = index
         measurements += [area, sac_volume]
+    # Tissue settled against the CSF's back, pooled over every block (as over a stack).
+    settled = mr.stack_roots_doubt(slices)
+    for area in measurements:
+        if settled is not None and area.status == "ok" and area.value is not None:
+            area.review(f"{area.value:.0f} mm² of CSF measured, but {settled}")
     # A narrowing on coarse pixels, against the blocks' median sac (as for a stack).
     values = [v for i in pixels if (v := measurements[i].value) is not None]
     typical = float(np.median(values)) if values else 0.0

@@ -18,8 +18,9 @@
    CSF, and the dura is seldom seen. Rays from the CSF's centre, within 70° of posterior,
    look past the CSF for a plateau of intermediate signal ending at a dark border; where it
    adds over a tenth of the CSF's area, the area (and the level's volume) needs review.
-   Where it adds over 4 % pooled over the whole stack, the roots (or the cord) have settled
-   all along the sac, seen at only some slices: every area and volume of the stack does.
+   Where it adds over 4 % pooled over the whole stack (or every angled block's slices), the
+   roots (or the cord) have settled all along the sac, seen at only some slices: every area
+   and volume of the stack does.
 6. Where the sac narrows, what the acquisition cannot resolve needs review: a volume on
    slices 3 mm or thicker (each averages the narrowing away), an area on pixels of 0.9 mm
    or coarser (the partial-volume border is much of a narrow sac), an area interpolated
@@ -128,12 +129,13 @@ def _slice_candidates(
     return found
 
 
-def block_sac(image: sitk.Image) -> tuple[float, SliceSac] | None:
+def block_sac(image: sitk.Image) -> tuple[float, SliceSac, list[SliceSac]] | None:
     """The dural sac at the middle of an angled block (a few slices parallel to a disc):
     its area in the block's plane at the block's centre — a quadratic through the areas of
     the block's slices when three or more agree (a stenosis is a minimum between them),
     else the middle slice or the mean of the two middle ones — and the slice whose contour
-    is drawn; None when no sac is seen in the middle."""
+    is drawn, and the block's slices whose sac agrees with the middle's; None when no sac
+    is seen in the middle."""
     array = sitk.GetArrayViewFromImage(image)
     slices = array.shape[0]
     # A block's slices are mostly other tissue: a narrowed sac is under 0.3 % of the pixels.
@@ -159,7 +161,7 @@ def block_sac(image: sitk.Image) -> tuple[float, SliceSac] | None:
         measured.append(sac)
     mean = float(np.mean([s.area for s in measured]))
     # The other slices: the candidate where the middle's sac is, if it agrees.
-    ks, areas = [], []
+    ks, areas, agreeing = [], [], []
     done = dict(zip(middle, measured, strict=True))  # the middle slices, measured above
     for k in range(slices):
         near = [
@@ -169,11 +171,12 @@ def block_sac(image: sitk.Image) -> tuple[float, SliceSac] | None:
         if sac is not None and 0.5 * mean <= sac.area <= 2.0 * mean:
             ks.append(k)
             areas.append(sac.area)
+            agreeing.append(sac)
     if len(ks) >= 3 and len(set(ks) & set(middle)) == len(middle):
         offsets = (np.array(ks, dtype=float) - (slices - 1) / 2) * spacing[2]
         fitted = float(np.polyval(np.polyfit(offsets, areas, 2), 0.0))
-        return float(np.clip(fitted, 0.5 * min(areas), max(areas))), measured[0]
-    return mean, measured[0]
+        return float(np.clip(fitted, 0.5 * min(areas), max(areas))), measured[0], agreeing
+    return mean, measured[0], agreeing
 
 
 def find_sacs(image: sitk.Image) -> list[SliceSac]:
@@ -287,8 +290,9 @@ def _measure_slice(
 
 
 AGAINST_FRACTION = 0.10  # beyond this (of the CSF's area), the sac is to be outlined
-# Pooled over a whole stack: clean phantoms' stacks (roots floating in the CSF) stay under
-# 2.1 %, stacks with roots settled along the sac reach 7-24 % (bench/analysis.py mr-sweep).
+# Pooled over a whole stack, on the 120 random stacks of bench/analysis.py mr-sweep: roots
+# floating in the CSF 0.0-2.3 %; roots settled along the sac 4.7-30 %, except three oblique
+# stacks where the rays do not see them at all (0.9-1.4 %).
 STACK_AGAINST_FRACTION = 0.04
 RAYS = 72
 RAY_STEP_MM = 0.25
@@ -325,10 +329,10 @@ def stack_roots_doubt(sacs: list[SliceSac]) -> str | None:
     against = sum(sac.against for sac in sacs)
     if csf > 0 and against > STACK_AGAINST_FRACTION * csf:
         return (
-            f"tissue of intermediate signal lies against the CSF's back along the whole stack "
-            f"(about {against / csf:.0%} more over its {len(sacs)} slices; this level's share "
-            "may look small only because it is seen at some slices): nerve roots or the cord "
-            "settled against the dura are part of the sac, to be outlined"
+            f"tissue of intermediate signal lies against the CSF's back all along the sac "
+            f"(about {against / csf:.0%} more over the {len(sacs)} slices measured; a level's "
+            "own share may look small because it is seen at some slices only): nerve roots or "
+            "the cord settled against the dura are part of the sac, to be outlined"
         )
     return None
 
