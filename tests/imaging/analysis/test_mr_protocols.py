@@ -137,7 +137,7 @@ def test_blocks_with_roots_settled_give_no_area_wrong_but_ok(tmp_path: Path) -> 
         sagittal=True,
         roots="sedimented",
         lordosis=45.0,
-        seed=305,  # the protocol bench's: four of five areas 32 % low, `ok`, before
+        seed=305,  # four of five areas 32 % low, `ok`, before
     )
     expected = {
         m["level"]: m["value"] for m in truth["measurements"] if m["quantity"] == "dural_sac_area"
