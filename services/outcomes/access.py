@@ -52,7 +52,7 @@ def parse_scopes(scopes: Iterable[str]) -> tuple[list[Grant], list[str]]:
     grants: list[Grant] = []
     refused: list[str] = []
     for scope in scopes:
-        match = _SCOPE.match(scope)
+        match = _SCOPE.fullmatch(scope)
         if not match:
             continue
         context, resource_type, perms, constraint = match.groups()

@@ -41,7 +41,7 @@ VERSION_PATTERN = re.compile(r"^[0-9]{1,9}$")
 
 def version_number(text: str) -> int:
     """A version id (ASCII digits, at most 9 of them), else 400."""
-    if not VERSION_PATTERN.match(text):
+    if not VERSION_PATTERN.fullmatch(text):
         raise InvalidRequest(f"'{text[:40]}' is not a version id")
     return int(text)
 
@@ -49,13 +49,13 @@ def version_number(text: str) -> int:
 def version_from_etag(etag: str) -> int:
     """The version of a weak ETag ``W/"3"`` (as sent in If-Match)."""
     text = etag.strip().removeprefix("W/").strip('"')
-    if not VERSION_PATTERN.match(text):
+    if not VERSION_PATTERN.fullmatch(text):
         raise InvalidRequest(f"If-Match '{etag[:40]}' is not a version ETag (W/\"n\")")
     return int(text)
 
 
 def check_id(logical_id: str) -> None:
-    if not ID_PATTERN.match(logical_id):
+    if not ID_PATTERN.fullmatch(logical_id):
         raise InvalidRequest(f"'{logical_id}' is not a valid resource id")
 
 

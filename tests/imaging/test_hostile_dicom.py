@@ -81,7 +81,7 @@ def _deflate_bomb(inflated: int) -> bytes:
     meta = ds.file_meta
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     header = _bytes(ds)
-    start = header.index(b"\x08\x00")  # the data set begins with group 0008
+    start = 144 + struct.unpack_from("<I", header, 140)[0]  # after the File Meta
     # A syntactically valid data set body: one long private element full of zeros.
     element = struct.pack("<HH", 0x0099, 0x1010) + b"OB\0\0" + struct.pack("<I", inflated)
     body = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
@@ -293,3 +293,86 @@ def test_everything_acknowledged_is_read_back_whole(server: ImagingServer, tmp_p
                 assert ds.pixel_array.size > 0
         metadata = client.get(f"/dicomweb/studies/{STUDY}/metadata")
         assert metadata.status_code == 200 and len(metadata.json()) == 5
+
+
+def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH", 0x0002, tag) + vr + struct.pack("<H", len(value)) + value
+
+
+def _bomb_behind(meta: bytes) -> bytes:
+    """A deflated data set inflating to 64 MiB behind ``meta`` (the File Meta's elements
+    after its group length) — the crafts below make the File Meta's reader and pydicom's
+    disagree on whether it is deflated."""
+    data = _deflate_bomb(64 << 20)
+    start = 144 + struct.unpack_from("<I", data, 140)[0]
+    length = _meta_element(0x0000, b"UL", struct.pack("<I", len(meta)))
+    return data[:132] + length + meta + data[start:]
+
+
+def _meta_of(data: bytes) -> dict[int, bytes]:
+    """The File Meta's elements (after the group length) by element number."""
+    elements, offset = {}, 132
+    while struct.unpack_from("<H", data, offset)[0] == 0x0002:
+        long_vr = data[offset + 4 : offset + 6] in (b"OB", b"UN")
+        size = struct.unpack_from("<I" if long_vr else "<H", data, offset + (8 if long_vr else 6))
+        end = offset + (12 if long_vr else 8) + size[0]
+        elements[struct.unpack_from("<H", data, offset + 2)[0]] = data[offset:end]
+        offset = end
+    return elements
+
+
+def _inflation_crafts() -> list[tuple[str, bytes]]:
+    meta = _meta_of(_deflate_bomb(16))
+    common = meta[0x0001] + meta[0x0002] + meta[0x0003]
+    tail = b"".join(v for k, v in meta.items() if k > 0x0010)
+    # A control character after the syntax: a UID parser that strips whitespace reads it as
+    # deflated, a literal comparison does not.
+    newline = _meta_element(0x0010, b"UI", DeflatedExplicitVRLittleEndian.encode() + b"\n")
+    # An element whose VR is not a VR: pydicom reads it as implicit VR (a 4-byte length that
+    # swallows the next element), a 2-byte-length reader sees a second (0002,0010) there.
+    hidden = _meta_element(0x0010, b"UI", b"1.2.840.10008.1.2.1\0")
+    hider = struct.pack("<HH", 0x0002, 0x0013) + struct.pack("<H", len(hidden)) + b"\0\0"
+    return [
+        ("plain", _deflate_bomb(64 << 20)),
+        ("syntax with a newline", _bomb_behind(common + newline + tail)),
+        ("element without a VR", _bomb_behind(common + meta[0x0010] + hider + hidden + tail)),
+    ]
+
+
+@pytest.mark.parametrize("name", ["plain", "syntax with a newline", "element without a VR"])
+def test_a_deflate_bomb_is_refused_before_anything_inflates_it(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused, and neither the intake's reader nor the STOW failure item's UID lookup let
+    pydicom inflate the body (64 MiB from 65 KB against a 1 MiB limit): a File Meta crafted
+    so that pydicom and the walk of the File Meta disagree on the syntax is refused too."""
+    import pydicom.filereader
+
+    from services.imaging.api.dicomweb import _uids_of
+    from services.imaging.errors import InvalidInstance
+    from services.imaging.intake.dicom_io import read_part10
+
+    data = dict(_inflation_crafts())[name]
+    inflated: list[int] = []
+
+    class Recording:
+        def __getattr__(self, attribute: str) -> object:
+            return getattr(zlib, attribute)
+
+        def decompress(self, *args: object) -> bytes:
+            out = zlib.decompress(*args)  # type: ignore[arg-type]
+            inflated.append(len(out))
+            return out
+
+    monkeypatch.setattr(pydicom.filereader, "zlib", Recording())
+    with pytest.raises(InvalidInstance):
+        read_part10(data, max_bytes=1 << 20)
+    _uids_of(data)
+    assert inflated == [], inflated
+
+
+def test_a_uid_with_a_trailing_newline_is_not_a_uid() -> None:
+    from services.imaging.intake.dicom_io import is_valid_uid
+
+    assert is_valid_uid("1.2.840.10008.1.2.1")
+    assert not is_valid_uid("1.2.840.10008.1.2.1\n")

@@ -57,6 +57,12 @@ def test_create_read_update_vread_delete_and_history(outcomes: OutcomesServer) -
         own = b.patient("MRN-2") | {"id": "mrn-2"}
         assert client.put("/Patient/mrn-2", json=own).status_code == 201
         assert client.get("/Patient/unknown-id").status_code == 404
+        # An id or version with a trailing newline is not one ("$" in a pattern allows it).
+        newline = b.patient("MRN-3") | {"id": "mrn-3\n"}
+        refused = client.put("/Patient/mrn-3%0A", json=newline)
+        assert refused.status_code in (400, 422), refused.text
+        assert refused.json()["resourceType"] == "OperationOutcome"
+        assert client.get(f"/Patient/{pid}/_history/1%0A").status_code == 400
 
 
 def test_conditional_create(outcomes: OutcomesServer) -> None:

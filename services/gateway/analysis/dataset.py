@@ -51,7 +51,7 @@ def variable_name(text: str) -> str:
         When the result would still be invalid (too long, not starting with a letter).
     """
     name = re.sub(r"[^A-Za-z0-9_]", "_", text)
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ValueError(f"{text!r} is no valid variable name (letters, digits, _, <= 32)")
     return name
 
@@ -460,4 +460,4 @@ def build(cases: list[Case], case_numbers: Mapping[str, int] | None = None) -> A
 
 def invalid_names() -> list[str]:
     """Variable names that SPSS, Stata or R would refuse (the tests keep this empty)."""
-    return [v.name for v in VARIABLES if not NAME.match(v.name)]
+    return [v.name for v in VARIABLES if not NAME.fullmatch(v.name)]

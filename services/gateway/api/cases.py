@@ -171,7 +171,7 @@ async def get_key_image(
     request: Request, case: str, slot: str, name: str, viewer: ViewerDep
 ) -> Response:
     """A key image (overlay PNG) of one of the case's paired studies, from the imaging service."""
-    if not KEY_IMAGE_NAME.match(name) or not SLOT.match(slot):
+    if not KEY_IMAGE_NAME.fullmatch(name) or not SLOT.fullmatch(slot):
         raise NotFound("no such key image")
     source = source_of(request)
     real = await resolve_case(request, case, viewer.view)

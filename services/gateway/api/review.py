@@ -248,7 +248,7 @@ async def review_image(
     of: Annotated[str | None, Query(pattern=STUDY_UID, description="a counterpart")] = None,
 ) -> Response:
     """The section a measurement was made on, without the construction or the value."""
-    if not KEY_IMAGE_NAME.match(name):
+    if not KEY_IMAGE_NAME.fullmatch(name):
         raise NotFound("no such review image")
     target = await _pair_study(request, viewer, study, of)
     png = await source_of(request).imaging.review_image(target, name)
@@ -270,7 +270,7 @@ async def review_section(
 ) -> Response:
     """A section parallel to the review image, ``offset`` mm away (to check the plane),
     windowed for bone or soft tissue on CT; the construction's pixel grid is kept."""
-    if not KEY_IMAGE_NAME.match(name):
+    if not KEY_IMAGE_NAME.fullmatch(name):
         raise NotFound("no such review image")
     await _reading(request, viewer, study)
     png = await source_of(request).imaging.section(study, name, offset, window)
@@ -283,7 +283,7 @@ async def review_geometry(
 ) -> dict[str, Any]:
     """The review image's geometry: kind, pixel size, orientation, and the automatic
     construction's points (none when the reading is blinded to the automatic value)."""
-    if not KEY_IMAGE_NAME.match(name):
+    if not KEY_IMAGE_NAME.fullmatch(name):
         raise NotFound("no such review image")
     reading, _ = await _reading(request, viewer, study)
     geometry = await source_of(request).imaging.review_geometry(study, name)

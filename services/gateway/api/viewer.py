@@ -91,7 +91,7 @@ async def dicomweb_proxy(request: Request, path: str) -> Response:
         request.query_params.multi_items()
     )
     if len(params) > 32 or any(
-        not FORWARDED_QUERY.match(k) or len(str(v)) > 256 for k, v in params
+        not FORWARDED_QUERY.fullmatch(k) or len(str(v)) > 256 for k, v in params
     ):
         raise InvalidRequest("a query parameter the viewer's DICOMweb does not forward")
     http: httpx.AsyncClient = request.app.state.source.imaging.http

@@ -330,7 +330,7 @@ def stack_roots_doubt(sacs: list[SliceSac]) -> str | None:
     if csf > 0 and against > STACK_AGAINST_FRACTION * csf:
         return (
             f"tissue of intermediate signal lies against the CSF's back all along the sac "
-            f"(about {against / csf:.0%} more over the {len(sacs)} slices measured; a level's "
+            f"(about {against / csf:.1%} more over the {len(sacs)} slices measured; a level's "
             "own share may look small because it is seen at some slices only): nerve roots or "
             "the cord settled against the dura are part of the sac, to be outlined"
         )

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from sqlalchemy.engine import Engine
 
 from services.common.auth import Principal, require_scope
@@ -26,7 +26,7 @@ from services.imaging.errors import (
     UnsupportedMediaType,
 )
 from services.imaging.intake import catalog
-from services.imaging.intake.dicom_io import to_explicit_little_endian
+from services.imaging.intake.dicom_io import meta_extent, to_explicit_little_endian
 from services.imaging.intake.multipart import (
     MultipartError,
     SpooledBody,
@@ -207,8 +207,17 @@ def _store_parts(
 
 
 def _uids_of(data: bytes) -> tuple[str | None, str | None]:
-    """Best-effort SOP Class/Instance UIDs of a refused part, for the failure item."""
+    """Best-effort SOP Class/Instance UIDs of a refused part, for the failure item. A
+    deflated data set is not inflated (it may be a bomb: that may be why it was refused):
+    its File Meta names them. A File Meta that cannot be walked names nothing."""
     try:
+        end, syntax = meta_extent(data)
+        if syntax == DeflatedExplicitVRLittleEndian:
+            meta = dcmread(BytesIO(data[:end])).file_meta
+            return (
+                str(meta.get("MediaStorageSOPClassUID", "")) or None,
+                str(meta.get("MediaStorageSOPInstanceUID", "")) or None,
+            )
         ds = dcmread(
             BytesIO(data),
             stop_before_pixels=True,

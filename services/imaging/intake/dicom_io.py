@@ -69,7 +69,7 @@ NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 
 
 def is_valid_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and bool(UID_PATTERN.match(value))
+    return 0 < len(value) <= 64 and bool(UID_PATTERN.fullmatch(value))  # "$" allows a "\n"
 
 
 def is_storage_sop_class(uid: str) -> bool:
@@ -169,10 +169,43 @@ _HEADER_KEYWORDS = (
 )
 
 
-def _meta_end(data: bytes) -> tuple[int, str | None]:
-    """Where the data set starts and the Transfer Syntax UID the File Meta names: the
-    File Meta (group 0002, always Explicit VR Little Endian) walked element by element,
-    never trusted from its group length."""
+_SHORT_VRS = {
+    b"AE",
+    b"AS",
+    b"AT",
+    b"CS",
+    b"DA",
+    b"DS",
+    b"DT",
+    b"FD",
+    b"FL",
+    b"IS",
+    b"LO",
+    b"LT",
+    b"PN",
+    b"SH",
+    b"SL",
+    b"SS",
+    b"ST",
+    b"TM",
+    b"UI",
+    b"UL",
+    b"US",
+}
+
+
+def meta_extent(data: bytes) -> tuple[int, str | None]:
+    """Where the data set of a Part 10 file starts, and the Transfer Syntax UID its File
+    Meta names (None when it names none): the File Meta (group 0002, always Explicit VR
+    Little Endian) walked element by element, never trusted from its group length.
+
+    Raises InvalidInstance where pydicom could read the File Meta otherwise than this walk
+    (an unknown VR, which pydicom takes for implicit VR; a Transfer Syntax UID that is not
+    a UID, which pydicom would clean up): the syntax found here decides whether a deflated
+    data set is inflated, so both must see the same one.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise InvalidInstance("not a DICOM Part 10 file (no 'DICM' prefix and File Meta)")
     offset = 132
     declared: int | None = None
     syntax: str | None = None
@@ -186,15 +219,19 @@ def _meta_end(data: bytes) -> tuple[int, str | None]:
                 break
             length = struct.unpack_from("<I", data, offset + 8)[0]
             start = offset + 12
-        else:
+        elif vr in _SHORT_VRS:
             length = struct.unpack_from("<H", data, offset + 6)[0]
             start = offset + 8
+        else:
+            raise InvalidInstance("File Meta element without an explicit VR")
         if length == UNDEFINED or start + length > len(data):
             raise InvalidInstance("File Meta element runs past the end of the data")
         if element == 0x0000 and length == 4:
             declared = struct.unpack_from("<I", data, start)[0]
         elif element == 0x0010:
             syntax = data[start : start + length].decode("latin-1").strip("\x00 ")
+            if not is_valid_uid(syntax):
+                raise InvalidInstance("TransferSyntaxUID (0002,0010) is not a UID")
         offset = start + length
     if declared is not None and declared != offset - 144:
         raise InvalidInstance(
@@ -325,14 +362,12 @@ def read_part10(data: bytes, *, max_bytes: int = 1 << 30) -> tuple[Dataset, Inst
     UnsupportedSOPClass
         The SOP class is not a storage SOP class.
     """
-    if len(data) < 132 or data[128:132] != b"DICM":
-        raise InvalidInstance("not a DICOM Part 10 file (no 'DICM' prefix and File Meta)")
-    dataset_offset, ts = _meta_end(data)
-    if not ts:
-        raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
-    if not UID(ts).is_transfer_syntax:
-        raise InvalidInstance(f"TransferSyntaxUID {ts[:64]} is not a transfer syntax")
     try:
+        dataset_offset, ts = meta_extent(data)
+        if not ts:
+            raise MissingAttribute("File Meta has no TransferSyntaxUID (0002,0010)")
+        if not UID(ts).is_transfer_syntax:
+            raise InvalidInstance(f"TransferSyntaxUID {ts[:64]} is not a transfer syntax")
         if ts == DeflatedExplicitVRLittleEndian:  # before pydicom inflates it
             _check_inflated_size(data, dataset_offset, max_bytes)
         # Parsing walks every element header, so a body cut inside an element fails

@@ -95,7 +95,7 @@ class ResultsFolder:
     def key_image(self, measurement_set: MeasurementSet, name: str) -> bytes | None:
         """One key image's PNG; None for an unknown or malformed name."""
         folder = self._folder(measurement_set)
-        if folder is None or not KEY_IMAGE_NAME.match(name):
+        if folder is None or not KEY_IMAGE_NAME.fullmatch(name):
             return None
         path = folder / f"{name}.png"
         return path.read_bytes() if path.is_file() else None
@@ -108,7 +108,7 @@ class ResultsFolder:
         """A key image's section without its construction; None when there is none (an
         unknown name, or a result written before review images were kept)."""
         folder = self._folder(measurement_set)
-        if folder is None or not KEY_IMAGE_NAME.match(name):
+        if folder is None or not KEY_IMAGE_NAME.fullmatch(name):
             return None
         path = folder / REVIEW / f"{name}.png"
         return path.read_bytes() if path.is_file() else None
@@ -116,7 +116,7 @@ class ResultsFolder:
     def review_geometry(self, measurement_set: MeasurementSet, name: str) -> dict[str, Any] | None:
         """The construction drawn on a review image (see ``KeyImage.review_geometry``)."""
         folder = self._folder(measurement_set)
-        if folder is None or not KEY_IMAGE_NAME.match(name):
+        if folder is None or not KEY_IMAGE_NAME.fullmatch(name):
             return None
         path = folder / REVIEW / f"{name}.json"
         if not path.is_file():

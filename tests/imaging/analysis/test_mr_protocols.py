@@ -149,6 +149,8 @@ def test_blocks_with_roots_settled_give_no_area_wrong_but_ok(tmp_path: Path) -> 
             assert m.value is not None and abs(m.value - expected[level]) / expected[level] < 0.15
     held = [m for m in areas.values() if "all along the sac" in (m.reason or "")]
     assert held, areas
+    assert not [m for m in areas.values() if m.status == "ok"], areas  # all of them, here
+    assert len(analysis.key_images) == len(areas)
     assert all("review:" in k.caption for k in analysis.key_images)
 
 
