@@ -267,7 +267,11 @@ def test_a_blinded_second_reader_never_receives_another_readers_values(
     # The cohort uses the primary review: corrected replaces, rejected excludes.
     with stack.gateway.client(role="clinician") as clinician:
         case = clinician.get(f"/api/cases/{stack.cases[stack.plans[0].mrn]}").json()
-        summary = clinician.get("/api/cohort/summary", params={"refresh": "true"}).json()
+        answer = clinician.get("/api/cohort/summary", params={"refresh": "true"})
+        if answer.status_code == 503:  # an upstream timed out reloading on a busy machine
+            answer = clinician.get("/api/cohort/summary", params={"refresh": "true"})
+        assert answer.status_code == 200, answer.text
+        summary = answer.json()
         reviewed = clinician.get("/api/cohort/summary", params={"reviewed": "true"}).json()
         agreement = clinician.get(
             "/api/agreement", params={"quantity": "foraminal_height", "refresh": "true"}

@@ -243,10 +243,7 @@ def measure_blocks(
             seen[name] = index
         measurements += [area, sac_volume]
     # Tissue settled against the CSF's back, pooled over every block (as over a stack).
-    settled = mr.stack_roots_doubt(slices)
-    for area in measurements:
-        if settled is not None and area.status == "ok" and area.value is not None:
-            area.review(f"{area.value:.0f} mm² of CSF measured, but {settled}")
+    mr.hold_for_settled_tissue(measurements, slices)
     # A narrowing on coarse pixels, against the blocks' median sac (as for a stack).
     values = [v for i in pixels if (v := measurements[i].value) is not None]
     typical = float(np.median(values)) if values else 0.0

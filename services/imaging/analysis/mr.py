@@ -337,6 +337,21 @@ def stack_roots_doubt(sacs: list[SliceSac]) -> str | None:
     return None
 
 
+def hold_for_settled_tissue(measurements: list[Measurement], sacs: list[SliceSac]) -> None:
+    """Where :func:`stack_roots_doubt` finds tissue settled all along the sac, every `ok`
+    sac value needs review with that reason, and one already in review for another reason
+    says it too (the reader outlines the dura, not only what the first reason names)."""
+    reason = stack_roots_doubt(sacs)
+    if reason is None:
+        return
+    for m in measurements:
+        if m.status == "ok" and m.value is not None:
+            unit = "mm²" if m.quantity == QuantityName.DURAL_SAC_AREA else "mm³"
+            m.review(f"{m.value:.0f} {unit} of CSF measured, but {reason}")
+        elif m.status == "needs_review" and "intermediate signal" not in (m.reason or ""):
+            m.reason = f"{m.reason}; and {reason}"
+
+
 def _against(
     crop: FloatArray,
     core: np.ndarray,
@@ -699,9 +714,5 @@ def measure(
                 )
         out += [area, volume]
         index += 1
-    stack = stack_roots_doubt(sacs)
-    for m in out:
-        if stack is not None and m.status == "ok" and m.value is not None:
-            unit = "mm²" if m.quantity == QuantityName.DURAL_SAC_AREA else "mm³"
-            m.review(f"{m.value:.0f} {unit} of CSF measured, but {stack}")
+    hold_for_settled_tissue(out, sacs)
     return model, out

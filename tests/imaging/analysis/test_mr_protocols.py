@@ -234,6 +234,40 @@ def test_real_mr_sac_area_matches_the_canal_masks() -> None:
     assert np.median(errors) < 0.10, np.median(errors)
 
 
+def test_tissue_settled_all_along_the_sac_holds_every_value_and_says_so() -> None:
+    """Pooled over the slices, tissue against the CSF's back over 4 % of their area: an
+    `ok` value needs review with the share in the reason; one in review for another reason
+    says it too; a value not measurable stays so; under 4 % nothing changes."""
+    from services.common.vocabulary import QuantityName
+    from services.imaging.analysis import mr
+    from services.imaging.analysis.report import Measurement
+
+    def sac(k: int, against: float) -> mr.SliceSac:
+        return mr.SliceSac(k, np.zeros(3), 100.0, 100.0, np.zeros((4, 3)), against)
+
+    def values() -> list[Measurement]:
+        area = QuantityName.DURAL_SAC_AREA
+        ok = Measurement(area, "L3-L4", 0, None, 120.0, "1.2.3")
+        coarse = Measurement(area, "L4-L5", 1, None, 60.0, "1.2.3")
+        coarse.review("60 mm² measured on 1.0 mm pixels")
+        outside = Measurement(QuantityName.DURAL_SAC_VOLUME, "L4-L5", 1, None, None, "1.2.3")
+        outside.outside("the level extends beyond the images")
+        return [ok, coarse, outside]
+
+    clean = values()
+    mr.hold_for_settled_tissue(clean, [sac(k, 3.0) for k in range(10)])  # 3 %
+    assert [m.status for m in clean] == ["ok", "needs_review", "not_measurable"]
+    held = values()
+    mr.hold_for_settled_tissue(held, [sac(k, 0.0 if k % 2 else 10.0) for k in range(10)])  # 5 %
+    ok, coarse, outside = held
+    assert ok.status == "needs_review" and ok.value is None
+    assert ok.reason is not None and ok.reason.startswith("120 mm² of CSF measured")
+    assert "all along the sac (about 5.0% more over the 10 slices" in ok.reason
+    assert coarse.reason is not None and coarse.reason.startswith("60 mm² measured on 1.0 mm")
+    assert "all along the sac" in coarse.reason
+    assert outside.status == "not_measurable" and "all along" not in (outside.reason or "")
+
+
 def test_real_mr_whose_csf_misses_half_the_canal_holds_every_value() -> None:
     """The real MR whose CSF is 55 % below its canal masks (the `xfail` above): most of its
     slices pass the per-slice roots' check, but pooled over the stack the tissue against
