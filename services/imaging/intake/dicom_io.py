@@ -34,6 +34,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from services.imaging.errors import (
@@ -49,21 +50,9 @@ STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
 _PRIVATE_STORAGE_PREFIXES = ("1.2.840.113619.4.", "1.3.12.2.1107.5.9.", "1.2.392.200036.9116.7.")
 MAX_DEPTH = 16  # sequences within sequences; real objects (SR, RT) stay well below
 UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = {
-    b"OB",
-    b"OD",
-    b"OF",
-    b"OL",
-    b"OV",
-    b"OW",
-    b"SQ",
-    b"SV",
-    b"UC",
-    b"UN",
-    b"UR",
-    b"UT",
-    b"UV",
-}
+# Explicit VR lengths: 4 bytes after two reserved for these VRs, 2 bytes for the others.
+_LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+_SHORT_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_16)
 _WORD_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 
@@ -167,31 +156,6 @@ _HEADER_KEYWORDS = (
     "Columns",
     "BitsAllocated",
 )
-
-
-_SHORT_VRS = {
-    b"AE",
-    b"AS",
-    b"AT",
-    b"CS",
-    b"DA",
-    b"DS",
-    b"DT",
-    b"FD",
-    b"FL",
-    b"IS",
-    b"LO",
-    b"LT",
-    b"PN",
-    b"SH",
-    b"SL",
-    b"SS",
-    b"ST",
-    b"TM",
-    b"UI",
-    b"UL",
-    b"US",
-}
 
 
 def meta_extent(data: bytes) -> tuple[int, str | None]:
