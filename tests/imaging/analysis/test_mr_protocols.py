@@ -444,6 +444,46 @@ def test_the_sac_is_followed_where_fat_passes_the_csf_threshold() -> None:
             "stenosis_levels": ("L2-L3",),
             "seed": 1020,
         },
+        # An oblique, noisy stack on 1 mm pixels whose "sac" was bright tissue beside it at
+        # slice after slice (areas of 70-690 mm² for 174; a median change of 13 % from one
+        # slice to the next): one level read 204 mm² (+18 %), `ok`, before the tracking
+        # rule.
+        {
+            "pixel_spacing": 1.0,
+            "slice_spacing": 3.0,
+            "noise": 40.0,
+            "lordosis": 25.0,
+            "orientation": "oblique",
+            "severity": 0.85,
+            "stenosis_levels": ("L5-S1",),
+            "seed": 1135,
+        },
+        # A severe narrowing at L5-S1 under a strong lordosis and a scoliosis: the axial
+        # slice, 27° to the canal, cut the sac along 8 mm of canal and read 45 mm² for 38
+        # (+18 %), `ok`, before the tilt rule.
+        {
+            "pixel_spacing": 0.5,
+            "slice_spacing": 4.0,
+            "noise": 25.0,
+            "lordosis": 55.0,
+            "scoliosis": 20.0,
+            "severity": 0.85,
+            "stenosis_levels": ("L5-S1",),
+            "seed": 1136,
+        },
+        # Oblique, 55° of lordosis, 1 mm pixels, 5 mm noisy slices: the "sac" (areas of
+        # 170-430 mm² for 174) was found at 9 of the 23 slices between its first and last,
+        # in pairs 25 mm apart; L5-S1 read 249 mm² (+43 %), `ok`, before the tracking rule.
+        {
+            "pixel_spacing": 1.0,
+            "slice_spacing": 5.0,
+            "noise": 40.0,
+            "lordosis": 55.0,
+            "orientation": "oblique",
+            "severity": 0.7,
+            "stenosis_levels": ("L2-L3", "L4-L5"),
+            "seed": 1325,
+        },
     ],
 )
 def test_other_anatomy_gives_no_sac_value_wrong_but_ok(spec: dict[str, Any]) -> None:
@@ -465,6 +505,60 @@ def test_other_anatomy_gives_no_sac_value_wrong_but_ok(spec: dict[str, Any]) -> 
         value = expected.get((m.quantity, m.level_index))
         if m.status == "ok" and value is not None and m.value is not None:
             assert abs(m.value - value) / value <= 0.15, m
+
+
+def test_a_sac_not_followed_through_the_stack_holds_every_value() -> None:
+    """A stack whose per-slice "sac" changes by a median 20 % between neighbouring slices, or
+    is found at 9 of the 21 slices between its first and last, was not followed (bright
+    tissue taken for it): no value of it is `ok`, and a value already in review says so too;
+    a sac that narrows at one level (large changes at a few slices only) is not held."""
+    from services.common.vocabulary import QuantityName
+    from services.imaging.analysis import mr
+    from services.imaging.analysis.report import Measurement
+
+    def stack(areas: list[float], ks: list[int] | None = None) -> list[mr.SliceSac]:
+        return [
+            mr.SliceSac(k, np.array([0.0, 0.0, 4.0 * k]), a, a, np.zeros((0, 3)))
+            for k, a in zip(ks or range(len(areas)), areas, strict=True)
+        ]
+
+    narrowing = [175.0] * 10 + [140.0, 80.0, 50.0, 80.0, 135.0] + [178.0] * 10
+    assert mr.tracking_doubt(stack(narrowing), 4.0) is None
+    zigzag = [175.0 * (1.2 if k % 2 else 1.0) for k in range(25)]
+    reason = mr.tracking_doubt(stack(zigzag), 4.0)
+    assert reason is not None and "median 20%" in reason
+    assert mr.tracking_doubt(stack(zigzag[:6]), 4.0) is None  # five pairs say nothing
+    patchy = [0, 1, 5, 6, 10, 11, 15, 16, 20]
+    found = mr.tracking_doubt(stack([350.0] * len(patchy), patchy), 4.0)
+    assert found is not None and "found at only 9 of the 21 slices" in found
+
+    area = Measurement(QuantityName.DURAL_SAC_AREA, "L4-L5", 0, None, 180.0, "x")
+    volume = Measurement(QuantityName.DURAL_SAC_VOLUME, "L4-L5", 0, None, 5000.0, "x")
+    volume.review("5000 mm³ interpolated over 9 mm where the sac was not followed")
+    mr.hold_for_untracked_sac([area, volume], stack(zigzag), 4.0)
+    assert area.status == "needs_review" and area.value is None
+    assert area.reason is not None and area.reason.startswith("180 mm² measured, but the sac's")
+    assert volume.reason is not None and volume.reason.endswith(reason)
+
+
+def test_a_narrowing_cut_by_a_slice_tilted_to_the_canal_is_held() -> None:
+    """A narrowed sac (16 mm wide) on a slice tilted 27° to the canal is cut along 8 mm of
+    canal: its area needs review; the same sac on a slice tilted 10° (3 mm), or of normal
+    calibre, is not held."""
+    from services.imaging.analysis import mr
+
+    angle = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+    contour = np.stack([5 * np.cos(angle), 8 * np.sin(angle), np.zeros_like(angle)], axis=1)
+    sac = mr.SliceSac(0, np.zeros(3), 45.0, 45.0, contour)
+    normal = np.array([0.0, 0.0, 1.0])
+
+    def tangent(degrees: float) -> np.ndarray:
+        return np.array([0.0, np.sin(np.radians(degrees)), np.cos(np.radians(degrees))])
+
+    reason = mr.tilt_doubt(45.0, 175.0, sac, tangent(27.0), normal)
+    assert reason is not None and "tilted 27°" in reason and "along 8 mm" in reason
+    assert mr.tilt_doubt(45.0, 175.0, sac, tangent(10.0), normal) is None
+    assert mr.tilt_doubt(150.0, 175.0, sac, tangent(27.0), normal) is None
 
 
 def test_discs_above_a_missed_disc_are_not_named() -> None:
