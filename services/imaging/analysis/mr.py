@@ -25,7 +25,12 @@
    slices 3 mm or thicker (each averages the narrowing away), an area on pixels of 0.9 mm
    or coarser (the partial-volume border is much of a narrow sac), an area interpolated
    beyond both slices around it by over a quarter (the narrowing falls between them), an
-   area off its slice next to a stretch where the sac was lost.
+   area off its slice next to a stretch where the sac was lost, an area on a slice that
+   cuts the narrowed sac along more than 6 mm of canal (tilted to it: the narrowest part
+   is averaged with the wider sac beside it).
+7. A sac not followed through the stack (found at under 70 % of the slices between its
+   first and last, or its area changing by a median over 9 % from one slice to the next:
+   other tissue taken for it) holds every value of the stack for review.
 """
 
 from __future__ import annotations
