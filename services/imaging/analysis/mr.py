@@ -606,13 +606,14 @@ def tilt_doubt(
     if np.linalg.norm(along) < 1e-6 or sac.contour.size == 0:
         return None
     width = float(np.ptp(sac.contour @ (along / np.linalg.norm(along))))
-    tilt = float(np.degrees(np.arccos(cos)))
-    span = width * float(np.tan(np.radians(tilt)))
+    tilt = float(np.arccos(cos))
+    span = width * float(np.tan(tilt))
     if span <= TILT_SPAN_MM:
         return None
     return (
         f"{value:.0f} mm² at a narrowing ({value / typical:.0%} of the sac's median) on a "
-        f"slice tilted {tilt:.0f}° to the canal: it cuts the sac along {span:.0f} mm of canal, "
+        f"slice tilted {np.degrees(tilt):.0f}° to the canal: it cuts the sac along {span:.0f} "
+        "mm of canal, "
         "so the narrowest part is averaged with the wider sac beside it and reads too large"
     )
 
