@@ -12,8 +12,9 @@
    than a lumbar vertebra below the lowest disc.
 4. ``dural_sac_area`` at each disc's middle is interpolated (cubic) between slices along the
    canal; ``dural_sac_volume`` integrates the slice areas between the planes through the
-   mid-heights of the level's two bodies. A slice whose "sac" is over twice the stack's
-   median has run into bright tissue beside it (a disc's nucleus) and is left out.
+   mid-heights of the level's two bodies (S1's is 15 mm down the canal from its endplate:
+   along the spine, not along z). A slice whose "sac" is over twice the stack's median has
+   run into bright tissue beside it (a disc's nucleus) and is left out.
 5. The sac is its CSF: nerve roots (or the cord) lying against the back of the dura are not
    CSF, and the dura is seldom seen. Rays from the CSF's centre, within 70° of posterior,
    look past the CSF for a plateau of intermediate signal ending at a dark border; where it
@@ -536,6 +537,18 @@ def disc_names(discs: list[Disc], sacrum: bool) -> tuple[list[str | None], list[
     return names, warnings
 
 
+S1_HALF_MM = 15.0  # half the first sacral body's height: S1's mid-height below its endplate
+
+
+def down_the_canal(line: CentreLine, z0: float, mm: float) -> float:
+    """The z reached ``mm`` down the centre line from height ``z0``: a length along the
+    spine, which is longer than its z extent where the canal is tilted to the slices."""
+    zs = np.linspace(z0, z0 - mm, 301)  # the arc is at least as long as its z extent
+    points = np.stack([line.x(zs), line.y(zs), zs], axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+    return float(np.interp(mm, arc, zs))
+
+
 def _crossing(line: CentreLine, point: FloatArray, normal: FloatArray, z0: float) -> float:
     """z where the sac's centre line meets the plane through ``point`` with ``normal``."""
     lo, hi = z0 - 30, z0 + 30
@@ -749,7 +762,9 @@ def measure(
         if n + 1 < len(model.discs):
             lower_mid = (disc.z_low + model.discs[n + 1].z_high) / 2
         elif model.sacrum:
-            lower_mid = disc.z_low - 15.0  # S1 is about 30 mm high
+            # S1 is about 30 mm high, along its own axis: its mid-height is 15 mm down the
+            # canal, not 15 mm of z (where the canal runs 30° to axial slices, 13 mm of z).
+            lower_mid = down_the_canal(line, disc.z_low, S1_HALF_MM)
         else:
             lower_mid = disc.z_low - body / 2
             estimated.append("lower")
