@@ -762,8 +762,10 @@ def measure(
         if n + 1 < len(model.discs):
             lower_mid = (disc.z_low + model.discs[n + 1].z_high) / 2
         elif model.sacrum:
-            # S1 is about 30 mm high, along its own axis: its mid-height is 15 mm down the
-            # canal, not 15 mm of z (where the canal runs 30° to axial slices, 13 mm of z).
+            # S1 is about 30 mm high, along the spine: its mid-height is 15 mm down the
+            # canal, not 15 mm of z (13 mm of z where the canal is tilted 30° from the
+            # slices' normal). Measured along the bodies' line, longer on a lordotic curve,
+            # it would be lower still: measured, and not taken (README, "S1's mid-height").
             lower_mid = down_the_canal(line, disc.z_low, S1_HALF_MM)
         else:
             lower_mid = disc.z_low - body / 2
