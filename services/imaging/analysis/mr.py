@@ -626,8 +626,8 @@ def tilt_doubt(
     return (
         f"{value:.0f} mm² at a narrowing ({value / typical:.0%} of the sac's median) on a "
         f"slice tilted {np.degrees(tilt):.0f}° to the canal: it cuts the sac along {span:.0f} "
-        "mm of canal, "
-        "so the narrowest part is averaged with the wider sac beside it and reads too large"
+        "mm of canal, so the narrowest part is averaged with the wider sac beside it and reads "
+        "too large"
     )
 
 
